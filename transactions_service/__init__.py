@@ -1,0 +1,45 @@
+"""The transactions service: the product's credit ledger over a JSON API."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from . import config as settings
+from .auth import init_auth
+from .cli import init_cli
+from .errors import register_error_handlers
+from .extensions import db, migrate
+from .http import init_http
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app from the environment, with ``config`` taking precedence."""
+    app = Flask(__name__, instance_relative_config=True, static_folder=None)
+    app.config.update(settings.BASE_SETTINGS)
+    app.config.update(settings.from_environment())
+    app.config.update(config or {})
+    settings.finalise(app.config)
+    app.json.sort_keys = False  # keep fields in the documented order
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
+    init_auth(app)
+    init_http(app)
+    register_error_handlers(app)
+
+    from .health import bp as health_bp
+    from .transactions.routes import bp as transactions_bp
+    from .users.routes import bp as users_bp
+
+    app.register_blueprint(health_bp)
+    app.register_blueprint(transactions_bp)
+    app.register_blueprint(users_bp)
+    init_cli(app)
+    return app
+

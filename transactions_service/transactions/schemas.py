@@ -1,0 +1,179 @@
+"""Input validation and output shape of the ledger's HTTP resources."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from ..ids import rfc3339
+from ..errors import ApiError
+from .models import (
+    MAX_AMOUNT,
+    MAX_CREDITS,
+    MAX_DESCRIPTION_LENGTH,
+    TransactionStatus,
+    TransactionType,
+)
+
+_AMOUNT_PATTERN = re.compile(r"[0-9]{1,10}(\.[0-9]{1,2})?")
+_CENT = Decimal("0.01")
+# C0 controls other than tab, line feed and carriage return; PostgreSQL text cannot hold NUL.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class Money(fields.Field):
+    """Dollars as a JSON string (``"9.99"``) or number, at most two decimals."""
+
+    default_error_messages = {
+        "invalid": "Must be a decimal number of dollars with at most two decimals, as a string or a number.",
+        "range": f"Must be between 0 and {MAX_AMOUNT}.",
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise self.make_error("invalid")
+        if isinstance(value, str):
+            if value.startswith("-") and _AMOUNT_PATTERN.fullmatch(value[1:]):
+                raise self.make_error("range")
+            if not _AMOUNT_PATTERN.fullmatch(value):
+                raise self.make_error("invalid")
+            return Decimal(value).quantize(_CENT)
+        try:
+            # repr() is the shortest text that reads back as the same float: 9.99, not 9.9900000000000002131.
+            decimal = Decimal(repr(value))
+        except InvalidOperation as exc:
+            raise self.make_error("invalid") from exc
+        if not decimal.is_finite():
+            raise self.make_error("invalid")
+        if decimal < 0 or decimal > MAX_AMOUNT:
+            raise self.make_error("range")
+        if decimal != decimal.quantize(_CENT):
+            raise self.make_error("invalid")
+        return abs(decimal.quantize(_CENT))  # abs() turns -0.0 into 0.00
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else f"{value:.2f}"
+
+
+class StrictInteger(fields.Integer):
+    """A JSON integer: ``66.0``, ``"66"`` and booleans are rejected."""
+
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid")
+        return value
+
+
+class Timestamp(fields.DateTime):
+    """RFC 3339 in UTC with a ``Z`` suffix."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else rfc3339(value)
+
+
+class Text(fields.String):
+    """A string without control characters (tab and line breaks allowed)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if _CONTROL_CHARACTERS.search(text):
+            raise ValidationError("Must not contain control characters.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800"
+            raise ValidationError("Must be valid Unicode text.") from exc
+        if not text.strip():
+            raise ValidationError("Must not be blank.")
+        return text
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class TransactionSchema(Schema):
+    """A transaction as every endpoint returns it."""
+
+    id = fields.UUID()
+    user_id = fields.UUID()
+    type = fields.Enum(TransactionType, by_value=True)
+    amount = Money()
+    credits = fields.Integer()
+    description = fields.String()
+    status = fields.Enum(TransactionStatus, by_value=True)
+    created_at = Timestamp()
+    updated_at = Timestamp()
+
+
+class NewTransactionSchema(StrictSchema):
+    user_id = fields.UUID(required=True)
+    type = fields.Enum(TransactionType, by_value=True, required=True)
+    amount = Money(required=True)
+    credits = StrictInteger(required=True, validate=validate.Range(-MAX_CREDITS, MAX_CREDITS))
+    description = Text(required=True, validate=validate.Length(1, MAX_DESCRIPTION_LENGTH))
+    status = fields.Enum(TransactionStatus, by_value=True, load_default=TransactionStatus.COMPLETED)
+
+    @validates_schema
+    def credits_sign_matches_type(self, data: dict[str, Any], **kwargs: Any) -> None:
+        credits, kind = data.get("credits"), data.get("type")
+        if credits is None or kind is None:
+            return
+        if kind is TransactionType.PURCHASE and credits <= 0:
+            raise ValidationError("A purchase adds credits: must be greater than 0.", "credits")
+        if kind is TransactionType.USAGE and credits >= 0:
+            raise ValidationError("Usage spends credits: must be less than 0.", "credits")
+
+
+class SettleSchema(StrictSchema):
+    status = fields.Enum(
+        TransactionStatus,
+        by_value=True,
+        required=True,
+        validate=validate.OneOf([TransactionStatus.COMPLETED, TransactionStatus.FAILED]),
+    )
+
+
+class UserQuerySchema(StrictSchema):
+    user_id = fields.UUID(load_default=None)
+
+
+class HistoryQuerySchema(UserQuerySchema):
+    limit = fields.Integer(load_default=20, validate=validate.Range(1, 100))
+    cursor = fields.String(load_default=None, validate=validate.Length(1, 200))
+    type = fields.Enum(TransactionType, by_value=True, load_default=None)
+    status = fields.Enum(TransactionStatus, by_value=True, load_default=None)
+
+
+class BalanceSchema(Schema):
+    user_id = fields.UUID()
+    balance = fields.Integer()
+    held = fields.Integer()
+    available = fields.Integer()
+
+
+def encode_cursor(created_at: datetime, transaction_id: uuid.UUID) -> str:
+    """An opaque position in a newest-first history: the last row a page showed."""
+    raw = f"{created_at.astimezone(timezone.utc).isoformat()}|{transaction_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        moment, _, identifier = raw.partition("|")
+        created_at = datetime.fromisoformat(moment)
+        if created_at.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return created_at, uuid.UUID(identifier)
+    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        raise ApiError(
+            400, "invalid_cursor", "The cursor is not one this service returned.", title="Invalid cursor"
+        ) from exc
