@@ -185,10 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Manage the embedded development PostgreSQL.")
     parser.add_argument("command", choices=["start", "stop", "status", "url"])
     parser.add_argument("--data-dir", default="instance/postgres")
+    parser.add_argument("--database", default=SUPERUSER, help="database name for `url` and `start`")
     args = parser.parse_args(argv)
     server = EmbeddedPostgres(Path(args.data_dir).resolve())
     if args.command == "start":
-        print(server.start().url())
+        print(server.start().url(args.database))
     elif args.command == "stop":
         server.stop()
     elif args.command == "status":
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if server._port_file.exists():
             server.port = int(server._port_file.read_text())
-        print(server.url())
+        print(server.url(args.database))
     return 0
 
 
