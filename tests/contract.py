@@ -54,7 +54,8 @@ class Contract:
 
     def response_spec(self, path: str, method: str, status: int) -> dict[str, Any]:
         responses = self.spec["paths"][path][method.lower()]["responses"]
-        found = responses.get(str(status)) or responses.get("default")
+        # Every status the service really sends must be listed; `default` is for callers, not an escape hatch.
+        found = responses.get(str(status))
         assert found is not None, f"{method} {path} does not document status {status}"
         return self._resolve(found)
 
