@@ -40,10 +40,11 @@ def insert_transaction(db_session, user_id, **overrides):
 
 def test_user_transactions_has_the_seed_columns(db_session):
     columns = {column["name"]: column for column in inspect(db_session.get_bind()).get_columns("user_transactions")}
-    assert set(columns) == {
-        "id", "user_id", "type", "amount", "credits", "description", "status", "created_at", "updated_at"
-    }
-    assert all(not column["nullable"] for column in columns.values())
+    seed_columns = {"id", "user_id", "type", "amount", "credits", "description", "status", "created_at"}
+    hold_columns = {"hold_expires_at", "failure_reason"}
+    assert set(columns) == seed_columns | {"updated_at"} | hold_columns
+    assert not any(columns[name]["nullable"] for name in seed_columns | {"updated_at"})
+    assert all(columns[name]["nullable"] for name in hold_columns)
     assert str(columns["amount"]["type"]) == "NUMERIC(12, 2)"
     assert str(columns["credits"]["type"]) == "INTEGER"
     assert str(columns["created_at"]["type"]) == "TIMESTAMP"

@@ -22,6 +22,7 @@ from .users.service import register_user
 tokens = AppGroup("tokens", help="Issue tokens for development and for configuring the other services.")
 demo = AppGroup("demo", help="Demo data for development.")
 idempotency_cli = AppGroup("idempotency", help="Idempotency-key housekeeping.")
+transactions_cli = AppGroup("transactions", help="Ledger housekeeping.")
 
 DEMO_USER_ID = uuid.UUID("3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10")
 
@@ -109,6 +110,17 @@ def prune_keys(older_than: str) -> None:
     click.echo(f"deleted {deleted} idempotency records")
 
 
+@transactions_cli.command("expire-holds")
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000))
+def expire_holds(batch_size: int) -> None:
+    """Fail pending usage whose hold has lapsed and release its credits.
+
+    Run it from cron or a scheduler; it is idempotent and safe to run concurrently.
+    """
+    total = ledger.expire_holds(batch_size, on_batch=lambda done: click.echo(f"expired {done} holds so far", err=True))
+    click.echo(f"expired {total} holds")
+
+
 def init_cli(app: Flask) -> None:
-    for group in (tokens, demo, idempotency_cli):
+    for group in (tokens, demo, idempotency_cli, transactions_cli):
         app.cli.add_command(group)

@@ -65,6 +65,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "DATABASE_POOL_TIMEOUT": _int(env, "DATABASE_POOL_TIMEOUT", 10),
         "DATABASE_STATEMENT_TIMEOUT_MS": _int(env, "DATABASE_STATEMENT_TIMEOUT_MS", 10_000),
         "DATABASE_LOCK_TIMEOUT_MS": _int(env, "DATABASE_LOCK_TIMEOUT_MS", 5_000),
+        "HOLD_TTL_SECONDS": _int(env, "HOLD_TTL_SECONDS", 3600),
     }
     return {key: value for key, value in settings.items() if value is not None}
 
@@ -93,6 +94,9 @@ def finalise(config: dict[str, Any]) -> None:
         "connect_args": {"options": connect_options, "connect_timeout": 5},
         **config.get("SQLALCHEMY_ENGINE_OPTIONS", {}),
     }
+
+    if config["HOLD_TTL_SECONDS"] < 1:
+        raise ConfigError("HOLD_TTL_SECONDS must be at least 1")
 
     key_sources = [name for name in ("JWT_SECRET_KEY", "JWT_PUBLIC_KEY", "JWT_JWKS_URL") if config.get(name)]
     if not key_sources:

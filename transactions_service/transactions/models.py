@@ -29,6 +29,8 @@ MAX_CREDITS = 1_000_000_000
 MAX_AMOUNT = Decimal("9999999999.99")
 MAX_DESCRIPTION_LENGTH = 500
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+PENDING_USAGE = "status = 'pending' AND type = 'usage'"
+HOLD_EXPIRED = "hold_expired"
 
 
 class TransactionType(enum.StrEnum):
@@ -60,7 +62,13 @@ class UserTransaction(db.Model):
         CheckConstraint(
             f"char_length(description) BETWEEN 1 AND {MAX_DESCRIPTION_LENGTH}", name="description_length"
         ),
+        CheckConstraint("hold_expires_at IS NULL OR type = 'usage'", name="hold_only_on_usage"),
         Index("ix_user_transactions_history", "user_id", db.text("created_at DESC"), db.text("id DESC")),
+        # Small partial indexes over live holds only: for the expiry job, and per user for balance reads.
+        Index("ix_user_transactions_expiring_holds", "hold_expires_at", postgresql_where=db.text(PENDING_USAGE)),
+        Index(
+            "ix_user_transactions_user_holds", "user_id", "hold_expires_at", postgresql_where=db.text(PENDING_USAGE)
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
@@ -76,6 +84,10 @@ class UserTransaction(db.Model):
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # When a pending usage's hold lapses (NULL for every other row).
+    hold_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Why the service itself failed the row (e.g. "hold_expired"); NULL when a caller settled it.
+    failure_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class UserBalance(db.Model):

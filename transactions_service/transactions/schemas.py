@@ -111,6 +111,7 @@ class TransactionSchema(Schema):
     status = fields.Enum(TransactionStatus, by_value=True)
     created_at = Timestamp()
     updated_at = Timestamp()
+    hold_expires_at = Timestamp(allow_none=True)
 
 
 class NewTransactionSchema(StrictSchema):
@@ -120,6 +121,15 @@ class NewTransactionSchema(StrictSchema):
     credits = StrictInteger(required=True, validate=validate.Range(-MAX_CREDITS, MAX_CREDITS))
     description = Text(required=True, validate=validate.Length(1, MAX_DESCRIPTION_LENGTH))
     status = fields.Enum(TransactionStatus, by_value=True, load_default=TransactionStatus.COMPLETED)
+    # Seconds until a pending usage's hold lapses; at most HOLD_TTL_SECONDS (checked by the ledger).
+    hold_expires_in = StrictInteger(load_default=None, validate=validate.Range(min=1))
+
+    @validates_schema
+    def hold_only_on_pending_usage(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("hold_expires_in") is None:
+            return
+        if data.get("type") is not TransactionType.USAGE or data.get("status") is not TransactionStatus.PENDING:
+            raise ValidationError("Only a pending usage holds credits, so only it can set a hold expiry.", "hold_expires_in")
 
     @validates_schema
     def credits_sign_matches_type(self, data: dict[str, Any], **kwargs: Any) -> None:

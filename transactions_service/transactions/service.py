@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, insert, select, tuple_, update
+from flask import current_app
+from sqlalchemy import ColumnElement, exists, func, insert, select, true, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
@@ -24,7 +28,7 @@ from ..errors import ApiError
 from ..extensions import db
 from ..ids import utcnow, uuid7
 from ..users.models import User
-from .models import TransactionStatus, TransactionType, UserBalance, UserTransaction
+from .models import HOLD_EXPIRED, TransactionStatus, TransactionType, UserBalance, UserTransaction
 from .schemas import TransactionSchema, decode_cursor, encode_cursor
 
 WRITE_SCOPE = {TransactionType.PURCHASE: WRITE_PURCHASES, TransactionType.USAGE: WRITE_USAGE}
@@ -101,19 +105,27 @@ def _add_to_balance(user_id: uuid.UUID, credits: int) -> None:
     )
 
 
-def _take_from_available(user_id: uuid.UUID, credits: int, *, hold: bool) -> None:
-    """Spend (or hold, for pending usage) ``-credits`` if the user has them available."""
+def _take_from_available(user_id: uuid.UUID, credits: int, *, hold: bool, now: datetime) -> None:
+    """Spend (or hold, for pending usage) ``-credits`` if the user has them available.
+
+    Holds that have lapsed but not yet been expired still count in ``held``;
+    when they stand in the way of a spend they are expired here and the spend
+    is tried once more, so a lapsed hold never refuses a generation.
+    """
     needed = -credits
     change = {"held": _balances.c.held + needed} if hold else {"balance": _balances.c.balance - needed}
-    taken = db.session.execute(
+    take = (
         update(_balances)
         .where(_balances.c.user_id == user_id, _balances.c.balance - _balances.c.held >= needed)
         .values(**change, updated_at=func.now())
         .returning(_balances.c.user_id)
-    ).first()
-    if taken is None:
-        user_known = db.session.scalar(select(exists().where(User.id == user_id)))
-        raise _insufficient_credits(user_id, needed) if user_known else _unknown_user(user_id)
+    )
+    if db.session.execute(take).first() is not None:
+        return
+    if _expire_holds(_transactions.c.user_id == user_id, now, skip_locked=True) and db.session.execute(take).first():
+        return
+    user_known = db.session.scalar(select(exists().where(User.id == user_id)))
+    raise _insufficient_credits(user_id, needed) if user_known else _unknown_user(user_id)
 
 
 def _settle_hold(user_id: uuid.UUID, credits: int, *, consume: bool) -> None:
@@ -126,15 +138,80 @@ def _settle_hold(user_id: uuid.UUID, credits: int, *, consume: bool) -> None:
     )
 
 
-def _apply_new(kind: TransactionType, status: TransactionStatus, user_id: uuid.UUID, credits: int) -> None:
+def _apply_new(row: dict[str, Any]) -> None:
     """The balance effect of a new ledger row."""
+    kind, status, user_id, credits = row["type"], row["status"], row["user_id"], row["credits"]
     if status is TransactionStatus.FAILED:
         return
     if kind is TransactionType.PURCHASE:
         if status is TransactionStatus.COMPLETED:
             _add_to_balance(user_id, credits)
         return
-    _take_from_available(user_id, credits, hold=status is TransactionStatus.PENDING)
+    _take_from_available(user_id, credits, hold=status is TransactionStatus.PENDING, now=row["created_at"])
+
+
+def _is_live_hold(now: datetime) -> ColumnElement[bool]:
+    return _transactions.c.hold_expires_at.is_(None) | (_transactions.c.hold_expires_at > now)
+
+
+def _expire_holds(
+    condition: ColumnElement[bool], now: datetime, *, limit: int | None = None, skip_locked: bool = False
+) -> int:
+    """Fail the lapsed holds matching ``condition`` and release their credits, in the current transaction.
+
+    A hold moves once: the row lock and the ``status = 'pending'`` test make
+    concurrent expiries (the job, a spend, a settle) release it exactly once.
+    """
+    lapsed = (
+        select(_transactions.c.id)
+        .where(
+            _transactions.c.status == TransactionStatus.PENDING,
+            _transactions.c.type == TransactionType.USAGE,
+            _transactions.c.hold_expires_at <= now,
+            condition,
+        )
+        .order_by(_transactions.c.hold_expires_at)
+        .limit(limit)
+        .with_for_update(skip_locked=skip_locked)
+        .cte("lapsed")
+    )
+    expired = db.session.execute(
+        update(_transactions)
+        .where(_transactions.c.id == lapsed.c.id)
+        .values(
+            status=TransactionStatus.FAILED,
+            failure_reason=HOLD_EXPIRED,
+            updated_at=func.greatest(now, _transactions.c.created_at),
+        )
+        .returning(_transactions.c.user_id, _transactions.c.credits)
+    ).all()
+    released: dict[uuid.UUID, int] = defaultdict(int)
+    for user_id, credits in expired:
+        released[user_id] += credits
+    # One user at a time, in a fixed order, so that two expiry batches cannot deadlock.
+    for user_id in sorted(released):
+        _settle_hold(user_id, released[user_id], consume=False)
+    return len(expired)
+
+
+def expire_holds(batch_size: int = 1000, on_batch: Callable[[int], None] | None = None) -> int:
+    """Expire every lapsed hold, one committed batch at a time; returns how many.
+
+    Safe to run concurrently: each batch skips rows another run has locked.
+    """
+    total = 0
+    while True:
+        try:
+            count = _expire_holds(true(), utcnow(), limit=batch_size, skip_locked=True)
+            db.session.commit()
+        except BaseException:
+            db.session.rollback()
+            raise
+        total += count
+        if on_batch is not None and count:
+            on_batch(total)
+        if count < batch_size:
+            return total
 
 
 def _apply_settlement(kind: TransactionType, status: TransactionStatus, user_id: uuid.UUID, credits: int) -> None:
@@ -147,8 +224,25 @@ def _apply_settlement(kind: TransactionType, status: TransactionStatus, user_id:
 
 
 def _comparable(payload: dict[str, Any]) -> dict[str, Any]:
-    """The validated request as plain values, for the idempotency fingerprint."""
-    return {name: getattr(value, "value", value) for name, value in payload.items()}
+    """The validated request as plain values, for the idempotency fingerprint.
+
+    Optional fields left out stay out, so adding one never changes the
+    fingerprint of a request recorded before it existed.
+    """
+    return {name: getattr(value, "value", value) for name, value in payload.items() if value is not None}
+
+
+def _hold_lifetime(requested_seconds: int | None) -> timedelta:
+    limit = current_app.config["HOLD_TTL_SECONDS"]
+    if requested_seconds is not None and requested_seconds > limit:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"hold_expires_in may be at most {limit} seconds.",
+            title="Validation failed",
+            errors={"hold_expires_in": [f"Must be between 1 and {limit}."]},
+        )
+    return timedelta(seconds=requested_seconds or limit)
 
 
 def transaction_json(row: Any) -> dict[str, Any]:
@@ -160,7 +254,10 @@ def record_transaction(caller: Caller, payload: dict[str, Any], idempotency_key:
     kind: TransactionType = payload["type"]
     caller.require_scope(WRITE_SCOPE[kind])
     now = utcnow()
-    row = {**payload, "id": uuid7(), "created_at": now, "updated_at": now}
+    fields = {name: value for name, value in payload.items() if name != "hold_expires_in"}
+    row = {**fields, "id": uuid7(), "created_at": now, "updated_at": now, "hold_expires_at": None}
+    if kind is TransactionType.USAGE and payload["status"] is TransactionStatus.PENDING:
+        row["hold_expires_at"] = now + _hold_lifetime(payload.get("hold_expires_in"))
     body = json.dumps(transaction_json(row), separators=(",", ":"))
     try:
         if idempotency_key is not None:
@@ -176,7 +273,7 @@ def record_transaction(caller: Caller, payload: dict[str, Any], idempotency_key:
                 db.session.rollback()
                 replayed_id = uuid.UUID(json.loads(previous.body)["id"])
                 return Recorded(replayed_id, previous.status_code, previous.body, replayed=True)
-        _apply_new(kind, payload["status"], payload["user_id"], payload["credits"])
+        _apply_new(row)
         db.session.execute(insert(_transactions).values(**row))
         db.session.commit()
     except IntegrityError as error:
@@ -195,13 +292,19 @@ def settle_transaction(caller: Caller, transaction_id: uuid.UUID, status: Transa
     """Move a pending transaction to completed or failed, once.
 
     Asking for the status a transaction already has changes nothing, so
-    webhook retries are harmless; any other move is refused.
+    webhook retries are harmless; any other move is refused. A hold that has
+    lapsed is released (failed) instead, and completing it is refused.
     """
+    now = utcnow()
     try:
         moved = db.session.execute(
             update(_transactions)
-            .where(_transactions.c.id == transaction_id, _transactions.c.status == TransactionStatus.PENDING)
-            .values(status=status, updated_at=func.greatest(utcnow(), _transactions.c.created_at))
+            .where(
+                _transactions.c.id == transaction_id,
+                _transactions.c.status == TransactionStatus.PENDING,
+                _is_live_hold(now),
+            )
+            .values(status=status, updated_at=func.greatest(now, _transactions.c.created_at))
             .returning(*_transactions.c)
         ).first()
         if moved is not None:
@@ -209,22 +312,43 @@ def settle_transaction(caller: Caller, transaction_id: uuid.UUID, status: Transa
             _apply_settlement(moved.type, status, moved.user_id, moved.credits)
             db.session.commit()
             return transaction_json(moved)
-        current = db.session.execute(select(_transactions).where(_transactions.c.id == transaction_id)).first()
+        current = _read(transaction_id)
         if current is None:
             raise _not_found(transaction_id)
         caller.require_scope(WRITE_SCOPE[current.type])
+        if current.status is TransactionStatus.PENDING:
+            # Not moved although pending: its hold has lapsed. Release it now, for good.
+            _expire_holds(_transactions.c.id == transaction_id, now)
+            db.session.commit()
+            current = _read(transaction_id)
         if current.status != status:
-            raise ApiError(
-                409,
-                "invalid_transition",
-                f"The transaction is {current.status.value}; only a pending transaction can become {status.value}.",
-                title="Invalid transition",
-            )
+            raise _refused_move(current, status)
         db.session.rollback()
         return transaction_json(current)
     except BaseException:
         db.session.rollback()
         raise
+
+
+def _read(transaction_id: uuid.UUID) -> Any:
+    return db.session.execute(select(_transactions).where(_transactions.c.id == transaction_id)).first()
+
+
+def _refused_move(current: Any, requested: TransactionStatus) -> ApiError:
+    if current.failure_reason == HOLD_EXPIRED:
+        return ApiError(
+            409,
+            "hold_expired",
+            f"The hold lapsed at {current.hold_expires_at.isoformat()} and its credits were released; "
+            "record a new usage to charge for this generation.",
+            title="Hold expired",
+        )
+    return ApiError(
+        409,
+        "invalid_transition",
+        f"The transaction is {current.status.value}; only a pending transaction can become {requested.value}.",
+        title="Invalid transition",
+    )
 
 
 def _not_found(transaction_id: uuid.UUID) -> ApiError:
@@ -233,7 +357,7 @@ def _not_found(transaction_id: uuid.UUID) -> ApiError:
 
 def get_transaction(caller: Caller, transaction_id: uuid.UUID) -> dict[str, Any]:
     caller.require_read()
-    row = db.session.execute(select(_transactions).where(_transactions.c.id == transaction_id)).first()
+    row = _read(transaction_id)
     # Another user's transaction is reported exactly like a missing one.
     if row is None or not caller.can_read(row.user_id):
         raise _not_found(transaction_id)
@@ -268,9 +392,20 @@ def list_history(
 
 
 def get_balance(user_id: uuid.UUID) -> Balance:
+    """The user's totals, with holds that have lapsed already counted as released."""
+    lapsed = (
+        select(func.coalesce(func.sum(-_transactions.c.credits), 0))
+        .where(
+            _transactions.c.user_id == user_id,
+            _transactions.c.status == TransactionStatus.PENDING,
+            _transactions.c.type == TransactionType.USAGE,
+            _transactions.c.hold_expires_at <= utcnow(),
+        )
+        .scalar_subquery()
+    )
     row = db.session.execute(
-        select(_balances.c.balance, _balances.c.held).where(_balances.c.user_id == user_id)
+        select(_balances.c.balance, _balances.c.held - lapsed).where(_balances.c.user_id == user_id)
     ).first()
     if row is None:
         return Balance(user_id, 0, 0)
-    return Balance(user_id, row.balance, row.held)
+    return Balance(user_id, row[0], row[1])
