@@ -187,16 +187,15 @@ def db_session(engine: Engine) -> Iterator[Session]:
         yield session
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def live_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The service under gunicorn, as in production, for tests that need real concurrency."""
-    port = _free_port()
+    # Bind here and hand the socket to gunicorn, so no other process can take the port in between.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    listener.set_inheritable(True)
+    port = listener.getsockname()[1]
     log_path = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
     env = {
         **os.environ,
@@ -207,14 +206,16 @@ def live_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
     base_url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--workers", "4", "--bind", f"127.0.0.1:{port}", "wsgi:app"],
+            [sys.executable, "-m", "gunicorn", "--workers", "4", "--bind", f"fd://{listener.fileno()}", "wsgi:app"],
             cwd=REPO_ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            pass_fds=(listener.fileno(),),
         )
+    listener.close()
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while not _answers(base_url + "/readyz"):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("gunicorn did not start:\n" + log_path.read_text(errors="replace"))
@@ -227,6 +228,6 @@ def live_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def _answers(url: str) -> bool:
     try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.ConnectionError:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:  # not listening yet, or workers still booting
         return False
