@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -187,43 +188,53 @@ def db_session(engine: Engine) -> Iterator[Session]:
         yield session
 
 
-@pytest.fixture(scope="session")
-def live_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The service under gunicorn, as in production, for tests that need real concurrency."""
+@contextmanager
+def running_gunicorn(database_url: str, log_dir: Path, workers: int = 4, **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """The service under gunicorn with the production settings (gunicorn.conf.py)."""
     # Bind here and hand the socket to gunicorn, so no other process can take the port in between.
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(128)
     listener.set_inheritable(True)
     port = listener.getsockname()[1]
-    log_path = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
-    env = {
+    log_path = log_dir / "gunicorn.log"
+    environment = {
         **os.environ,
         "DATABASE_URL": database_url,
         "JWT_SECRET_KEY": TEST_SECRET,
         "DATABASE_POOL_SIZE": "10",
+        "PROMETHEUS_MULTIPROC_DIR": str(log_dir),
+        **env,
     }
-    base_url = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable, "-m", "gunicorn", "--config", str(REPO_ROOT / "gunicorn.conf.py"),
+        "--workers", str(workers), "--bind", f"fd://{listener.fileno()}", "wsgi:app",
+    ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--workers", "4", "--bind", f"fd://{listener.fileno()}", "wsgi:app"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
             pass_fds=(listener.fileno(),),
         )
     listener.close()
+    base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while not _answers(base_url + "/readyz"):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("gunicorn did not start:\n" + log_path.read_text(errors="replace"))
             time.sleep(0.1)
-        yield base_url
+        yield process, base_url
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def live_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A shared server for tests that need real concurrency."""
+    with running_gunicorn(database_url, tmp_path_factory.mktemp("gunicorn")) as (_process, base_url):
+        yield base_url
 
 
 def _answers(url: str) -> bool:

@@ -18,6 +18,7 @@ def test_unknown_route_is_a_404_problem(client):
         "status": 404,
         "detail": "No such resource.",
         "code": "not_found",
+        "instance": f"urn:request:{response.headers['X-Request-ID']}",
     }
 
 

@@ -14,6 +14,8 @@ from .cli import init_cli
 from .errors import register_error_handlers
 from .extensions import db, migrate
 from .http import init_http
+from .limits import init_limits
+from .observability import init_observability
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -29,6 +31,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
+    init_observability(app)
     init_auth(app)
     init_http(app)
     register_error_handlers(app)
@@ -37,6 +40,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from .transactions.routes import bp as transactions_bp
     from .users.routes import bp as users_bp
 
+    if app.config["RATELIMIT_ENABLED"]:
+        init_limits(app, unlimited=[health_bp])
     app.register_blueprint(health_bp)
     app.register_blueprint(transactions_bp)
     app.register_blueprint(users_bp)

@@ -115,6 +115,11 @@ def caller_from_claims(claims: dict[str, Any]) -> Caller:
     return Caller(name=str(user_id), user_id=user_id)
 
 
+def verified_caller() -> Caller | None:
+    """The caller, if this request's token has already been verified; never verifies."""
+    return request.environ.get(_CALLER_KEY)
+
+
 def current_caller() -> Caller:
     """The caller of this request, verified once per request."""
     caller = request.environ.get(_CALLER_KEY)

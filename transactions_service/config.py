@@ -66,6 +66,13 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "DATABASE_STATEMENT_TIMEOUT_MS": _int(env, "DATABASE_STATEMENT_TIMEOUT_MS", 10_000),
         "DATABASE_LOCK_TIMEOUT_MS": _int(env, "DATABASE_LOCK_TIMEOUT_MS", 5_000),
         "HOLD_TTL_SECONDS": _int(env, "HOLD_TTL_SECONDS", 3600),
+        "LOG_FORMAT": env.get("LOG_FORMAT") or "json",
+        "LOG_LEVEL": (env.get("LOG_LEVEL") or "INFO").upper(),
+        "METRICS_TOKEN": env.get("METRICS_TOKEN") or None,
+        "RATELIMIT_ENABLED": env.get("RATELIMIT_ENABLED", "true").lower() not in ("0", "false", "no", "off"),
+        "RATELIMIT_DEFAULT": env.get("RATELIMIT_DEFAULT") or "300 per minute",
+        "RATELIMIT_SERVICE_DEFAULT": env.get("RATELIMIT_SERVICE_DEFAULT") or "20000 per minute",
+        "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI") or "memory://",
     }
     return {key: value for key, value in settings.items() if value is not None}
 
@@ -95,6 +102,8 @@ def finalise(config: dict[str, Any]) -> None:
         **config.get("SQLALCHEMY_ENGINE_OPTIONS", {}),
     }
 
+    if config["LOG_FORMAT"] not in ("json", "text"):
+        raise ConfigError("LOG_FORMAT must be 'json' or 'text'")
     if config["HOLD_TTL_SECONDS"] < 1:
         raise ConfigError("HOLD_TTL_SECONDS must be at least 1")
 

@@ -71,6 +71,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     os.environ.setdefault("JWT_SECRET_KEY", development_secret())
     os.environ.setdefault("CORS_ORIGINS", DEV_CORS_ORIGINS)
+    os.environ.setdefault("LOG_FORMAT", "text")
     embedded = None
     if not os.environ.get("DATABASE_URL"):
         embedded = EmbeddedPostgres((INSTANCE / "postgres").resolve()).start()
@@ -96,8 +97,8 @@ def main() -> int:
         print_tokens(app)
         print(f"Serving on http://{host}:{port}  (Ctrl-C to stop)", flush=True)
         gunicorn = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", f"{host}:{port}",
-             "--access-logfile", "-", "wsgi:app"],
+            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--workers", "2",
+             "--bind", f"{host}:{port}", "wsgi:app"],
         )
         return gunicorn.wait()
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, json
+from flask import Flask, Response, has_request_context, json, request
 from marshmallow import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
@@ -19,6 +19,12 @@ PROBLEM_MIMETYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://transactions.example/problems/"
 
 log = logging.getLogger(__name__)
+REQUEST_ID_KEY = "transactions_service.request_id"
+
+
+def request_id() -> str | None:
+    """The id of the request being served (see observability), if any."""
+    return request.environ.get(REQUEST_ID_KEY) if has_request_context() else None
 
 # Codes for the HTTP errors Werkzeug raises on its own.
 _HTTP_CODES = {
@@ -69,6 +75,9 @@ def problem_response(error: ApiError) -> Response:
         "detail": error.detail,
         "code": error.code,
     }
+    identifier = request_id()
+    if identifier is not None:
+        body["instance"] = f"urn:request:{identifier}"
     if error.errors is not None:
         body["errors"] = error.errors
     response = Response(json.dumps(body, separators=(",", ":")), status=error.status, mimetype=PROBLEM_MIMETYPE)

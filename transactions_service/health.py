@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hmac
 from pathlib import Path
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import text
 
 from .errors import ApiError, database_unavailable
 from .extensions import db
+from .observability import metrics_payload
 
 bp = Blueprint("health", __name__)
 
@@ -30,6 +32,25 @@ def readyz() -> Response:
     finally:
         db.session.rollback()
     return jsonify(status="ok", database="ok")
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus metrics, for scrapers that present ``METRICS_TOKEN`` as a bearer token."""
+    expected = current_app.config.get("METRICS_TOKEN")
+    if not expected:
+        raise ApiError(404, "not_found", "Metrics are disabled: set METRICS_TOKEN, or scrape METRICS_PORT.", title="Not Found")
+    supplied = request.headers.get("Authorization", "").removeprefix("Bearer ")
+    if not hmac.compare_digest(supplied.encode(), expected.encode()):
+        raise ApiError(
+            401,
+            "invalid_token",
+            "Send the metrics token as a bearer token.",
+            title="Unauthorized",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    payload, content_type = metrics_payload()
+    return Response(payload, content_type=content_type)
 
 
 @bp.get("/openapi.yaml")

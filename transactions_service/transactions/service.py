@@ -27,6 +27,7 @@ from ..auth import WRITE_PURCHASES, WRITE_USAGE, Caller
 from ..errors import ApiError
 from ..extensions import db
 from ..ids import utcnow, uuid7
+from ..observability import LEDGER_HOLDS, LEDGER_REFUSED_SPENDS, LEDGER_REPLAYS, LEDGER_TRANSACTIONS
 from ..users.models import User
 from .models import HOLD_EXPIRED, TransactionStatus, TransactionType, UserBalance, UserTransaction
 from .schemas import TransactionSchema, decode_cursor, encode_cursor
@@ -77,6 +78,7 @@ def _unknown_user(user_id: uuid.UUID) -> ApiError:
 
 
 def _insufficient_credits(user_id: uuid.UUID, needed: int) -> ApiError:
+    LEDGER_REFUSED_SPENDS.inc()
     return ApiError(
         409,
         "insufficient_credits",
@@ -191,6 +193,8 @@ def _expire_holds(
     # One user at a time, in a fixed order, so that two expiry batches cannot deadlock.
     for user_id in sorted(released):
         _settle_hold(user_id, released[user_id], consume=False)
+    # Counted when the caller commits; a rolled-back expiry is rare and is expired again later.
+    LEDGER_HOLDS.labels("expired").inc(len(expired))
     return len(expired)
 
 
@@ -271,6 +275,7 @@ def record_transaction(caller: Caller, payload: dict[str, Any], idempotency_key:
             )
             if previous is not None:
                 db.session.rollback()
+                LEDGER_REPLAYS.inc()
                 replayed_id = uuid.UUID(json.loads(previous.body)["id"])
                 return Recorded(replayed_id, previous.status_code, previous.body, replayed=True)
         _apply_new(row)
@@ -285,6 +290,7 @@ def record_transaction(caller: Caller, payload: dict[str, Any], idempotency_key:
     except BaseException:
         db.session.rollback()
         raise
+    LEDGER_TRANSACTIONS.labels(kind.value, row["status"].value).inc()
     return Recorded(row["id"], 201, body, replayed=False)
 
 
@@ -311,6 +317,8 @@ def settle_transaction(caller: Caller, transaction_id: uuid.UUID, status: Transa
             caller.require_scope(WRITE_SCOPE[moved.type])
             _apply_settlement(moved.type, status, moved.user_id, moved.credits)
             db.session.commit()
+            if moved.type is TransactionType.USAGE:
+                LEDGER_HOLDS.labels("settled" if status is TransactionStatus.COMPLETED else "released").inc()
             return transaction_json(moved)
         current = _read(transaction_id)
         if current is None:
