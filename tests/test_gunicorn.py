@@ -58,7 +58,7 @@ def test_sigterm_lets_an_in_flight_request_finish(server, admin, engine):
     user_id = funded_user(base_url, admin)
     spend = {"user_id": str(user_id), "type": "usage", "amount": "0", "credits": -10, "description": "in flight"}
     outcome = {}
-    with engine.connect() as blocker:
+    with engine.connect() as blocker, engine.connect() as observer:
         blocker.execute(text("SELECT 1 FROM user_balances WHERE user_id = :id FOR UPDATE"), {"id": user_id})
 
         def send():
@@ -66,9 +66,11 @@ def test_sigterm_lets_an_in_flight_request_finish(server, admin, engine):
 
         thread = threading.Thread(target=send)
         thread.start()
-        deadline = time.monotonic() + 10
-        while not blocker.execute(
-            text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+        deadline = time.monotonic() + 30
+        # Polled from its own connection in autocommit: pg_stat_activity is a snapshot per transaction.
+        observer = observer.execution_options(isolation_level="AUTOCOMMIT")
+        while not observer.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%user_balances%'")
         ).scalar():
             assert time.monotonic() < deadline, "the spend never reached the database"
             time.sleep(0.05)
@@ -84,10 +86,12 @@ def test_sigterm_lets_an_in_flight_request_finish(server, admin, engine):
 def test_a_killed_worker_is_replaced_and_service_continues(server, admin):
     process, base_url = server
     user_id = funded_user(base_url, admin)
-    victims = worker_pids(process.pid)
-    assert len(victims) == 2
+    deadline = time.monotonic() + 30
+    while len(victims := worker_pids(process.pid)) < 2:
+        assert time.monotonic() < deadline, "gunicorn never had its two workers"
+        time.sleep(0.1)
     os.kill(victims[0], signal.SIGKILL)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30
     while len(set(worker_pids(process.pid)) - set(victims)) < 1:
         assert time.monotonic() < deadline, "the master did not replace the worker"
         time.sleep(0.1)
