@@ -120,8 +120,8 @@ VALID = {"type": "purchase", "amount": "9.99", "credits": 500, "description": "S
         ({"credits": 0}, "credits"),
         ({"credits": -5}, "credits"),
         ({"type": "usage", "credits": 5, "amount": "0"}, "credits"),
-        ({"credits": 66.0}, "credits"),
         ({"credits": 66.5}, "credits"),
+        ({"credits": float("inf")}, "credits"),
         ({"credits": "66"}, "credits"),
         ({"credits": True}, "credits"),
         ({"credits": 1_000_000_001}, "credits"),
@@ -178,6 +178,12 @@ def test_amount_accepts_strings_and_numbers_with_at_most_two_decimals(api, amoun
     response = api.purchase(api.register(), amount=amount)
     assert response.status_code == 201
     assert response.json["amount"] == stored
+
+
+def test_integral_number_for_credits_is_the_integer(api):
+    response = api.purchase(api.register(), credits=66.0)
+    assert response.status_code == 201
+    assert response.json["credits"] == 66
 
 
 def test_largest_credit_change_is_accepted(api):

@@ -45,7 +45,7 @@ def test_caller_may_ask_for_a_shorter_hold(api):
     [
         {"status": "pending", "hold_expires_in": 3601},
         {"status": "pending", "hold_expires_in": 0},
-        {"status": "pending", "hold_expires_in": 60.0},
+        {"status": "pending", "hold_expires_in": 60.5},
         {"status": "completed", "hold_expires_in": 60},
     ],
     ids=["longer-than-ttl", "zero", "not-an-integer", "completed-usage"],
