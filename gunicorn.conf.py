@@ -34,6 +34,11 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", 30))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", 30))
 keepalive = 5
 
+# Request line and header bounds, enforced before the app sees the request.
+limit_request_line = 4094
+limit_request_fields = 50
+limit_request_field_size = 8190
+
 # The service writes its own access line per request (JSON, with request id
 # and caller); gunicorn's would duplicate it.
 accesslog = None

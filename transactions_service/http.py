@@ -12,6 +12,9 @@ from werkzeug.exceptions import BadRequest
 from .errors import ApiError, validation_error
 from .transactions.models import MAX_IDEMPOTENCY_KEY_LENGTH
 
+MAX_QUERY_STRING_BYTES = 2048
+MAX_QUERY_PARAMETERS = 10
+MAX_AUTHORIZATION_BYTES = 8192
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")
 EXPOSED_HEADERS = "Location, Idempotent-Replayed, Retry-After, WWW-Authenticate"
 
@@ -54,8 +57,29 @@ def idempotency_key() -> str | None:
     return key
 
 
+def enforce_request_bounds() -> None:
+    """Refuse oversized inputs before any of them is parsed or verified (bodies: MAX_CONTENT_LENGTH)."""
+    if not request.path.startswith("/api/"):
+        return
+    if len(request.query_string) > MAX_QUERY_STRING_BYTES:
+        raise ApiError(
+            414, "uri_too_long", f"The query string is longer than {MAX_QUERY_STRING_BYTES} bytes.", title="URI Too Long"
+        )
+    if request.query_string.count(b"&") + 1 > MAX_QUERY_PARAMETERS:
+        raise validation_error({"_query": [f"At most {MAX_QUERY_PARAMETERS} query parameters are accepted."]})
+    if len(request.headers.get("Authorization", "")) > MAX_AUTHORIZATION_BYTES:
+        raise ApiError(
+            401,
+            "invalid_token",
+            f"The Authorization header is longer than {MAX_AUTHORIZATION_BYTES} bytes.",
+            title="Unauthorized",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+
+
 def init_http(app: Flask) -> None:
     origins = frozenset(app.config.get("CORS_ORIGINS", ()))
+    app.before_request(enforce_request_bounds)
 
     @app.after_request
     def add_headers(response: Response) -> Response:
