@@ -21,7 +21,7 @@ from flask import Flask, current_app, request
 from flask_jwt_extended import get_jwt, verify_jwt_in_request
 from flask_jwt_extended.exceptions import JWTExtendedException
 
-from .errors import ApiError, problem_response
+from .errors import ApiError, problem_response, validation_error
 from .extensions import jwt
 
 READ_TRANSACTIONS = "transactions:read"
@@ -74,12 +74,8 @@ class Caller:
             return self.user_id
         self.require_scope(READ_TRANSACTIONS)
         if requested is None:
-            raise ApiError(
-                422,
-                "validation_error",
-                "Service callers must name the user they read.",
-                title="Validation failed",
-                errors={"user_id": ["Missing data for required field."]},
+            raise validation_error(
+                {"user_id": ["Missing data for required field."]}, "Service callers must name the user they read."
             )
         return requested
 

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import idempotency
 from ..auth import WRITE_PURCHASES, WRITE_USAGE, Caller
-from ..errors import ApiError
+from ..errors import ApiError, validation_error
 from ..extensions import db
 from ..ids import utcnow, uuid7
 from ..observability import LEDGER_HOLDS, LEDGER_REFUSED_SPENDS, LEDGER_REPLAYS, LEDGER_TRANSACTIONS
@@ -239,12 +239,8 @@ def _comparable(payload: dict[str, Any]) -> dict[str, Any]:
 def _hold_lifetime(requested_seconds: int | None) -> timedelta:
     limit = current_app.config["HOLD_TTL_SECONDS"]
     if requested_seconds is not None and requested_seconds > limit:
-        raise ApiError(
-            422,
-            "validation_error",
-            f"hold_expires_in may be at most {limit} seconds.",
-            title="Validation failed",
-            errors={"hold_expires_in": [f"Must be between 1 and {limit}."]},
+        raise validation_error(
+            {"hold_expires_in": [f"Must be between 1 and {limit}."]}, f"hold_expires_in may be at most {limit} seconds."
         )
     return timedelta(seconds=requested_seconds or limit)
 
