@@ -114,7 +114,7 @@ describe("the billing page", () => {
       ["Jun 12, 2025, 9:41 AM", "Usage", "Image generation (1024x1024)", `${MINUS}20`, "\u2014", "Pending"],
       ["Jun 12, 2025, 9:30 AM", "Purchase", "Studio pack: 120,000 credits", "+120,000", "$1,234.56", "Completed"],
       ["Jun 11, 2025, 11:59 PM", "Purchase", "Creator pack: 1,200 credits", "+1,200", "$19.99", "Failed"],
-    ].map((row) => row.map((text) => text)));
+    ]);
     // the exact UTC time on hover
     const times = shownRows().map((row) => within(row).getByText(/2025/).getAttribute("title"));
     expect(times).toEqual([
