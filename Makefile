@@ -51,6 +51,15 @@ test: install
 test-python: install
 	$(BIN)/python -m pytest
 
+# The banner `make test` prints when the browser tests cannot run.
+SKIPPED_BROWSER_TESTS = printf '\n%s\n%s\n%s\n%s\n%s\n%s\n\n' \
+	"========================================================================" \
+	"!!  SKIPPED: the browser tests (web/tests/e2e) did NOT run," \
+	"!!  because $(CHROMIUM) is missing. Install it and run them with:" \
+	"!!      apt-get update && apt-get install -y chromium && make test-web" \
+	"!!  (.ci/run installs it, so CI always runs them.)" \
+	"========================================================================"
+
 # Type check, component tests, then the browser tests, which build the page
 # and run it against the real service. Without Chromium they are skipped
 # loudly (and the page is still built); on CI they are required.
@@ -59,17 +68,10 @@ test-web: install web-install
 	cd $(WEB) && npm test
 	@if [ -x $(CHROMIUM) ]; then \
 		cd $(WEB) && npm run test:e2e; \
+	elif [ -n "$$CI" ]; then \
+		$(SKIPPED_BROWSER_TESTS); echo "CI must run the browser tests." >&2; exit 1; \
 	else \
-		echo ""; \
-		echo "########################################################################"; \
-		echo "##  SKIPPED: the browser tests (web/tests/e2e) did NOT run,"; \
-		echo "##  because $(CHROMIUM) is missing. Install it and run them with:"; \
-		echo "##      apt-get update && apt-get install -y chromium && make test-web"; \
-		echo "##  (.ci/run installs it, so CI always runs them.)"; \
-		echo "########################################################################"; \
-		echo ""; \
-		if [ -n "$$CI" ]; then echo "CI must run the browser tests." >&2; exit 1; fi; \
-		cd $(WEB) && NEXT_PUBLIC_TRANSACTIONS_API_URL=$(API_URL) npm run build; \
+		(cd $(WEB) && NEXT_PUBLIC_TRANSACTIONS_API_URL=$(API_URL) npm run build) && $(SKIPPED_BROWSER_TESTS); \
 	fi
 
 migrate: install
