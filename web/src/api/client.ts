@@ -62,7 +62,13 @@ export function createTransactionsApi(options: TransactionsApiOptions = {}): Tra
       console.error("NEXT_PUBLIC_TRANSACTIONS_API_URL was not set when the page was built.");
       return { ok: false, failure: { kind: "problem", status: 0, title: "The billing page is not configured" } };
     }
-    const token = await getToken();
+    let token: string | null;
+    try {
+      token = await getToken();
+    } catch {
+      // The identity provider could not be asked (offline, say): like no answer from the service.
+      return { ok: false, failure: { kind: "network" } };
+    }
     if (!token) return { ok: false, failure: { kind: "signed-out" } };
     let outcome: { data?: T; error?: unknown; response: Response };
     try {

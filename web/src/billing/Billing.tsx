@@ -76,6 +76,7 @@ export function Billing({ filters, onFiltersChange, api = defaultApi(), pageSize
       ([balanceResult, pageResult]) => {
         if (controller.signal.aborted) return;
         if (!balanceResult.ok || !pageResult.ok) {
+          setBalance(null); // no longer vouched for: Retry starts from a skeleton
           setView({ phase: "failed", failure: mostSevere(balanceResult, pageResult) });
           return;
         }

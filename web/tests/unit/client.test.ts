@@ -41,3 +41,19 @@ describe("the typed client", () => {
     expect(request.credentials).toBe("omit");
   });
 });
+
+describe("the typed client when the identity provider fails", () => {
+  it("reports no answer, rather than failing the page, when getAccessToken() throws", async () => {
+    const fetch = vi.fn<typeof globalThis.fetch>();
+    const api = createTransactionsApi({
+      baseUrl: "http://127.0.0.1:5000",
+      fetch,
+      getToken: async () => {
+        throw new Error("offline");
+      },
+    });
+
+    expect(await api.getBalance()).toEqual({ ok: false, failure: { kind: "network" } });
+    expect(fetch).not.toHaveBeenCalled();
+  });
+});
