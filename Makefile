@@ -1,10 +1,19 @@
 # The two commands a new machine needs: `make run` and `make test`.
+# `make web` serves the billing page next to `make run`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+WEB := web
+WEB_STAMP := $(WEB)/node_modules/.installed
+CHROMIUM := /usr/bin/chromium
+# Where `make web` finds the service started by `make run`.
+API_URL ?= http://127.0.0.1:5000
 
-.PHONY: install run test migrate fuzz clean
+export NEXT_TELEMETRY_DISABLED := 1
+export NPM_CONFIG_UPDATE_NOTIFIER := false
+
+.PHONY: install web-install run web test test-python test-web migrate fuzz clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is required (found " + sys.version.split()[0] + ")") if sys.version_info < (3, 11) else None'
@@ -14,11 +23,56 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+$(WEB_STAMP): $(WEB)/package.json $(WEB)/package-lock.json
+	cd $(WEB) && npm ci
+	@touch $@
+
+web-install: $(WEB_STAMP)
+
 run: install
 	$(BIN)/python -m transactions_service.devserver
 
+# The billing page on http://127.0.0.1:3000/billing, built with a fresh token
+# for the demo user of `make run` (which must be running, in another terminal).
+web: install web-install
+	@test -f instance/jwt-secret || { echo "instance/jwt-secret is missing: start the service with 'make run' first (in another terminal)." >&2; exit 1; }
+	@token=$$(JWT_SECRET_KEY="$${JWT_SECRET_KEY:-$$(cat instance/jwt-secret)}" \
+		DATABASE_URL="$${DATABASE_URL:-$$($(BIN)/python -m transactions_service.devdb url --database transactions)}" \
+		$(BIN)/flask --app wsgi tokens issue --expires-in 7d \
+		--user "$$($(BIN)/python -c 'from transactions_service.cli import DEMO_USER_ID; print(DEMO_USER_ID)')") && \
+	cd $(WEB) && NEXT_PUBLIC_TRANSACTIONS_API_URL=$(API_URL) NEXT_PUBLIC_DEV_TOKEN="$$token" npm run build
+	@echo "Billing page for the demo user: http://127.0.0.1:3000/billing  (service: $(API_URL); Ctrl-C to stop)"
+	cd $(WEB) && npm start
+
 test: install
 	$(BIN)/python -m pytest
+	@$(MAKE) --no-print-directory test-web
+
+test-python: install
+	$(BIN)/python -m pytest
+
+# The banner `make test` prints when the browser tests cannot run.
+SKIPPED_BROWSER_TESTS = printf '\n%s\n%s\n%s\n%s\n%s\n%s\n\n' \
+	"========================================================================" \
+	"!!  SKIPPED: the browser tests (web/tests/e2e) did NOT run," \
+	"!!  because $(CHROMIUM) is missing. Install it and run them with:" \
+	"!!      apt-get update && apt-get install -y chromium && make test-web" \
+	"!!  (.ci/run installs it, so CI always runs them.)" \
+	"========================================================================"
+
+# Type check, component tests, then the browser tests, which build the page
+# and run it against the real service. Without Chromium they are skipped
+# loudly (and the page is still built); on CI they are required.
+test-web: install web-install
+	cd $(WEB) && npm run typecheck
+	cd $(WEB) && npm test
+	@if [ -x $(CHROMIUM) ]; then \
+		cd $(WEB) && npm run test:e2e; \
+	elif [ -n "$$CI" ]; then \
+		$(SKIPPED_BROWSER_TESTS); echo "CI must run the browser tests." >&2; exit 1; \
+	else \
+		(cd $(WEB) && NEXT_PUBLIC_TRANSACTIONS_API_URL=$(API_URL) npm run build) && $(SKIPPED_BROWSER_TESTS); \
+	fi
 
 migrate: install
 	$(BIN)/flask --app wsgi db upgrade
@@ -28,4 +82,4 @@ fuzz: install
 	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-400} $(BIN)/python -m pytest tests/test_fuzz.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache $(WEB)/node_modules $(WEB)/.next $(WEB)/test-artifacts

@@ -1,0 +1,50 @@
+/**
+ * The history filters and their place in the URL (`?type=usage&status=pending`),
+ * so that a filtered view can be linked and reloaded. Values the API does not
+ * know are ignored rather than sent, as a hand-edited link should not break the page.
+ */
+import type { TransactionStatus, TransactionType } from "@/api/client";
+
+import { STATUS_LABELS, TYPE_LABELS } from "./format";
+
+export interface HistoryFilters {
+  type?: TransactionType;
+  status?: TransactionStatus;
+}
+
+function isType(value: string | null): value is TransactionType {
+  return value !== null && Object.hasOwn(TYPE_LABELS, value);
+}
+
+function isStatus(value: string | null): value is TransactionStatus {
+  return value !== null && Object.hasOwn(STATUS_LABELS, value);
+}
+
+export function filtersFromSearchParams(params: Pick<URLSearchParams, "get">): HistoryFilters {
+  const type = params.get("type");
+  const status = params.get("status");
+  return {
+    ...(isType(type) ? { type } : {}),
+    ...(isStatus(status) ? { status } : {}),
+  };
+}
+
+/** The query string for the filters, without "?" ("" when none is set). */
+export function filtersToSearch(filters: HistoryFilters): string {
+  const params = new URLSearchParams();
+  if (filters.type) params.set("type", filters.type);
+  if (filters.status) params.set("status", filters.status);
+  return params.toString();
+}
+
+export function hasFilters(filters: HistoryFilters): boolean {
+  return Boolean(filters.type || filters.status);
+}
+
+export function parseTypeChoice(value: string): TransactionType | undefined {
+  return isType(value) ? value : undefined;
+}
+
+export function parseStatusChoice(value: string): TransactionStatus | undefined {
+  return isStatus(value) ? value : undefined;
+}

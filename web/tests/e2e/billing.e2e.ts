@@ -1,0 +1,420 @@
+/**
+ * The billing page in a real browser (Debian's Chromium, driven by
+ * playwright-core) against the real service on a real PostgreSQL: a user with
+ * 45 transactions of every type and status, recorded through the HTTP API.
+ */
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { randomUUID } from "node:crypto";
+
+import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { signToken, startStack, WEB_ROOT, type Stack } from "./stack";
+
+const CHROMIUM = "/usr/bin/chromium";
+const ARTIFACTS = join(WEB_ROOT, "test-artifacts");
+const ZONE = "America/New_York";
+const MINUS = "\u2212";
+
+interface Kind {
+  type: "purchase" | "usage";
+  amount: string;
+  credits: number;
+  status: "completed" | "pending" | "failed";
+  description: string;
+  // what the page must show, written out by hand rather than computed by the page's formatters
+  creditsText: string;
+  amountText: string;
+  typeText: string;
+  statusText: string;
+}
+
+// Nine kinds, five times over, oldest first: every type with every status,
+// thousands separators, cents, and usage with and without an amount.
+const KINDS: Kind[] = [
+  { type: "purchase", amount: "49.00", credits: 5000, status: "completed", description: "Studio pack: 5,000 credits",
+    creditsText: "+5,000", amountText: "$49.00", typeText: "Purchase", statusText: "Completed" },
+  { type: "usage", amount: "0", credits: -20, status: "completed", description: "Image generation (1024x1024)",
+    creditsText: `${MINUS}20`, amountText: "\u2014", typeText: "Usage", statusText: "Completed" },
+  { type: "usage", amount: "0", credits: -35, status: "pending", description: "Video generation, 5 s",
+    creditsText: `${MINUS}35`, amountText: "\u2014", typeText: "Usage", statusText: "Pending" },
+  { type: "purchase", amount: "19.99", credits: 1200, status: "failed", description: "Creator pack: 1,200 credits",
+    creditsText: "+1,200", amountText: "$19.99", typeText: "Purchase", statusText: "Failed" },
+  { type: "purchase", amount: "1234.56", credits: 150000, status: "pending", description: "Team plan: 150,000 credits",
+    creditsText: "+150,000", amountText: "$1,234.56", typeText: "Purchase", statusText: "Pending" },
+  { type: "usage", amount: "0", credits: -8, status: "failed", description: "Text generation, 4k tokens",
+    creditsText: `${MINUS}8`, amountText: "\u2014", typeText: "Usage", statusText: "Failed" },
+  { type: "purchase", amount: "4.50", credits: 250, status: "completed", description: "Top-up: 250 credits",
+    creditsText: "+250", amountText: "$4.50", typeText: "Purchase", statusText: "Completed" },
+  { type: "usage", amount: "0.25", credits: -1000, status: "completed", description: "Batch upscale, 40 images",
+    creditsText: `${MINUS}1,000`, amountText: "$0.25", typeText: "Usage", statusText: "Completed" },
+  { type: "usage", amount: "0", credits: -50, status: "completed", description: "Upscale 4x",
+    creditsText: `${MINUS}50`, amountText: "\u2014", typeText: "Usage", statusText: "Completed" },
+];
+
+interface Recorded extends Kind {
+  id: string;
+  createdAt: string;
+}
+
+const USER_ID = randomUUID();
+const recorded: Recorded[] = []; // oldest first, as recorded
+let newestFirst: Recorded[] = [];
+let stack: (Stack & { userToken: string; serviceToken: string }) | undefined;
+let browser: Browser | undefined;
+
+async function seed(apiUrl: string, serviceToken: string) {
+  const headers = { Authorization: `Bearer ${serviceToken}`, "Content-Type": "application/json" };
+  const registered = await fetch(`${apiUrl}/api/users/${USER_ID}`, { method: "PUT", headers });
+  expect(registered.status).toBe(201);
+  // One at a time: the order of recording is the order the history must show (reversed).
+  for (let index = 0; index < 45; index += 1) {
+    const kind = KINDS[index % KINDS.length]!;
+    const response = await fetch(`${apiUrl}/api/transactions`, {
+      method: "POST",
+      headers: { ...headers, "Idempotency-Key": `billing-e2e-${USER_ID}-${index}` },
+      body: JSON.stringify({
+        user_id: USER_ID,
+        type: kind.type,
+        amount: kind.amount,
+        credits: kind.credits,
+        description: kind.description,
+        status: kind.status,
+      }),
+    });
+    const body = (await response.json()) as { id: string; created_at: string };
+    expect(response.status, JSON.stringify(body)).toBe(201);
+    recorded.push({ ...kind, id: body.id, createdAt: body.created_at });
+  }
+  newestFirst = [...recorded].reverse();
+}
+
+async function apiGet<T>(path: string, token = stack!.userToken): Promise<{ status: number; body: T }> {
+  const response = await fetch(`${stack!.apiUrl}${path}`, { headers: { Authorization: `Bearer ${token}` } });
+  return { status: response.status, body: (await response.json()) as T };
+}
+
+async function newPage(viewport = { width: 1280, height: 900 }): Promise<{ context: BrowserContext; page: Page }> {
+  const context = await browser!.newContext({ viewport, locale: "en-US", timezoneId: ZONE });
+  const page = await context.newPage();
+  return { context, page };
+}
+
+function rows(page: Page) {
+  return page.getByTestId("transaction-row");
+}
+
+/** Each shown row as the user reads it. */
+async function readRows(page: Page) {
+  return rows(page).evaluateAll((elements) =>
+    elements.map((row) => {
+      const cells = Array.from(row.querySelectorAll("td")).map((cell) => cell.textContent?.trim() ?? "");
+      const time = row.querySelector("time");
+      return {
+        id: row.getAttribute("data-id"),
+        date: cells[0],
+        type: cells[1],
+        description: cells[2],
+        credits: cells[3],
+        amount: cells[4],
+        status: cells[5],
+        utc: time?.getAttribute("title"),
+        datetime: time?.getAttribute("datetime"),
+      };
+    }),
+  );
+}
+
+function expectedRow(transaction: Recorded) {
+  const moment = new Date(transaction.createdAt);
+  const date = new Intl.DateTimeFormat("en-US", { dateStyle: "medium", timeStyle: "short", timeZone: ZONE })
+    .format(moment)
+    .replace(/[\u202f\u00a0]/g, " ");
+  const [day, clock] = transaction.createdAt.replace("Z", "").split("T");
+  return {
+    id: transaction.id,
+    date,
+    type: transaction.typeText,
+    description: transaction.description,
+    credits: transaction.creditsText,
+    amount: transaction.amountText,
+    status: transaction.statusText,
+    utc: `${day} ${clock} UTC`,
+    datetime: transaction.createdAt,
+  };
+}
+
+function normaliseSpaces<T extends { date?: string }>(row: T): T {
+  return { ...row, date: row.date?.replace(/[\u202f\u00a0]/g, " ") };
+}
+
+async function screenshot(page: Page, name: string, fullPage = false) {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: join(ARTIFACTS, name), fullPage });
+}
+
+describe("the billing page in Chromium, on the real service", () => {
+  beforeAll(async () => {
+    stack = await startStack({ userId: USER_ID, seed });
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      // playwright-core starts the browser with a fresh temporary user-data-dir of its own.
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+      ],
+    });
+  });
+
+  afterAll(async () => {
+    try {
+      await browser?.close();
+    } finally {
+      await stack?.stop();
+    }
+  });
+
+  it("recorded 45 transactions, which the service lists newest first", async () => {
+    const { status, body } = await apiGet<{ data: { id: string }[]; has_more: boolean }>(
+      `/api/transactions?limit=100`,
+    );
+    expect(status).toBe(200);
+    expect(body.has_more).toBe(false);
+    expect(body.data.map((row) => row.id)).toEqual(newestFirst.map((row) => row.id));
+  });
+
+  it("shows the newest 20 with the right dates, types, descriptions, signs, amounts and statuses", async () => {
+    const { context, page } = await newPage();
+    try {
+      await page.goto(`${stack!.webUrl}/billing`);
+      await expect.poll(() => rows(page).count()).toBe(20);
+
+      const shown = (await readRows(page)).map(normaliseSpaces);
+      expect(shown).toEqual(newestFirst.slice(0, 20).map(expectedRow));
+      await expect.poll(() => page.getByRole("button", { name: "Load more" }).isVisible()).toBe(true);
+
+      // signed credits are coloured: credits in and out differ in colour, and failed ones are struck through
+      const colours = await page.evaluate(() => {
+        const cell = (text: string) =>
+          Array.from(document.querySelectorAll<HTMLElement>('[data-testid="credits"]')).find(
+            (element) => element.textContent === text,
+          )!;
+        const style = (text: string) => getComputedStyle(cell(text));
+        return {
+          credit: style("+5,000").color,
+          debit: style("\u221220").color,
+          failed: style("+1,200").textDecorationLine,
+        };
+      });
+      expect(colours.credit).not.toBe(colours.debit);
+      expect(colours.failed).toBe("line-through");
+
+      await screenshot(page, "billing-desktop.png");
+      await screenshot(page, "billing-desktop-full.png", true);
+    } finally {
+      await context.close();
+    }
+  });
+
+  it('"Load more" twice shows all 45 exactly once, in order, and then goes away', async () => {
+    const { context, page } = await newPage();
+    try {
+      await page.goto(`${stack!.webUrl}/billing`);
+      await expect.poll(() => rows(page).count()).toBe(20);
+      await page.getByRole("button", { name: "Load more" }).click();
+      await expect.poll(() => rows(page).count()).toBe(40);
+      await page.getByRole("button", { name: "Load more" }).click();
+      await expect.poll(() => rows(page).count()).toBe(45);
+
+      const shown = (await readRows(page)).map(normaliseSpaces);
+      expect(shown).toEqual(newestFirst.map(expectedRow));
+      expect(new Set(shown.map((row) => row.id)).size).toBe(45);
+      expect(await page.getByRole("button", { name: /Load more|Loading/ }).count()).toBe(0);
+    } finally {
+      await context.close();
+    }
+  });
+
+  it("shows the balance that GET /api/balance returns", async () => {
+    const { status, body } = await apiGet<{ balance: number; held: number; available: number }>("/api/balance");
+    expect(status).toBe(200);
+    // the ledger as seeded: per round of nine, +5,000 +250 −20 −1,000 −50 completed, and 35 held
+    expect(body).toMatchObject({ balance: 20_900, held: 175, available: 20_725 });
+
+    const { context, page } = await newPage();
+    try {
+      await page.goto(`${stack!.webUrl}/billing`);
+      await expect.poll(() => page.getByTestId("balance-available").textContent()).toBe("20,725");
+      expect(await page.getByTestId("balance-total").textContent()).toBe(body.balance.toLocaleString("en-US"));
+      expect(await page.getByTestId("balance-held").textContent()).toBe(body.held.toLocaleString("en-US"));
+      expect(await page.getByTestId("balance-available").textContent()).toBe(body.available.toLocaleString("en-US"));
+    } finally {
+      await context.close();
+    }
+  });
+
+  it("filters by type through the URL, and a filtered link survives a reload", async () => {
+    const { context, page } = await newPage();
+    try {
+      await page.goto(`${stack!.webUrl}/billing`);
+      await expect.poll(() => rows(page).count()).toBe(20);
+
+      await page.getByLabel("Type").selectOption("usage");
+      await expect.poll(() => new URL(page.url()).search).toBe("?type=usage");
+      const usage = newestFirst.filter((row) => row.type === "usage");
+      await expect.poll(async () => (await readRows(page)).map((row) => row.id)).toEqual(
+        usage.slice(0, 20).map((row) => row.id),
+      );
+      expect(new Set((await readRows(page)).map((row) => row.type))).toEqual(new Set(["Usage"]));
+
+      await page.reload();
+      await expect.poll(() => rows(page).count()).toBe(20);
+      expect(new Set((await readRows(page)).map((row) => row.type))).toEqual(new Set(["Usage"]));
+      expect(await page.getByLabel("Type").inputValue()).toBe("usage");
+
+      // a linked view with both filters
+      await page.goto(`${stack!.webUrl}/billing?type=purchase&status=pending`);
+      const pendingPurchases = newestFirst.filter((row) => row.type === "purchase" && row.status === "pending");
+      expect(pendingPurchases).toHaveLength(5);
+      await expect.poll(async () => (await readRows(page)).map((row) => row.id)).toEqual(
+        pendingPurchases.map((row) => row.id),
+      );
+      expect(await page.getByRole("button", { name: "Load more" }).count()).toBe(0);
+
+      // and back to everything
+      await page.getByRole("button", { name: "Clear filters" }).click();
+      await expect.poll(() => new URL(page.url()).search).toBe("");
+      await expect.poll(() => rows(page).count()).toBe(20);
+    } finally {
+      await context.close();
+    }
+  });
+
+  it("is usable with the keyboard alone", async () => {
+    const { context, page } = await newPage();
+    try {
+      await page.goto(`${stack!.webUrl}/billing`);
+      await expect.poll(() => rows(page).count()).toBe(20);
+      const reached: string[] = [];
+      for (let step = 0; step < 10; step += 1) {
+        await page.keyboard.press("Tab");
+        reached.push(
+          await page.evaluate(() => {
+            const element = document.activeElement as HTMLElement | null;
+            return `${element?.tagName.toLowerCase()}:${element?.getAttribute("aria-label") ?? element?.textContent?.trim().slice(0, 20)}`;
+          }),
+        );
+        if (reached.at(-1) === "button:Load more") break;
+      }
+      expect(reached).toContain("button:Load more");
+      expect(reached.some((entry) => entry.startsWith("select:"))).toBe(true);
+      await page.keyboard.press("Enter");
+      await expect.poll(() => rows(page).count()).toBe(40);
+    } finally {
+      await context.close();
+    }
+  });
+
+  it("fits a 375 px wide phone without sideways scrolling", async () => {
+    const { context, page } = await newPage({ width: 375, height: 812 });
+    try {
+      await page.goto(`${stack!.webUrl}/billing`);
+      await expect.poll(() => rows(page).count()).toBe(20);
+      const widths = await page.evaluate(() => ({
+        page: document.documentElement.scrollWidth,
+        viewport: window.innerWidth,
+      }));
+      expect(widths.page).toBeLessThanOrEqual(widths.viewport);
+      // every value of the newest row is on screen
+      const first = rows(page).first();
+      for (const text of Object.values(expectedRow(newestFirst[0]!)).slice(2, 7)) {
+        await expect.poll(() => first.getByText(text, { exact: true }).isVisible()).toBe(true);
+      }
+      await screenshot(page, "billing-mobile.png");
+      await screenshot(page, "billing-mobile-full.png", true);
+    } finally {
+      await context.close();
+    }
+  });
+
+  it("shows the session state for an expired token, and the rows after signing in again", async () => {
+    const expired = signToken(stack!.secret, USER_ID, -3600);
+    expect((await apiGet("/api/balance", expired)).status).toBe(401);
+
+    const { context, page } = await newPage();
+    try {
+      await page.goto(`${stack!.webUrl}/dev/sign-in`);
+      await page.getByLabel("Access token").fill(expired);
+      await page.getByRole("button", { name: "Sign in" }).click();
+      await page.waitForURL("**/billing");
+
+      const session = page.getByTestId("session-expired");
+      await expect.poll(() => session.textContent()).toContain("Your session has expired — sign in again");
+      expect(await rows(page).count()).toBe(0);
+      expect(await page.getByTestId("balance-card").count()).toBe(0);
+      await screenshot(page, "billing-session-expired.png");
+
+      await session.getByRole("link", { name: "Sign in again" }).click();
+      await page.waitForURL("**/dev/sign-in?next=*");
+      await page.getByLabel("Access token").fill(stack!.userToken);
+      await page.getByRole("button", { name: "Sign in" }).click();
+      await page.waitForURL("**/billing");
+      await expect.poll(() => rows(page).count()).toBe(20);
+    } finally {
+      await context.close();
+    }
+  });
+
+  it("shows the error state while the service is down, and the rows after Retry once it is back", async () => {
+    const { context, page } = await newPage();
+    try {
+      await page.goto(`${stack!.webUrl}/billing`);
+      await expect.poll(() => rows(page).count()).toBe(20);
+
+      await stack!.api.stop();
+      await page.reload();
+      const error = page.getByTestId("billing-error");
+      await expect.poll(() => error.isVisible()).toBe(true);
+      expect(await error.textContent()).toContain("The billing service could not be reached.");
+      expect(await rows(page).count()).toBe(0);
+      await screenshot(page, "billing-service-down.png");
+
+      await stack!.api.start();
+      await error.getByRole("button", { name: "Retry" }).click();
+      await expect.poll(() => rows(page).count()).toBe(20);
+      expect(await page.getByTestId("billing-error").count()).toBe(0);
+    } finally {
+      await context.close();
+    }
+  });
+
+  it("shows the problem's title when the service answers 503, and the rows after Retry", async () => {
+    const { context, page } = await newPage();
+    try {
+      await page.goto(`${stack!.webUrl}/billing`);
+      await expect.poll(() => rows(page).count()).toBe(20);
+
+      await stack!.stopDatabase();
+      expect((await apiGet("/api/balance")).status).toBe(503);
+      await page.reload();
+      const error = page.getByTestId("billing-error");
+      await expect.poll(() => error.isVisible()).toBe(true);
+      expect(await page.getByTestId("billing-error-message").textContent()).toBe("Database unavailable");
+
+      await stack!.startDatabase();
+      await error.getByRole("button", { name: "Retry" }).click();
+      await expect.poll(() => rows(page).count()).toBe(20);
+    } finally {
+      await context.close();
+    }
+  });
+});
+

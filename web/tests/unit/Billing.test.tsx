@@ -1,0 +1,369 @@
+import { act, render, screen, waitFor, within } from "@testing-library/react";
+import userEvent from "@testing-library/user-event";
+import { describe, expect, it, vi } from "vitest";
+
+import type { Transaction } from "@/api/client";
+import { Billing } from "@/billing/Billing";
+import type { HistoryFilters } from "@/billing/filters";
+
+import {
+  balance,
+  BASE_URL,
+  deferred,
+  fakeService,
+  history,
+  json,
+  pageOf,
+  problem,
+  TOKEN,
+  type Answer,
+} from "./fake-service";
+
+const MINUS = "\u2212";
+
+function renderBilling(answer: Answer, options: { filters?: HistoryFilters; token?: string | null } = {}) {
+  const service = fakeService(answer, options.token === undefined ? TOKEN : options.token);
+  const onFiltersChange = vi.fn();
+  const view = render(
+    <Billing api={service.api} filters={options.filters ?? {}} onFiltersChange={onFiltersChange} />,
+  );
+  return { ...service, onFiltersChange, view };
+}
+
+/** A service holding `rows` (newest first) and a balance. */
+function ledger(rows: Transaction[], totals = balance(1587, 50)): Answer {
+  return ({ path, query }) => {
+    if (path === "/api/balance") return json(totals);
+    if (path === "/api/transactions") {
+      const filtered = rows.filter(
+        (row) => (!query.type || row.type === query.type) && (!query.status || row.status === query.status),
+      );
+      return json(pageOf(filtered, query));
+    }
+    return problem(404, "Not Found", "not_found");
+  };
+}
+
+function shownRows() {
+  return screen.queryAllByTestId("transaction-row");
+}
+
+function descriptions() {
+  return shownRows().map((row) => within(row).getAllByRole("cell")[2]?.textContent);
+}
+
+describe("the billing page", () => {
+  it("shows a loading skeleton, then the balance and the newest transactions", async () => {
+    const gate = deferred<void>();
+    const rows: Transaction[] = [
+      {
+        ...history(1)[0]!,
+        id: "01975c41-2f6e-7a3b-8c1d-5e6f7a8b9c0d",
+        type: "usage",
+        amount: "0.00",
+        credits: -20,
+        description: "Image generation (1024x1024)",
+        status: "pending",
+        created_at: "2025-06-12T09:41:03.512204Z",
+      },
+      {
+        ...history(1)[0]!,
+        id: "01975c3e-8a41-7c2b-9f1e-3d5a6b7c8d90",
+        type: "purchase",
+        amount: "1234.56",
+        credits: 120000,
+        description: "Studio pack: 120,000 credits",
+        status: "completed",
+        created_at: "2025-06-12T09:30:15.123456Z",
+      },
+      {
+        ...history(1)[0]!,
+        id: "01975c3e-0000-7c2b-9f1e-3d5a6b7c8d90",
+        type: "purchase",
+        amount: "19.99",
+        credits: 1200,
+        description: "Creator pack: 1,200 credits",
+        status: "failed",
+        created_at: "2025-06-11T23:59:59.999999Z",
+      },
+    ];
+    const answer = ledger(rows, balance(1587, 50));
+    const { calls } = renderBilling(async (call) => {
+      await gate.promise;
+      return answer(call);
+    });
+
+    expect(screen.getByTestId("history-loading")).toBeInTheDocument();
+    expect(screen.getByText("Loading your transactions…")).toBeInTheDocument();
+    expect(screen.getByTestId("balance-loading")).toBeInTheDocument();
+    expect(screen.queryByRole("table")).not.toBeInTheDocument();
+
+    await act(async () => gate.resolve());
+
+    expect(await screen.findByRole("table")).toBeInTheDocument();
+    expect(screen.queryByTestId("history-loading")).not.toBeInTheDocument();
+    expect(screen.getByTestId("balance-available")).toHaveTextContent("1,587");
+    expect(screen.getByTestId("balance-total")).toHaveTextContent("1,637");
+    expect(screen.getByTestId("balance-held")).toHaveTextContent("50");
+
+    const headers = screen.getAllByRole("columnheader").map((header) => header.textContent);
+    expect(headers).toEqual(["Date", "Type", "Description", "Credits", "Amount", "Status"]);
+
+    const cells = shownRows().map((row) => within(row).getAllByRole("cell").map((cell) => cell.textContent));
+    expect(cells).toEqual([
+      ["Jun 12, 2025, 9:41 AM", "Usage", "Image generation (1024x1024)", `${MINUS}20`, "\u2014", "Pending"],
+      ["Jun 12, 2025, 9:30 AM", "Purchase", "Studio pack: 120,000 credits", "+120,000", "$1,234.56", "Completed"],
+      ["Jun 11, 2025, 11:59 PM", "Purchase", "Creator pack: 1,200 credits", "+1,200", "$19.99", "Failed"],
+    ]);
+    // the exact UTC time on hover
+    const times = shownRows().map((row) => within(row).getByText(/2025/).getAttribute("title"));
+    expect(times).toEqual([
+      "2025-06-12 09:41:03.512204 UTC",
+      "2025-06-12 09:30:15.123456 UTC",
+      "2025-06-11 23:59:59.999999 UTC",
+    ]);
+
+    // one page of history and the balance, with the user's token, from the configured service
+    expect(calls.map((call) => `${call.url.origin}${call.path}`).sort()).toEqual([
+      `${BASE_URL}/api/balance`,
+      `${BASE_URL}/api/transactions`,
+    ]);
+    expect(calls.every((call) => call.authorization === `Bearer ${TOKEN}`)).toBe(true);
+    expect(calls.find((call) => call.path === "/api/transactions")?.query).toEqual({ limit: "20" });
+    // three rows, no more pages
+    expect(screen.queryByRole("button", { name: "Load more" })).not.toBeInTheDocument();
+  });
+
+  it("says there are no transactions yet, with a hint to buy credits", async () => {
+    renderBilling(ledger([], balance(0)));
+
+    expect(await screen.findByText("No transactions yet")).toBeInTheDocument();
+    expect(screen.getByText(/Buy credits to get started/)).toBeInTheDocument();
+    expect(screen.queryByRole("table")).not.toBeInTheDocument();
+    expect(screen.getByTestId("balance-available")).toHaveTextContent("0");
+  });
+
+  it("offers to clear the filters when nothing matches them", async () => {
+    const user = userEvent.setup();
+    const { onFiltersChange } = renderBilling(ledger(history(3)), { filters: { status: "failed" } });
+
+    expect(await screen.findByText("No transactions match these filters")).toBeInTheDocument();
+    expect(screen.queryByText("No transactions yet")).not.toBeInTheDocument();
+    await user.click(screen.getAllByRole("button", { name: "Clear filters" })[0]!);
+    expect(onFiltersChange).toHaveBeenCalledWith({});
+  });
+
+  it("shows the problem's title on a 5xx, and the rows after Retry", async () => {
+    const user = userEvent.setup();
+    let down = true;
+    const healthy = ledger(history(2));
+    renderBilling((call) =>
+      down
+        ? problem(503, "Database unavailable", "database_unavailable", "Traceback (most recent call last): ...")
+        : healthy(call),
+    );
+
+    const error = await screen.findByTestId("billing-error");
+    expect(within(error).getByTestId("billing-error-message")).toHaveTextContent("Database unavailable");
+    expect(error).not.toHaveTextContent("Traceback");
+    expect(shownRows()).toHaveLength(0);
+    expect(screen.queryByTestId("balance-card")).not.toBeInTheDocument();
+
+    down = false;
+    await user.click(within(error).getByRole("button", { name: "Retry" }));
+
+    await waitFor(() => expect(shownRows()).toHaveLength(2));
+    expect(screen.queryByTestId("billing-error")).not.toBeInTheDocument();
+    expect(screen.getByTestId("balance-card")).toBeInTheDocument();
+  });
+
+  it("says the service could not be reached when there is no answer at all, and recovers on Retry", async () => {
+    const user = userEvent.setup();
+    let down = true;
+    const healthy = ledger(history(4));
+    renderBilling((call) => {
+      if (down) throw new TypeError("Failed to fetch");
+      return healthy(call);
+    });
+
+    const error = await screen.findByTestId("billing-error");
+    expect(error).toHaveTextContent("The billing service could not be reached.");
+    expect(error).not.toHaveTextContent("Failed to fetch");
+
+    down = false;
+    await user.click(screen.getByRole("button", { name: "Retry" }));
+    await waitFor(() => expect(shownRows()).toHaveLength(4));
+  });
+
+  it("never shows a body that is not a problem (a proxy's error page, say)", async () => {
+    renderBilling(
+      () =>
+        new Response("<html><body>502 Bad Gateway nginx stack</body></html>", {
+          status: 502,
+          headers: { "Content-Type": "text/html" },
+        }),
+    );
+
+    const error = await screen.findByTestId("billing-error");
+    expect(error).toHaveTextContent("The billing service had a problem");
+    expect(error).not.toHaveTextContent("nginx");
+  });
+
+  it("asks to sign in again on a 401, without rows, balance or Retry", async () => {
+    const answer = ledger(history(3));
+    renderBilling((call) =>
+      call.path === "/api/transactions" ? problem(401, "Unauthorized", "invalid_token", "The token has expired.") : answer(call),
+    );
+
+    const expired = await screen.findByTestId("session-expired");
+    expect(expired).toHaveTextContent("Your session has expired — sign in again");
+    expect(within(expired).getByRole("link", { name: "Sign in again" })).toHaveAttribute(
+      "href",
+      expect.stringMatching(/^\/dev\/sign-in\?next=/),
+    );
+    expect(screen.queryByTestId("billing-error")).not.toBeInTheDocument();
+    expect(screen.queryByRole("button", { name: "Retry" })).not.toBeInTheDocument();
+    expect(screen.queryByTestId("balance-card")).not.toBeInTheDocument();
+    expect(shownRows()).toHaveLength(0);
+  });
+
+  it("asks to sign in, and sends nothing, when there is no token", async () => {
+    const { calls } = renderBilling(ledger(history(3)), { token: null });
+
+    expect(await screen.findByTestId("signed-out")).toHaveTextContent("Sign in to see your billing");
+    expect(screen.queryByTestId("session-expired")).not.toBeInTheDocument();
+    expect(calls).toHaveLength(0);
+  });
+
+  it("appends the next page on Load more, disabled while loading, and hides it after the last page", async () => {
+    const user = userEvent.setup();
+    const rows = history(45);
+    const answer = ledger(rows);
+    let gate: ReturnType<typeof deferred<void>> | null = null;
+    const { calls } = renderBilling(async (call) => {
+      if (call.query.cursor && gate) await gate.promise;
+      return answer(call);
+    });
+
+    await waitFor(() => expect(shownRows()).toHaveLength(20));
+    expect(descriptions()).toEqual(rows.slice(0, 20).map((row) => row.description));
+
+    gate = deferred<void>();
+    await user.click(screen.getByRole("button", { name: "Load more" }));
+    const busy = screen.getByRole("button", { name: "Loading…" });
+    expect(busy).toBeDisabled();
+    await user.click(busy); // a second click while loading asks for nothing more
+    expect(calls.filter((call) => call.query.cursor)).toHaveLength(1);
+    expect(shownRows()).toHaveLength(20);
+
+    await act(async () => gate?.resolve());
+    await waitFor(() => expect(shownRows()).toHaveLength(40));
+    gate = null;
+    // the focus moves to the first new row
+    expect(document.activeElement).toBe(shownRows()[20]);
+
+    await user.click(screen.getByRole("button", { name: "Load more" }));
+    await waitFor(() => expect(shownRows()).toHaveLength(45));
+
+    expect(descriptions()).toEqual(rows.map((row) => row.description));
+    expect(screen.queryByRole("button", { name: /Load more|Loading/ })).not.toBeInTheDocument();
+    expect(calls.filter((call) => call.path === "/api/transactions").map((call) => call.query.cursor)).toEqual([
+      undefined,
+      "c20",
+      "c40",
+    ]);
+    expect(screen.getByText("5 more transactions loaded. That is all of them.")).toBeInTheDocument();
+  });
+
+  it("shows a row only once when it comes back on the next page", async () => {
+    const user = userEvent.setup();
+    const rows = history(25);
+    renderBilling((call) => {
+      if (call.path === "/api/balance") return json(balance(100));
+      if (!call.query.cursor) return json({ data: rows.slice(0, 20), has_more: true, next_cursor: "c19" });
+      // the service's next page overlaps the first by one row
+      return json({ data: rows.slice(19), has_more: false, next_cursor: null });
+    });
+
+    await waitFor(() => expect(shownRows()).toHaveLength(20));
+    await user.click(screen.getByRole("button", { name: "Load more" }));
+    await waitFor(() => expect(shownRows()).toHaveLength(25));
+    expect(new Set(descriptions()).size).toBe(25);
+  });
+
+  it("shows a failed Load more inline and keeps the rows, then loads on Try again", async () => {
+    const user = userEvent.setup();
+    const rows = history(30);
+    const answer = ledger(rows);
+    let failNext = true;
+    renderBilling((call) => {
+      if (call.query.cursor && failNext) {
+        failNext = false;
+        return problem(500, "Internal Server Error", "internal_error");
+      }
+      return answer(call);
+    });
+
+    await waitFor(() => expect(shownRows()).toHaveLength(20));
+    await user.click(screen.getByRole("button", { name: "Load more" }));
+
+    expect(await screen.findByTestId("load-more-error")).toHaveTextContent(
+      "Couldn’t load more transactions: Internal Server Error",
+    );
+    expect(shownRows()).toHaveLength(20);
+    expect(screen.queryByTestId("billing-error")).not.toBeInTheDocument();
+
+    await user.click(screen.getByRole("button", { name: "Try again" }));
+    await waitFor(() => expect(shownRows()).toHaveLength(30));
+    expect(screen.queryByTestId("load-more-error")).not.toBeInTheDocument();
+  });
+
+  it("keeps the rows and asks to sign in again when the session expires on Load more", async () => {
+    const user = userEvent.setup();
+    const answer = ledger(history(30));
+    renderBilling((call) => (call.query.cursor ? problem(401, "Unauthorized", "invalid_token") : answer(call)));
+
+    await waitFor(() => expect(shownRows()).toHaveLength(20));
+    await user.click(screen.getByRole("button", { name: "Load more" }));
+
+    const inline = await screen.findByTestId("load-more-error");
+    expect(inline).toHaveTextContent("Your session has expired — sign in again");
+    expect(within(inline).getByRole("link", { name: "sign in again" })).toBeInTheDocument();
+    expect(shownRows()).toHaveLength(20);
+    expect(screen.queryByRole("button", { name: /Load more|Try again/ })).not.toBeInTheDocument();
+  });
+
+  it("asks the service for the filtered history and reports filter changes", async () => {
+    const user = userEvent.setup();
+    const rows = history(12);
+    const { calls, onFiltersChange } = renderBilling(ledger(rows), { filters: { type: "usage" } });
+
+    await waitFor(() => expect(shownRows()).toHaveLength(rows.filter((row) => row.type === "usage").length));
+    expect(shownRows().every((row) => within(row).getByText("Usage"))).toBe(true);
+    expect(calls.find((call) => call.path === "/api/transactions")?.query).toEqual({ limit: "20", type: "usage" });
+    expect(screen.getByRole("combobox", { name: "Type" })).toHaveValue("usage");
+
+    await user.selectOptions(screen.getByRole("combobox", { name: "Status" }), "pending");
+    expect(onFiltersChange).toHaveBeenLastCalledWith({ type: "usage", status: "pending" });
+    await user.selectOptions(screen.getByRole("combobox", { name: "Type" }), "");
+    expect(onFiltersChange).toHaveBeenLastCalledWith({ type: undefined });
+  });
+
+  it("never shows the answer to an older filter once the filter has changed", async () => {
+    const rows = history(10);
+    const answer = ledger(rows);
+    const slowUnfiltered = deferred<void>();
+    const service = fakeService(async (call) => {
+      if (call.path === "/api/transactions" && !call.query.type) await slowUnfiltered.promise;
+      return answer(call);
+    });
+    const { rerender } = render(<Billing api={service.api} filters={{}} onFiltersChange={() => {}} />);
+    rerender(<Billing api={service.api} filters={{ type: "purchase" }} onFiltersChange={() => {}} />);
+
+    const purchases = rows.filter((row) => row.type === "purchase");
+    await waitFor(() => expect(shownRows()).toHaveLength(purchases.length));
+    await act(async () => slowUnfiltered.resolve());
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(descriptions()).toEqual(purchases.map((row) => row.description));
+  });
+});

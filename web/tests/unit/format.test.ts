@@ -1,0 +1,90 @@
+import { describe, expect, it } from "vitest";
+
+import {
+  formatAmount,
+  formatCredits,
+  formatDateTime,
+  formatSignedCredits,
+  formatUtc,
+} from "@/billing/format";
+
+const MINUS = "\u2212";
+
+describe("formatSignedCredits", () => {
+  it.each([
+    [500, "en-US", "+500"],
+    [-20, "en-US", `${MINUS}20`],
+    [1200, "en-US", "+1,200"],
+    [-1_000_000_000, "en-US", `${MINUS}1,000,000,000`],
+    [1, "en-US", "+1"],
+    [-1, "en-US", `${MINUS}1`],
+    [1200, "de-DE", "+1.200"],
+  ])("%d in %s is %s", (credits, locale, expected) => {
+    expect(formatSignedCredits(credits, locale)).toBe(expected);
+  });
+
+  it("never uses a hyphen for the minus sign", () => {
+    expect(formatSignedCredits(-20, "en-US")).not.toContain("-");
+  });
+});
+
+describe("formatCredits", () => {
+  it.each([
+    [0, "0"],
+    [1587, "1,587"],
+    [1234567, "1,234,567"],
+  ])("%d is %s", (credits, expected) => {
+    expect(formatCredits(credits, "en-US")).toBe(expected);
+  });
+});
+
+describe("formatAmount", () => {
+  it.each([
+    ["9.99", "purchase", "en-US", "$9.99"],
+    ["19.99", "purchase", "en-US", "$19.99"],
+    ["1234.56", "purchase", "en-US", "$1,234.56"],
+    ["0.00", "purchase", "en-US", "$0.00"],
+    ["0.00", "usage", "en-US", "\u2014"],
+    ["0", "usage", "en-US", "\u2014"],
+    ["0.25", "usage", "en-US", "$0.25"],
+    // exact decimal: no binary floating point on the way
+    ["9999999999.99", "purchase", "en-US", "$9,999,999,999.99"],
+    ["0.10", "purchase", "en-US", "$0.10"],
+  ] as const)("%s for a %s in %s is %s", (amount, type, locale, expected) => {
+    expect(formatAmount(amount, type, locale)).toBe(expected);
+  });
+
+  it("follows the viewer's locale", () => {
+    expect(formatAmount("1234.56", "purchase", "de-DE").replace(/\s/g, " ")).toBe("1.234,56 $");
+  });
+});
+
+describe("formatDateTime", () => {
+  const normalise = (text: string) => text.replace(/[\u202f\u00a0]/g, " ");
+
+  it.each([
+    ["2025-06-12T09:30:15.123456Z", "en-US", "UTC", "Jun 12, 2025, 9:30 AM"],
+    ["2025-06-12T09:30:15.123456Z", "en-US", "America/New_York", "Jun 12, 2025, 5:30 AM"],
+    ["2025-06-12T09:30:15.123456Z", "en-US", "Asia/Tokyo", "Jun 12, 2025, 6:30 PM"],
+    // the day changes with the zone
+    ["2025-01-01T02:00:00.000000Z", "en-US", "America/Los_Angeles", "Dec 31, 2024, 6:00 PM"],
+    ["2025-06-12T09:30:15.123456Z", "en-GB", "Europe/London", "12 Jun 2025, 10:30"],
+    ["2025-06-12T09:30:15.123456Z", "de-DE", "Europe/Berlin", "12.06.2025, 11:30"],
+  ])("%s in %s, %s is %s", (iso, locale, zone, expected) => {
+    expect(normalise(formatDateTime(iso, locale, zone))).toBe(expected);
+  });
+
+  it("shows an unparseable timestamp as it came rather than failing", () => {
+    expect(formatDateTime("yesterday", "en-US", "UTC")).toBe("yesterday");
+  });
+});
+
+describe("formatUtc", () => {
+  it.each([
+    ["2025-06-12T09:30:15.123456Z", "2025-06-12 09:30:15.123456 UTC"],
+    ["2025-06-12T09:30:15Z", "2025-06-12 09:30:15 UTC"],
+    ["2025-06-12T11:30:15.5+02:00", "2025-06-12 09:30:15.500 UTC"],
+  ])("%s is %s", (iso, expected) => {
+    expect(formatUtc(iso)).toBe(expected);
+  });
+});
