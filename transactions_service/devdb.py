@@ -154,15 +154,15 @@ class EmbeddedPostgres:
         self.stop("immediate")
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def create_database(self, name: str) -> str:
-        psql = bin_dir() / "psql"
-        subprocess.run(
-            [str(psql), "-q", "-v", "ON_ERROR_STOP=1", self.url().replace("+psycopg2", ""),
-             "-c", f'CREATE DATABASE "{name}"'],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
+    def ensure_database(self, name: str) -> str:
+        """Create ``name`` unless it exists; returns its URL."""
+        psql = [str(bin_dir() / "psql"), "-qtA", "-v", "ON_ERROR_STOP=1", self.url().replace("+psycopg2", "")]
+        exists = subprocess.run(
+            [*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()
+        if not exists:
+            subprocess.run([*psql, "-c", f'CREATE DATABASE "{name}"'], check=True, capture_output=True, text=True)
         return self.url(name)
 
 
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     server = EmbeddedPostgres(Path(args.data_dir).resolve())
     if args.command == "start":
-        print(server.start().url(args.database))
+        print(server.start().ensure_database(args.database))
     elif args.command == "stop":
         server.stop()
     elif args.command == "status":

@@ -15,9 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-
 from .devdb import EmbeddedPostgres
 
 INSTANCE = Path("instance")
@@ -32,16 +29,6 @@ def development_secret() -> str:
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(48))
     return path.read_text().strip()
-
-
-def ensure_database(server_url: str, name: str) -> str:
-    engine = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        exists = connection.scalar(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name})
-        if not exists:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
 def _exit_on_sigterm(_signum: int, _frame: object) -> None:
@@ -75,7 +62,7 @@ def main() -> int:
     embedded = None
     if not os.environ.get("DATABASE_URL"):
         embedded = EmbeddedPostgres((INSTANCE / "postgres").resolve()).start()
-        os.environ["DATABASE_URL"] = ensure_database(embedded.url(), "transactions")
+        os.environ["DATABASE_URL"] = embedded.ensure_database("transactions")
         print(f"Embedded PostgreSQL on 127.0.0.1:{embedded.port} (data in instance/postgres)", flush=True)
 
     from flask_migrate import upgrade

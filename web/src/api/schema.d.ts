@@ -111,6 +111,12 @@ export interface paths {
          *     a status one can ask for (`422`). `updated_at` is set when the
          *     transaction is settled.
          *
+         *     **Lapsed holds.** A pending usage whose `hold_expires_at` has passed
+         *     is released: asking for `failed` answers `200` with it failed;
+         *     asking for `completed` is `409 hold_expired` (its credits were
+         *     already released, so charge with a new usage), also after the
+         *     expiry job has marked it failed.
+         *
          *     **Authorization.** Service tokens only. The token needs
          *     `purchases:write` or `usage:write` to call this at all (else `403
          *     insufficient_scope`; user tokens always get this), and then the write
@@ -226,6 +232,32 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Prometheus metrics
+         * @description Request counts and latency histograms by route and status, and ledger
+         *     counters (transactions recorded, holds settled/released/expired,
+         *     idempotent replays, insufficient-credit refusals), in the Prometheus
+         *     text format. Under gunicorn the numbers cover every worker. Enabled
+         *     only when `METRICS_TOKEN` is set; scrapers send it as a bearer token.
+         *     (Alternatively gunicorn serves the same metrics on `METRICS_PORT`, an
+         *     internal port outside this API.) Never rate limited.
+         */
+        get: operations["getMetrics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/openapi.yaml": {
         parameters: {
             query?: never;
@@ -296,6 +328,14 @@ export interface components {
             created_at: components["schemas"]["Timestamp"];
             /** @description When the entry last changed (it was recorded or settled). */
             updated_at: components["schemas"]["Timestamp"];
+            /**
+             * @description For a usage recorded as `pending`: when its hold lapses. From then
+             *     on its credits no longer count in `held` (reads treat the hold as
+             *     released at once), `flask --app wsgi transactions expire-holds`
+             *     marks it `failed`, and completing it is `409 hold_expired`. `null`
+             *     for every other entry.
+             */
+            hold_expires_at: components["schemas"]["Timestamp"] | null;
         };
         /**
          * @description A purchase or usage to record.
@@ -329,9 +369,10 @@ export interface components {
             amount: string | number;
             /**
              * @description Signed credits: greater than 0 for a purchase, less than 0 for a
-             *     usage (`422` otherwise; 0 is never valid). Must be a JSON integer:
-             *     a number with a fraction part such as `66.0`, a string such as
-             *     `"66"` and booleans are refused.
+             *     usage (`422` otherwise; 0 is never valid). An integer as JSON
+             *     Schema defines one: `66` and `66.0` are both accepted (as 66); a
+             *     fraction such as `66.5`, a string such as `"66"` and booleans are
+             *     refused.
              * @example 500
              * @example -20
              */
@@ -351,7 +392,16 @@ export interface components {
              * @default completed
              */
             status: components["schemas"]["TransactionStatus"];
-        };
+            /**
+             * @description Only for a pending usage: seconds until its hold lapses, at most
+             *     the service's `HOLD_TTL_SECONDS` (3600 unless the operator set
+             *     another value; also the default here). Longer, or on any other
+             *     kind of entry, is `422`. A pending
+             *     purchase never expires by itself: a payment may settle late.
+             * @example 600
+             */
+            hold_expires_in?: number;
+        } & (unknown & unknown & unknown);
         /**
          * @description The status a pending transaction moves to.
          * @example {
@@ -425,6 +475,14 @@ export interface components {
             /** @description A stable machine-readable code; branch on this. */
             code: string;
             /**
+             * Format: uri-reference
+             * @description This occurrence: `urn:request:` followed by the request id, which
+             *     is also the response's `X-Request-ID` header and appears in every
+             *     log line the service wrote for the request. Quote it to support.
+             * @example urn:request:5f0c6a0e2b7d4c6a9f3e1d2c3b4a5968
+             */
+            instance?: string;
+            /**
              * @description With `validation_error` only: the offending field (or `_schema` for
              *     the body as a whole, or `Idempotency-Key` for that header) mapped to
              *     its messages.
@@ -447,6 +505,30 @@ export interface components {
         };
     };
     responses: {
+        /** @description The query string is longer than 2048 bytes. */
+        UriTooLong: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
+        /**
+         * @description The caller (a user, a service, or an unauthenticated address) sent
+         *     more requests than its limit allows (`RATELIMIT_DEFAULT` for users,
+         *     `RATELIMIT_SERVICE_DEFAULT` for services). Wait `Retry-After` seconds.
+         */
+        RateLimited: {
+            headers: {
+                /** @description Seconds until the limit resets. */
+                "Retry-After"?: number;
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
         /** @description Any other error, as a problem. */
         Problem: {
             headers: {
@@ -536,7 +618,11 @@ export interface components {
                 "application/problem+json": components["schemas"]["Problem"];
             };
         };
-        /** @description The transaction is no longer pending and has a different status than the one asked for. */
+        /**
+         * @description The transaction is no longer pending and has a different status than
+         *     the one asked for (`invalid_transition`), or it is a usage whose hold
+         *     lapsed and was released (`hold_expired`).
+         */
         InvalidTransition: {
             headers: {
                 [name: string]: unknown;
@@ -636,8 +722,10 @@ export interface components {
         Limit: number;
         /**
          * @description Opaque: the `next_cursor` of the previous page, to get the page after
-         *     it. Use it with the same `user_id`, `type` and `status` as that page. A
-         *     value this service did not produce is `400 invalid_cursor`.
+         *     it. Use it with the same `user_id`, `type` and `status` as that page.
+         *     Any value of this shape names a position in the history (the next
+         *     page starts after it); a value of any other shape is
+         *     `400 invalid_cursor`.
          */
         Cursor: string;
         /** @description Only transactions of this type. */
@@ -720,8 +808,10 @@ export interface operations {
                 limit?: components["parameters"]["Limit"];
                 /**
                  * @description Opaque: the `next_cursor` of the previous page, to get the page after
-                 *     it. Use it with the same `user_id`, `type` and `status` as that page. A
-                 *     value this service did not produce is `400 invalid_cursor`.
+                 *     it. Use it with the same `user_id`, `type` and `status` as that page.
+                 *     Any value of this shape names a position in the history (the next
+                 *     page starts after it); a value of any other shape is
+                 *     `400 invalid_cursor`.
                  */
                 cursor?: components["parameters"]["Cursor"];
                 /** @description Only transactions of this type. */
@@ -747,7 +837,9 @@ export interface operations {
             400: components["responses"]["InvalidCursor"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["ForbiddenRead"];
+            414: components["responses"]["UriTooLong"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
             default: components["responses"]["Problem"];
@@ -817,7 +909,9 @@ export interface operations {
             403: components["responses"]["InsufficientScope"];
             409: components["responses"]["CreateConflict"];
             413: components["responses"]["PayloadTooLarge"];
+            414: components["responses"]["UriTooLong"];
             422: components["responses"]["CreateRejected"];
+            429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
             default: components["responses"]["Problem"];
@@ -850,6 +944,9 @@ export interface operations {
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["InsufficientScope"];
             404: components["responses"]["NotFound"];
+            414: components["responses"]["UriTooLong"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
             default: components["responses"]["Problem"];
@@ -889,7 +986,9 @@ export interface operations {
             404: components["responses"]["NotFound"];
             409: components["responses"]["InvalidTransition"];
             413: components["responses"]["PayloadTooLarge"];
+            414: components["responses"]["UriTooLong"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
             default: components["responses"]["Problem"];
@@ -924,7 +1023,9 @@ export interface operations {
             };
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["ForbiddenRead"];
+            414: components["responses"]["UriTooLong"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
             default: components["responses"]["Problem"];
@@ -973,7 +1074,9 @@ export interface operations {
             /** @description The path's `user_id` is not a UUID, so no route matches. */
             404: components["responses"]["NotFound"];
             413: components["responses"]["PayloadTooLarge"];
+            414: components["responses"]["UriTooLong"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];
             default: components["responses"]["Problem"];
@@ -1024,6 +1127,30 @@ export interface operations {
             default: components["responses"]["Problem"];
         };
     };
+    getMetrics: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The metrics. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/plain": string;
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["NotFound"];
+            500: components["responses"]["InternalError"];
+            default: components["responses"]["Problem"];
+        };
+    };
     getOpenApi: {
         parameters: {
             query?: never;
@@ -1039,7 +1166,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/yaml": string;
+                    "application/yaml": Record<string, never>;
                 };
             };
             /** @description The build does not ship the OpenAPI document. */

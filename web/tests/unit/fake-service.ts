@@ -58,6 +58,7 @@ export function balance(available: number, held = 0): Balance {
 export function history(count: number, start = Date.UTC(2025, 5, 12, 9, 30, 15)): Transaction[] {
   return Array.from({ length: count }, (_, index) => {
     const purchase = index % 3 === 0;
+    const pending = index % 5 === 4;
     const created = new Date(start - index * 60_000).toISOString().replace(".000Z", ".123456Z");
     return {
       id: `01975c3e-8a41-7c2b-9f1e-${String(index).padStart(12, "0")}`,
@@ -66,9 +67,10 @@ export function history(count: number, start = Date.UTC(2025, 5, 12, 9, 30, 15))
       amount: purchase ? "9.99" : "0.00",
       credits: purchase ? 500 : -20,
       description: `Entry ${index + 1}`,
-      status: index % 5 === 4 ? "pending" : "completed",
+      status: pending ? "pending" : "completed",
       created_at: created,
       updated_at: created,
+      hold_expires_at: pending && !purchase ? new Date(Date.parse(created) + 3_600_000).toISOString() : null,
     } satisfies Transaction;
   });
 }
