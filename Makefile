@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test migrate clean
+.PHONY: install run test faults migrate clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is required (found " + sys.version.split()[0] + ")") if sys.version_info < (3, 11) else None'
@@ -19,6 +19,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Three minutes of load with crashes and database restarts; refreshes the report in docs/reliability.md.
+faults: install
+	$(BIN)/python scripts/faults.py --duration 180 --report docs/reliability.md
 
 migrate: install
 	$(BIN)/flask --app wsgi db upgrade
