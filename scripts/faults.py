@@ -568,6 +568,7 @@ class FaultInjector:
 
     def probe(self) -> str:
         """One DB-backed read, not retried: what the service answers right now."""
+        self.run.tally.requests += 1
         try:
             response = requests.get(
                 self.run.service.base_url + "/api/balance",
@@ -576,10 +577,8 @@ class FaultInjector:
                 timeout=(1.0, 3.0),
             )
         except requests.RequestException as error:
-            self.run.tally.requests += 1
             self.run.tally.transport_errors[type(error).__name__] += 1
             return type(error).__name__
-        self.run.tally.requests += 1
         self.run.tally.record("GET", "/api/balance", response)
         return response_label(response)
 
@@ -612,22 +611,23 @@ class FaultInjector:
         customer = self.rng.choice(self.run.customers)
         serial = next(self.serial)
         bought, key = purchase(self.rng, customer, "completed", idempotency_key("evt", self.run.run_id, "dropped", serial))
-        self.send_raw(PAYMENT, bought, key, linger=False)
+        # Whether or not the request got through, its outcome is unknown to the caller and reconciled later.
         self.faults.unknown_creates.append({"caller": PAYMENT, "key": key, "body": bought})
+        self.faults.injected[DROPPED_AFTER_REQUEST] += self.send_raw(PAYMENT, bought, key, linger=False)
         reserved, key = hold(self.rng, customer, idempotency_key("job", self.run.run_id, "dropped", serial))
-        # Reset the connection while the worker is likely inside the request, rather than after it.
-        self.send_raw(GENERATION, reserved, key, linger=True, pause=self.rng.uniform(0.0, 0.03))
         self.faults.unknown_creates.append({"caller": GENERATION, "key": key, "body": reserved})
-        self.faults.injected[DROPPED_AFTER_REQUEST] += 2
+        # Reset the connection while the worker is likely inside the request, rather than after it.
+        self.faults.injected[DROPPED_AFTER_REQUEST] += self.send_raw(
+            GENERATION, reserved, key, linger=True, pause=self.rng.uniform(0.0, 0.03)
+        )
         cut, key = purchase(self.rng, customer, "completed", idempotency_key("evt", self.run.run_id, "half", serial))
-        self.send_raw(PAYMENT, cut, key, linger=True, fraction=0.5)
         self.faults.half_sent_keys.append(key)
-        self.faults.injected[DROPPED_MID_REQUEST] += 1
+        self.faults.injected[DROPPED_MID_REQUEST] += self.send_raw(PAYMENT, cut, key, linger=True, fraction=0.5)
         log("dropped connections: two after a full request, one half-way")
 
     def send_raw(
         self, caller: str, body: dict[str, Any], key: str, *, linger: bool, pause: float = 0.0, fraction: float = 1.0
-    ) -> None:
+    ) -> bool:
         """Send a POST on a bare socket and close it without reading the answer (with RST when ``linger``)."""
         payload = json.dumps(body).encode()
         head = (
@@ -643,6 +643,8 @@ class FaultInjector:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except OSError as error:
             self.faults.skipped.append(f"raw connection failed: {type(error).__name__}")
+            return False
+        return True
 
     def restart_database_fast(self) -> None:
         self.restart_database("fast", DATABASE_FAST_RESTART)
