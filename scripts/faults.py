@@ -1039,7 +1039,7 @@ class FaultRun:
             checks.append(Check(
                 f"served 2xx within {RECOVERY_LIMIT_SECONDS:.0f} s of every database start, without restarting gunicorn",
                 not slow and gunicorn_kept,
-                f"slowest recovery {max(outage.recovered_after or float('inf') for outage in faults.outages):.2f} s; "
+                f"slowest recovery {_slowest(faults)}; "
                 f"gunicorn master {'kept' if gunicorn_kept else 'NOT kept'}" + (f"; too slow: outages {slow}" if slow else ""),
             ))
         else:
@@ -1106,6 +1106,7 @@ class FaultRun:
             "| outcome | count |",
             "|---|---|",
             *(f"| {name} | {count} |" for name, count in sorted(self.reconciled.items())),
+            *(["| none | 0 |"] if not self.reconciled else []),
             "",
             "Faults injected:",
             "",
@@ -1168,10 +1169,12 @@ class FaultRun:
         if self.service is not None:
             self.service.stop()
         if self.postgres is not None:
-            if self.keep_workdir:
+            server_log = self.postgres.pgdata / "server.log"
+            if self.keep_workdir and server_log.exists():
+                # Keep the server's log for whoever investigates the failure, not its data.
                 self.postgres.stop("fast")
-            else:
-                self.postgres.destroy()
+                shutil.copy(server_log, self.workdir / "postgres.log")
+            self.postgres.destroy()
         if not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -1185,8 +1188,11 @@ def _counts(counter: Counter | dict) -> str:
 
 
 def _slowest(faults: Faults) -> str:
-    recovered = [outage.recovered_after for outage in faults.outages if outage.recovered_after is not None]
-    return f"{max(recovered):.2f} s" if recovered else "n/a"
+    if not faults.outages:
+        return "n/a"
+    if any(outage.recovered_after is None for outage in faults.outages):
+        return "never recovered"
+    return f"{max(outage.recovered_after for outage in faults.outages):.2f} s"
 
 
 def _cell(text: str) -> str:
