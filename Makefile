@@ -13,7 +13,7 @@ API_URL ?= http://127.0.0.1:5000
 export NEXT_TELEMETRY_DISABLED := 1
 export NPM_CONFIG_UPDATE_NOTIFIER := false
 
-.PHONY: install web-install run web test test-python test-web migrate fuzz clean
+.PHONY: install web-install run web test test-python test-web faults migrate fuzz clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is required (found " + sys.version.split()[0] + ")") if sys.version_info < (3, 11) else None'
@@ -73,6 +73,10 @@ test-web: install web-install
 	else \
 		(cd $(WEB) && NEXT_PUBLIC_TRANSACTIONS_API_URL=$(API_URL) npm run build) && $(SKIPPED_BROWSER_TESTS); \
 	fi
+
+# Three minutes of load with crashes and database restarts; refreshes the report in docs/reliability.md.
+faults: install
+	$(BIN)/python scripts/faults.py --duration 180 --report docs/reliability.md
 
 migrate: install
 	$(BIN)/flask --app wsgi db upgrade
