@@ -117,3 +117,23 @@ def test_no_cors_headers_without_configured_origins(database_url):
         "/api/transactions", headers={"Origin": CORS_ORIGIN, "Access-Control-Request-Method": "GET"}
     )
     assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_connection_lost_after_a_read_still_answers(database_url, engine, api, user_token):
+    """A database restart between a read and the end of its transaction must not turn a 200 into a 500."""
+    from sqlalchemy import text as sql
+
+    from transactions_service.extensions import db
+
+    app = make_app(database_url)
+
+    @app.after_request
+    def kill_own_connection(response):
+        pid = db.session.execute(sql("SELECT pg_backend_pid()")).scalar()
+        with engine.connect() as other:
+            other.execute(sql("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            other.commit()
+        return response
+
+    response = app.test_client().get("/api/balance", headers=bearer(user_token(api.register())))
+    assert response.status_code == 200

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
+from sqlalchemy.exc import DBAPIError
 
 from . import config as settings
 from .auth import init_auth
@@ -20,6 +21,24 @@ from .observability import init_observability
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
+def _end_transactions_quietly(app: Flask) -> None:
+    """End each request's transaction before Flask-SQLAlchemy removes the session.
+
+    A read leaves its transaction open until teardown. If the database went
+    away in between (a restart), the rollback fails after the response was
+    made; the connection is gone either way, so that failure must not turn
+    the answer into a 500. Teardowns run in reverse order, so this runs first.
+    """
+
+    @app.teardown_appcontext
+    def end_transaction(_error: BaseException | None) -> None:
+        try:
+            db.session.rollback()
+        except DBAPIError as error:
+            if not error.connection_invalidated:
+                raise
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app from the environment, with ``config`` taking precedence."""
     app = Flask(__name__, instance_relative_config=True, static_folder=None)
@@ -30,6 +49,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # keep fields in the documented order
 
     db.init_app(app)
+    _end_transactions_quietly(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
     init_observability(app)
     init_auth(app)
