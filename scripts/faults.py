@@ -735,7 +735,7 @@ class FaultRun:
 
         # Default settings (fsync, synchronous commit, full-page writes): the run kills this server.
         self.postgres = EmbeddedPostgres(self.workdir / "postgres").start()
-        return self.postgres.create_database("ledger")
+        return self.postgres.ensure_database("ledger")
 
     def prepare_ledger(self, database_url: str, secret: str) -> dict[str, str]:
         """Migrate the database and sign the callers' tokens; returns a token per customer."""
