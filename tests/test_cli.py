@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import jwt
 import pytest
@@ -57,6 +58,9 @@ def test_demo_seed_is_safe_to_run_twice(app, api):
     assert run(app, "demo", "seed").exit_code == 0
     rows = api.all_history(DEMO_USER_ID)
     assert len(rows) == len(DEMO_HISTORY)
+    assert [row["description"] for row in rows] == [entry[3] for entry in reversed(DEMO_HISTORY)]
+    oldest = datetime.fromisoformat(rows[-1]["created_at"])
+    assert datetime.now(timezone.utc) - oldest > timedelta(days=21)
     balance = api.balance(DEMO_USER_ID)
     assert balance["available"] >= 0 and balance["held"] == 50
 

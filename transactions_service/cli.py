@@ -10,13 +10,15 @@ from decimal import Decimal
 import click
 from flask import Flask
 from flask.cli import AppGroup
+from sqlalchemy import update
 
 from .auth import SERVICE_SCOPES, Caller, issue_token
 from .errors import ApiError
+from .extensions import db
 from .idempotency import prune
 from .ids import utcnow
 from .transactions import service as ledger
-from .transactions.models import TransactionStatus, TransactionType
+from .transactions.models import TransactionStatus, TransactionType, UserTransaction
 from .users.service import register_user
 
 tokens = AppGroup("tokens", help="Issue tokens for development and for configuring the other services.")
@@ -32,14 +34,15 @@ SERVICE_TOKENS = {
     "generation-service": ["usage:write", "transactions:read"],
 }
 
+# (type, amount, credits, description, status, how long ago), oldest first.
 DEMO_HISTORY = [
-    (TransactionType.PURCHASE, "9.99", 500, "Starter pack: 500 credits", TransactionStatus.COMPLETED),
-    (TransactionType.USAGE, "0", -20, "Image generation (1024x1024)", TransactionStatus.COMPLETED),
-    (TransactionType.USAGE, "0", -35, "Video generation, 5 s", TransactionStatus.COMPLETED),
-    (TransactionType.PURCHASE, "19.99", 1200, "Creator pack: 1,200 credits", TransactionStatus.FAILED),
-    (TransactionType.PURCHASE, "19.99", 1200, "Creator pack: 1,200 credits", TransactionStatus.COMPLETED),
-    (TransactionType.USAGE, "0", -8, "Text generation, 4k tokens", TransactionStatus.COMPLETED),
-    (TransactionType.USAGE, "0", -50, "Upscale 4x", TransactionStatus.PENDING),
+    (TransactionType.PURCHASE, "9.99", 500, "Starter pack: 500 credits", TransactionStatus.COMPLETED, timedelta(days=21, hours=3)),
+    (TransactionType.USAGE, "0", -20, "Image generation (1024x1024)", TransactionStatus.COMPLETED, timedelta(days=19, hours=7)),
+    (TransactionType.USAGE, "0", -35, "Video generation, 5 s", TransactionStatus.COMPLETED, timedelta(days=12, hours=1)),
+    (TransactionType.PURCHASE, "19.99", 1200, "Creator pack: 1,200 credits", TransactionStatus.FAILED, timedelta(days=9, hours=2)),
+    (TransactionType.PURCHASE, "19.99", 1200, "Creator pack: 1,200 credits", TransactionStatus.COMPLETED, timedelta(days=9, hours=1)),
+    (TransactionType.USAGE, "0", -8, "Text generation, 4k tokens", TransactionStatus.COMPLETED, timedelta(days=2, hours=5)),
+    (TransactionType.USAGE, "0", -50, "Upscale 4x", TransactionStatus.PENDING, timedelta(0)),
 ]
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -87,7 +90,8 @@ def seed(user_id: uuid.UUID) -> None:
 def seed_demo(user_id: uuid.UUID = DEMO_USER_ID) -> None:
     register_user(user_id)
     seeder = Caller(name="demo-seed", scopes=SERVICE_SCOPES)
-    for index, (kind, amount, credits, description, status) in enumerate(DEMO_HISTORY):
+    now = utcnow()
+    for index, (kind, amount, credits, description, status, age) in enumerate(DEMO_HISTORY):
         payload = {
             "user_id": user_id,
             "type": kind,
@@ -97,9 +101,17 @@ def seed_demo(user_id: uuid.UUID = DEMO_USER_ID) -> None:
             "status": status,
         }
         try:
-            ledger.record_transaction(seeder, payload, f"demo-{user_id}-{index}")
+            recorded = ledger.record_transaction(seeder, payload, f"demo-{user_id}-{index}")
         except ApiError as error:
             raise click.ClickException(f"demo row {index}: {error.detail}") from error
+        if age and not recorded.replayed:
+            # Demo data only: spread the history over the past weeks, as a real one would be.
+            db.session.execute(
+                update(UserTransaction)
+                .where(UserTransaction.id == recorded.transaction_id)
+                .values(created_at=now - age, updated_at=now - age)
+            )
+            db.session.commit()
 
 
 @idempotency_cli.command("prune")
