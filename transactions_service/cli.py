@@ -12,6 +12,7 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from .auth import SERVICE_SCOPES, Caller, issue_token
+from .bench_seed import bench_cli
 from .errors import ApiError
 from .idempotency import prune
 from .ids import utcnow
@@ -122,5 +123,5 @@ def expire_holds(batch_size: int) -> None:
 
 
 def init_cli(app: Flask) -> None:
-    for group in (tokens, demo, idempotency_cli, transactions_cli):
+    for group in (tokens, demo, idempotency_cli, transactions_cli, bench_cli):
         app.cli.add_command(group)
