@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test migrate fuzz bench bench-quick wrk clean
+.PHONY: install run test migrate fuzz bench bench-quick bench-profile wrk clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is required (found " + sys.version.split()[0] + ")") if sys.version_info < (3, 11) else None'
@@ -33,6 +33,11 @@ bench: install wrk
 
 bench-quick: install wrk
 	$(BIN)/python -m bench.run --profile quick
+
+# Where the time goes on the hot paths (py-spy, pg_stat_statements, EXPLAIN); installs py-spy into the venv.
+bench-profile: install wrk
+	@test -x $(BIN)/py-spy || $(BIN)/python -m pip install --quiet --disable-pip-version-check py-spy
+	$(BIN)/python -m bench.profile
 
 # The HTTP load generator, from Debian's packages.
 wrk:

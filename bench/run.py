@@ -24,12 +24,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import re
 import secrets
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,8 +85,10 @@ class Profile:
     users: int
     transactions: int
     heavy_rows: int
-    seconds: int  # per measurement
-    rounds: int  # reference/subject pairs; the order alternates (ABBA) so drift on a shared machine cancels
+    seconds: int  # per throughput slice (A, B)
+    rounds: int  # reference/subject pairs of slices; the order alternates so drift on a shared machine cancels
+    latency_seconds: int  # per latency slice (C, D: one connection)
+    latency_rounds: int
     warm_up_seconds: int
     mixed_seconds: int
     rss_requests: int
@@ -93,10 +97,11 @@ class Profile:
 
 
 PROFILES = {
-    "full": Profile("full", users=10_000, transactions=1_000_000, heavy_rows=200_000, seconds=15, rounds=2,
-                    warm_up_seconds=10, mixed_seconds=30, rss_requests=100_000),
-    "quick": Profile("quick", users=3_000, transactions=300_000, heavy_rows=200_000, seconds=5, rounds=1,
-                     warm_up_seconds=5, mixed_seconds=10, rss_requests=20_000),
+    "full": Profile("full", users=10_000, transactions=1_000_000, heavy_rows=200_000, seconds=10, rounds=4,
+                    latency_seconds=5, latency_rounds=8, warm_up_seconds=10, mixed_seconds=30,
+                    rss_requests=100_000),
+    "quick": Profile("quick", users=3_000, transactions=300_000, heavy_rows=200_000, seconds=5, rounds=2,
+                     latency_seconds=3, latency_rounds=4, warm_up_seconds=5, mixed_seconds=10, rss_requests=20_000),
 }
 
 
@@ -112,7 +117,7 @@ def loadavg() -> float:
 
 
 @contextmanager
-def database(workdir: Path) -> Iterator[str]:
+def database(workdir: Path, settings: tuple[str, ...] = PG_SETTINGS) -> Iterator[str]:
     """A fresh, empty database for this run, dropped (or its server destroyed) afterwards."""
     external = os.environ.get("BENCH_DATABASE_URL")
     if external:
@@ -129,7 +134,7 @@ def database(workdir: Path) -> Iterator[str]:
                 cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             admin.close()
         return
-    server = EmbeddedPostgres(workdir / "postgres", settings=PG_SETTINGS)
+    server = EmbeddedPostgres(workdir / "postgres", settings=settings)
     try:
         server.start()
         yield server.create_database("bench")
@@ -226,17 +231,13 @@ class Measured:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-def combine(runs: list[Measured]) -> Measured:
-    """Several rounds as one: total throughput, request-weighted mean latency, mean of the percentiles."""
-    requests = sum(run.requests for run in runs)
-    return Measured(
-        requests=requests,
-        seconds=sum(run.seconds for run in runs),
-        errors=sum(run.errors for run in runs),
-        mean_ms=sum(run.mean_ms * run.requests for run in runs) / requests if requests else float("nan"),
-        p50_ms=sum(run.p50_ms for run in runs) / len(runs),
-        p99_ms=sum(run.p99_ms for run in runs) / len(runs),
-    )
+def throughput(runs: list[Measured]) -> float:
+    return sum(run.requests for run in runs) / sum(run.seconds for run in runs)
+
+
+def median_latency(runs: list[Measured]) -> float:
+    """The median over slices of each slice's median latency: a burst from a neighbour moves one slice, not this."""
+    return statistics.median(run.p50_ms for run in runs)
 
 
 class Load:
@@ -298,14 +299,40 @@ class Load:
         return report
 
 
-def paired(rounds: int, reference: Callable[[], Measured], subject: Callable[[], Measured]) -> tuple[Measured, Measured]:
-    """Reference and subject, back to back, ``rounds`` times in alternating order (R S, S R, ...)."""
-    references, subjects = [], []
+@dataclass
+class Paired:
+    """A subject and its reference, measured in alternating slices of the same run."""
+
+    reference: list[Measured]
+    subject: list[Measured]
+
+    @property
+    def errors(self) -> int:
+        return sum(run.errors for run in self.reference + self.subject)
+
+    def slices(self) -> dict[str, list[float]]:
+        return {
+            "reference_rps": [round(run.rps, 1) for run in self.reference],
+            "subject_rps": [round(run.rps, 1) for run in self.subject],
+            "reference_p50_ms": [finite(run.p50_ms) for run in self.reference],
+            "subject_p50_ms": [finite(run.p50_ms) for run in self.subject],
+        }
+
+
+def finite(value: float) -> float | None:
+    """JSON has no NaN: pgbench reports no median, for instance."""
+    return round(value, 3) if math.isfinite(value) else None
+
+
+def paired(rounds: int, reference: Callable[[], Measured], subject: Callable[[], Measured]) -> Paired:
+    """Reference and subject back to back, ``rounds`` times, the order alternating (R S, S R, R S, ...)
+    so that a machine slowly getting busier or quieter weighs on both alike."""
+    result = Paired([], [])
     for round_number in range(rounds):
-        steps = [(reference, references), (subject, subjects)]
+        steps = [(reference, result.reference), (subject, result.subject)]
         for measure, into in steps if round_number % 2 == 0 else reversed(steps):
             into.append(measure())
-    return combine(references), combine(subjects)
+    return result
 
 
 # --- the run ---------------------------------------------------------------------------------------------------
@@ -390,173 +417,209 @@ def git_commit() -> str:
         return "unknown"
 
 
+@dataclass
+class Prepared:
+    """A seeded database, the service serving it, and what the scenarios need to drive it."""
+
+    workdir: Path
+    env: dict[str, str]
+    dsn: str
+    run_id: str
+    service: Server
+    spenders: list[str]
+    spend_scripts: list[Path]
+    tokens: dict[str, str]
+    deep_cursor: str
+    seed: dict[str, Any]
+
+
+def prepare(stack: ExitStack, profile: Profile, pg_settings: tuple[str, ...] = PG_SETTINGS) -> Prepared:
+    """Everything up to the first measurement; what it starts is stopped when ``stack`` closes."""
+    workdir = Path(tempfile.mkdtemp(prefix="transactions-bench-"))
+    stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+    (workdir / "metrics").mkdir()
+    secret = secrets.token_urlsafe(48)
+    run_id = f"bench{secrets.token_hex(4)}"
+    log(f"{profile.name} run {run_id}; working in {workdir}")
+    url = stack.enter_context(database(workdir, pg_settings))
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "JWT_SECRET_KEY": secret,
+        "RATELIMIT_ENABLED": "false",
+        "LOG_LEVEL": "WARNING",
+        "LOG_FORMAT": "json",
+        "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
+        "BENCH_DATA": str(workdir / "data.lua"),
+        "BENCH_BARE_BODY": str(workdir / "first-page.json"),
+    }
+
+    subprocess.run([FLASK, "--app", "wsgi", "db", "upgrade"], cwd=REPO, env=env, check=True, capture_output=True)
+    log(f"seeding {profile.transactions:,} transactions for {profile.users:,} users")
+    seed_started = time.monotonic()
+    seeded = subprocess.run(
+        [FLASK, "--app", "wsgi", "bench", "seed", "--users", str(profile.users),
+         "--transactions", str(profile.transactions), "--heavy-user", str(HEAVY_USER),
+         "--heavy-rows", str(profile.heavy_rows), "--light-user", str(LIGHT_USER), "--light-rows", "10"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, text=True,
+    )
+    sys.stderr.write(seeded.stdout)
+    if seeded.returncode != 0:
+        raise RuntimeError("flask bench seed failed")
+    loaded = re.search(r"in ([0-9.]+) s \(", seeded.stdout)
+    seed = {"seed_rows": profile.transactions, "seed_load_s": float(loaded[1]) if loaded else None,
+            "seed_command_s": round(time.monotonic() - seed_started, 1)}
+
+    with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT user_id FROM user_balances WHERE user_id NOT IN (%s, %s) ORDER BY md5(user_id::text) LIMIT %s",
+            (str(HEAVY_USER), str(LIGHT_USER), SPENDERS),
+        )
+        spenders = [row[0] for row in cursor.fetchall()]
+        cursor.execute(
+            "SELECT user_id FROM user_balances WHERE balance - held >= 200 AND user_id <> ALL(%s::uuid[]) "
+            "ORDER BY md5(user_id::text || 'mixed') LIMIT %s",
+            ([HEAVY_USER.hex, LIGHT_USER.hex, *spenders], MIXED_USERS),
+        )
+        mixed_users = [row[0] for row in cursor.fetchall()]
+        cursor.execute(
+            "SELECT created_at, id FROM user_transactions WHERE user_id = %s "
+            "ORDER BY created_at DESC, id DESC OFFSET %s LIMIT 2",
+            (str(HEAVY_USER), (DEEP_PAGE - 1) * PAGE_SIZE - 1),
+        )
+        (last_created, last_id), (_, deep_first_id) = cursor.fetchall()
+    connection.close()
+    deep_cursor = encode_cursor(last_created, uuid.UUID(str(last_id)))
+
+    tokens = {
+        "generation": token(secret, "generation-service", "usage:write transactions:read"),
+        "payment": token(secret, "payment-service", "purchases:write transactions:read users:write"),
+        "heavy": token(secret, str(HEAVY_USER)),
+        "light": token(secret, str(LIGHT_USER)),
+    }
+    data = {
+        "run": run_id,
+        "generation_token": tokens["generation"],
+        "payment_token": tokens["payment"],
+        "spenders": spenders,
+        "users": [{"id": user, "token": token(secret, user)} for user in mixed_users],
+    }
+    (workdir / "data.lua").write_text("return " + lua_table(data) + "\n")
+    (workdir / "data.json").write_text(json.dumps(data))
+
+    log("starting the service under gunicorn (gunicorn.conf.py)")
+    service = stack.enter_context(gunicorn("wsgi:app", env, workdir / "service.log", "/readyz"))
+    api = service.url + "/api"
+    for spender in spenders:  # enough credits for every spend of scenario A, from the service and pgbench
+        purchase = {"user_id": spender, "type": "purchase", "amount": "0", "credits": TOP_UP_CREDITS,
+                    "description": "Benchmark top-up"}
+        requests.post(f"{api}/transactions", json=purchase, headers=bearer(tokens["payment"]),
+                      timeout=30).raise_for_status()
+    spend = {"user_id": spenders[0], "type": "usage", "amount": "0", "credits": -1,
+             "description": "Image generation (1024x1024)", "status": "completed"}
+    sample = requests.post(f"{api}/transactions", json=spend, timeout=30,
+                           headers={**bearer(tokens["generation"]), "Idempotency-Key": f"{run_id}-sample"})
+    sample.raise_for_status()
+    scripts = []
+    for index, spender in enumerate(spenders):
+        script = workdir / f"spend-{index:03d}.sql"
+        script.write_text(pgbench_spend_script(uuid.UUID(spender), run_id, sample.text))
+        scripts.append(script)
+
+    first_page = requests.get(f"{api}/transactions?limit={PAGE_SIZE}", headers=bearer(tokens["heavy"]), timeout=30)
+    first_page.raise_for_status()
+    (workdir / "first-page.json").write_bytes(first_page.content)
+    deep = requests.get(f"{api}/transactions", params={"limit": PAGE_SIZE, "cursor": deep_cursor},
+                        headers=bearer(tokens["heavy"]), timeout=30)
+    deep.raise_for_status()
+    if deep.json()["data"][0]["id"] != str(deep_first_id):
+        raise RuntimeError("the deep cursor does not lead to page 5,000")
+    return Prepared(workdir, env, dsn, run_id, service, spenders, scripts, tokens, deep_cursor, seed)
+
+
 def run(profile: Profile) -> dict[str, Any]:
     started = time.monotonic()
     results: dict[str, Any] = {"profile": profile.name,
                                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                               "commit": git_commit(), "loadavg_start": loadavg()}
+                               "commit": git_commit(), "loadavg_start": loadavg(), "machine": machine()}
     with ExitStack() as stack:
-        workdir = Path(tempfile.mkdtemp(prefix="transactions-bench-"))
-        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        (workdir / "metrics").mkdir()
-        secret = secrets.token_urlsafe(48)
-        run_id = f"bench{secrets.token_hex(4)}"
-        log(f"{profile.name} run {run_id}; working in {workdir}")
-        url = stack.enter_context(database(workdir))
-        dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-        env = {
-            **os.environ,
-            "DATABASE_URL": url,
-            "JWT_SECRET_KEY": secret,
-            "RATELIMIT_ENABLED": "false",
-            "LOG_LEVEL": "WARNING",
-            "LOG_FORMAT": "json",
-            "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
-            "BENCH_DATA": str(workdir / "data.lua"),
-            "BENCH_BARE_BODY": str(workdir / "first-page.json"),
-        }
+        setup = prepare(stack, profile)
+        workdir, env, dsn, service = setup.workdir, setup.env, setup.dsn, setup.service
+        scripts, deep_cursor = setup.spend_scripts, setup.deep_cursor
+        heavy, light = setup.tokens["heavy"], setup.tokens["light"]
         results["versions"] = versions(dsn)
-        results["machine"] = machine()
-
-        subprocess.run([FLASK, "--app", "wsgi", "db", "upgrade"], cwd=REPO, env=env, check=True, capture_output=True)
-        log(f"seeding {profile.transactions:,} transactions for {profile.users:,} users")
-        seed_started = time.monotonic()
-        seeded = subprocess.run(
-            [FLASK, "--app", "wsgi", "bench", "seed", "--users", str(profile.users),
-             "--transactions", str(profile.transactions), "--heavy-user", str(HEAVY_USER),
-             "--heavy-rows", str(profile.heavy_rows), "--light-user", str(LIGHT_USER), "--light-rows", "10"],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, text=True,
-        )
-        sys.stderr.write(seeded.stdout)
-        if seeded.returncode != 0:
-            raise RuntimeError("flask bench seed failed")
-        loaded = re.search(r"in ([0-9.]+) s \(", seeded.stdout)
-        results["seed_rows"] = profile.transactions
-        results["seed_load_s"] = float(loaded[1]) if loaded else None
-        results["seed_command_s"] = round(time.monotonic() - seed_started, 1)
-
-        with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT user_id FROM user_balances WHERE user_id NOT IN (%s, %s) ORDER BY md5(user_id::text) LIMIT %s",
-                (str(HEAVY_USER), str(LIGHT_USER), SPENDERS),
-            )
-            spenders = [row[0] for row in cursor.fetchall()]
-            cursor.execute(
-                "SELECT user_id FROM user_balances WHERE balance - held >= 200 AND user_id <> ALL(%s::uuid[]) "
-                "ORDER BY md5(user_id::text || 'mixed') LIMIT %s",
-                ([HEAVY_USER.hex, LIGHT_USER.hex, *spenders], MIXED_USERS),
-            )
-            mixed_users = [row[0] for row in cursor.fetchall()]
-            cursor.execute(
-                "SELECT created_at, id FROM user_transactions WHERE user_id = %s "
-                "ORDER BY created_at DESC, id DESC OFFSET %s LIMIT 2",
-                (str(HEAVY_USER), (DEEP_PAGE - 1) * PAGE_SIZE - 1),
-            )
-            (last_created, last_id), (_, deep_first_id) = cursor.fetchall()
-        connection.close()
-        deep_cursor = encode_cursor(last_created, uuid.UUID(str(last_id)))
-
-        generation = token(secret, "generation-service", "usage:write transactions:read")
-        payment = token(secret, "payment-service", "purchases:write transactions:read users:write")
-        heavy, light = token(secret, str(HEAVY_USER)), token(secret, str(LIGHT_USER))
-        data = {
-            "run": run_id,
-            "generation_token": generation,
-            "payment_token": payment,
-            "spenders": spenders,
-            "users": [{"id": user, "token": token(secret, user)} for user in mixed_users],
-        }
-        (workdir / "data.lua").write_text("return " + lua_table(data) + "\n")
-        (workdir / "data.json").write_text(json.dumps(data))
-
-        load = Load(env, profile)
-        log("starting the service under gunicorn (gunicorn.conf.py)")
-        service = stack.enter_context(gunicorn("wsgi:app", env, workdir / "service.log", "/readyz"))
+        results.update(setup.seed)
         results["workers"] = len(service.workers())
-        api = service.url + "/api"
-
-        for spender in spenders:  # enough credits for every spend of scenario A, from the service and pgbench
-            purchase = {"user_id": spender, "type": "purchase", "amount": "0", "credits": TOP_UP_CREDITS,
-                        "description": "Benchmark top-up"}
-            requests.post(f"{api}/transactions", json=purchase, headers=bearer(payment), timeout=30).raise_for_status()
-        spend = {"user_id": spenders[0], "type": "usage", "amount": "0", "credits": -1,
-                 "description": "Image generation (1024x1024)", "status": "completed"}
-        sample = requests.post(f"{api}/transactions", json=spend, timeout=30,
-                               headers={**bearer(generation), "Idempotency-Key": f"{run_id}-sample"})
-        sample.raise_for_status()
-        scripts = []
-        for index, spender in enumerate(spenders):
-            script = workdir / f"spend-{index:03d}.sql"
-            script.write_text(pgbench_spend_script(uuid.UUID(spender), run_id, sample.text))
-            scripts.append(script)
-
-        first_page = requests.get(f"{api}/transactions?limit={PAGE_SIZE}", headers=bearer(heavy), timeout=30)
-        first_page.raise_for_status()
-        (workdir / "first-page.json").write_bytes(first_page.content)
-        deep = requests.get(f"{api}/transactions", params={"limit": PAGE_SIZE, "cursor": deep_cursor},
-                            headers=bearer(heavy), timeout=30)
-        deep.raise_for_status()
-        if deep.json()["data"][0]["id"] != str(deep_first_id):
-            raise RuntimeError("the deep cursor does not lead to page 5,000")
+        load = Load(env, profile)
 
         log(f"warming up ({profile.warm_up_seconds} s of mixed traffic)")
         load.wrk(service.url, "mixed.lua", profile.warm_up_seconds, counts=False)
         rss_before = {pid: rss_mb(pid) for pid in service.workers()}
         seconds, rounds = profile.seconds, profile.rounds
+        latency_seconds, latency_rounds = profile.latency_seconds, profile.latency_rounds
 
         scenarios: dict[str, Any] = {}
 
         log("A: POST spend vs pgbench running the minimal SQL")
         load_before = loadavg()
-        pg, post = paired(
+        spend = paired(
             rounds,
             lambda: load.pgbench(dsn, scripts, seconds, "simple"),
             lambda: load.wrk(service.url + "/api/transactions", "spend.lua", seconds),
         )
         prepared = load.pgbench(dsn, scripts, seconds, "prepared") if profile.name == "full" else None
-        scenarios["A"] = {"loadavg": [load_before, loadavg()]}
-        results.update(post_rps=round(post.rps, 1), pgbench_tps=round(pg.rps, 1), post_ratio=round(post.rps / pg.rps, 3),
-                       post_p50_ms=round(post.p50_ms, 2), pgbench_latency_ms=round(pg.mean_ms, 2),
+        scenarios["A"] = {"loadavg": [load_before, loadavg()], **spend.slices()}
+        post_rps, pgbench_tps = throughput(spend.subject), throughput(spend.reference)
+        results.update(post_rps=round(post_rps, 1), pgbench_tps=round(pgbench_tps, 1),
+                       post_ratio=round(post_rps / pgbench_tps, 3), post_p50_ms=round(median_latency(spend.subject), 2),
+                       pgbench_latency_ms=round(statistics.mean(run.mean_ms for run in spend.reference), 2),
                        pgbench_prepared_tps=round(prepared.rps, 1) if prepared else None,
-                       post_errors=post.errors, pgbench_failed=pg.errors)
+                       post_errors=sum(run.errors for run in spend.subject),
+                       pgbench_failed=sum(run.errors for run in spend.reference))
 
         log("B: first page of the 200,000-row user vs a bare Flask endpoint")
         load_before = loadavg()
+        page_url = f"{service.url}/api/transactions?limit={PAGE_SIZE}"
         with gunicorn("bench.bare_app:app", env, workdir / "bare.log", "/api/transactions") as bare:
             load.wrk(bare.url + "/api/transactions", "get.lua", 3, counts=False)
-            page_url = f"{service.url}/api/transactions?limit={PAGE_SIZE}"
-            bare_run, page = paired(
+            page = paired(
                 rounds,
                 lambda: load.wrk(bare.url + f"/api/transactions?limit={PAGE_SIZE}", "get.lua", seconds, counts=False,
                                  headers=bearer(heavy)),
                 lambda: load.wrk(page_url, "get.lua", seconds, headers=bearer(heavy)),
             )
-        scenarios["B"] = {"loadavg": [load_before, loadavg()]}
-        results.update(page_rps=round(page.rps, 1), bare_rps=round(bare_run.rps, 1),
-                       page_ratio=round(page.rps / bare_run.rps, 3), page_errors=page.errors + bare_run.errors)
+        scenarios["B"] = {"loadavg": [load_before, loadavg()], **page.slices()}
+        page_rps, bare_rps = throughput(page.subject), throughput(page.reference)
+        results.update(page_rps=round(page_rps, 1), bare_rps=round(bare_rps, 1),
+                       page_ratio=round(page_rps / bare_rps, 3), page_errors=page.errors)
 
         log("C: page 5,000 (by cursor) vs the first page, one connection")
         load_before = loadavg()
-        first, deepest = paired(
-            rounds,
-            lambda: load.wrk(page_url, "get.lua", seconds, connections=1, headers=bearer(heavy)),
-            lambda: load.wrk(f"{page_url}&cursor={deep_cursor}", "get.lua", seconds, connections=1,
+        deep = paired(
+            latency_rounds,
+            lambda: load.wrk(page_url, "get.lua", latency_seconds, connections=1, headers=bearer(heavy)),
+            lambda: load.wrk(f"{page_url}&cursor={deep_cursor}", "get.lua", latency_seconds, connections=1,
                              headers=bearer(heavy)),
         )
-        scenarios["C"] = {"loadavg": [load_before, loadavg()]}
-        results.update(first_page_ms=round(first.mean_ms, 3), deep_page_ms=round(deepest.mean_ms, 3),
-                       deep_ratio=round(deepest.mean_ms / first.mean_ms, 3), deep_errors=first.errors + deepest.errors)
+        scenarios["C"] = {"loadavg": [load_before, loadavg()], **deep.slices()}
+        first_ms, deep_ms = median_latency(deep.reference), median_latency(deep.subject)
+        results.update(first_page_ms=round(first_ms, 3), deep_page_ms=round(deep_ms, 3),
+                       deep_ratio=round(deep_ms / first_ms, 3), deep_errors=deep.errors)
 
         log("D: balance of the 200,000-row user vs a 10-row user, one connection")
         load_before = loadavg()
-        small, big = paired(
-            rounds,
-            lambda: load.wrk(service.url + "/api/balance", "get.lua", seconds, connections=1, headers=bearer(light)),
-            lambda: load.wrk(service.url + "/api/balance", "get.lua", seconds, connections=1, headers=bearer(heavy)),
+        balance = paired(
+            latency_rounds,
+            lambda: load.wrk(service.url + "/api/balance", "get.lua", latency_seconds, connections=1,
+                             headers=bearer(light)),
+            lambda: load.wrk(service.url + "/api/balance", "get.lua", latency_seconds, connections=1,
+                             headers=bearer(heavy)),
         )
-        scenarios["D"] = {"loadavg": [load_before, loadavg()]}
-        results.update(balance_light_ms=round(small.mean_ms, 3), balance_heavy_ms=round(big.mean_ms, 3),
-                       balance_ratio=round(big.mean_ms / small.mean_ms, 3), balance_errors=small.errors + big.errors)
+        scenarios["D"] = {"loadavg": [load_before, loadavg()], **balance.slices()}
+        light_ms, heavy_ms = median_latency(balance.reference), median_latency(balance.subject)
+        results.update(balance_light_ms=round(light_ms, 3), balance_heavy_ms=round(heavy_ms, 3),
+                       balance_ratio=round(heavy_ms / light_ms, 3), balance_errors=balance.errors)
 
         log("E: mixed traffic, maximum throughput, then latency at half of it (open loop)")
         load_before = loadavg()
@@ -617,10 +680,10 @@ def table(results: dict[str, Any]) -> str:
          f"pgbench {r['pgbench_tps']:,.0f} tps", "post_ratio", r["post_ratio"]),
         ("B first page, 200k-row user", f"{r['page_rps']:,.0f} req/s",
          f"bare Flask {r['bare_rps']:,.0f} req/s", "page_ratio", r["page_ratio"]),
-        ("C page 5,000 by cursor (1 conn)", f"{r['deep_page_ms']:.2f} ms",
-         f"first page {r['first_page_ms']:.2f} ms", "deep_ratio", r["deep_ratio"]),
-        ("D balance, 200k rows (1 conn)", f"{r['balance_heavy_ms']:.2f} ms",
-         f"10 rows {r['balance_light_ms']:.2f} ms", "balance_ratio", r["balance_ratio"]),
+        ("C page 5,000 by cursor (1 conn)", f"p50 {r['deep_page_ms']:.2f} ms",
+         f"first page p50 {r['first_page_ms']:.2f} ms", "deep_ratio", r["deep_ratio"]),
+        ("D balance, 200k rows (1 conn)", f"p50 {r['balance_heavy_ms']:.2f} ms",
+         f"10 rows p50 {r['balance_light_ms']:.2f} ms", "balance_ratio", r["balance_ratio"]),
         ("E mixed 80/15/5, open loop", f"p99 {r['mixed_p99_ms']:.1f} ms at {r['mixed_rate']:,.0f}/s",
          f"max {r['mixed_rps']:,.0f} req/s", "mixed_p99_ms", r["mixed_p99_ms"]),
         ("F worker RSS after requests", f"{max(r['rss_after_mb']):.0f} MB max",
@@ -660,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run(PROFILES[args.profile])
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    line = json.dumps(results, separators=(",", ":"))
+    line = json.dumps(results, separators=(",", ":"), allow_nan=False)
     path = RESULTS / f"{stamp}-{results['profile']}.json"
     path.write_text(line + "\n")
     print(table(results))
