@@ -366,12 +366,13 @@ def pgbench_spend_script(user_id: uuid.UUID, run: str, response_body: str) -> st
     bench/run.py passes one script per spender and pgbench picks one at random
     for every transaction, as wrk picks a spender for every request.
     """
-    body = response_body.replace("'", "''")
+    # An escape string with its colons as \x3a: pgbench would read ":07" in a timestamp as a variable.
+    body = response_body.replace("\\", "\\\\").replace("'", "''").replace(":", "\\x3a")
     request_hash = hashlib.sha256(b"bench").hexdigest()
     return f"""\\set k random(1, 9000000000000000000)
 BEGIN;
 INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body, transaction_id)
-  VALUES ('generation-service', '{run}-pgbench-' || :client_id || '-' || :k, '{request_hash}', 201, '{body}', uuidv7())
+  VALUES ('generation-service', '{run}-pgbench-' || :client_id || '-' || :k, '{request_hash}', 201, E'{body}', uuidv7())
   ON CONFLICT (caller, key) DO NOTHING RETURNING key;
 UPDATE user_balances SET balance = balance - 1, updated_at = now()
   WHERE user_id = '{user_id}' AND balance - held >= 1 RETURNING user_id;
