@@ -109,14 +109,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
-def postgres_pids(dsn: str) -> list[int]:
+def postmaster_pid(dsn: str) -> int:
     with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         backend = cursor.fetchone()[0]
         # Read while this backend lives: its parent is the postmaster.
         postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
     connection.close()
-    return [postmaster, *worker_pids(postmaster)]
+    return postmaster
+
+
+def cluster_cpu_seconds(postmaster: int) -> float:
+    """CPU of the whole PostgreSQL cluster so far: live processes, plus the backends that have exited
+    (the postmaster's cutime/cstime), so connections opened and closed during a measurement count."""
+    fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+    total = (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / TICKS
+    for pid in worker_pids(postmaster):
+        try:
+            total += cpu_seconds(pid)
+        except OSError:  # exited between the listing and the read; counted in cutime next time
+            continue
+    return total
 
 
 def statements(dsn: str, requests: int) -> list[str]:
@@ -142,11 +155,12 @@ def reset_statements(dsn: str) -> None:
 
 
 def profile_path(label: str, load: Load, url: str, script: str, headers: dict[str, str] | None, seconds: int,
-                 workers: list[int], db_pids: list[int], dsn: str, out: Path) -> list[str]:
+                 workers: list[int], postmaster: int | None, dsn: str, out: Path) -> list[str]:
     log(f"profiling {label} for {seconds} s")
-    if db_pids:
+    if postmaster:
         reset_statements(dsn)
-    before = {pid: cpu_seconds(pid) for pid in workers + db_pids}
+    db_before = cluster_cpu_seconds(postmaster) if postmaster else 0.0
+    before = {pid: cpu_seconds(pid) for pid in workers}
     raw = out / (re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") + ".txt")
     spy = subprocess.Popen([PY_SPY, "record", "--pid", str(workers[0]), "--duration", str(seconds + 2),
                             "--rate", "250", "--gil", "--format", "raw", "--output", str(raw)],
@@ -159,10 +173,11 @@ def profile_path(label: str, load: Load, url: str, script: str, headers: dict[st
                    + os.times().children_system - wrk_started.children_system)
     finally:
         spy.wait(timeout=seconds + 60)
-    after = {pid: cpu_seconds(pid) for pid in workers + db_pids}
+    after = {pid: cpu_seconds(pid) for pid in workers}
+    db_after = cluster_cpu_seconds(postmaster) if postmaster else 0.0
     requests = measured.requests
     worker_ms = sum(after[pid] - before[pid] for pid in workers) / requests * 1000
-    db_ms = sum(after[pid] - before[pid] for pid in db_pids if pid in after) / requests * 1000
+    db_ms = (db_after - db_before) / requests * 1000
     lines = [f"### {label}", "",
              f"{measured.rps:,.0f} req/s at {load.profile.connections} connections over {measured.seconds:.0f} s; "
              f"CPU per request: gunicorn workers {worker_ms:.2f} ms, PostgreSQL {db_ms:.2f} ms, "
@@ -175,9 +190,31 @@ def profile_path(label: str, load: Load, url: str, script: str, headers: dict[st
         lines += ["", f"({total:,} py-spy samples of one worker; raw stacks: {raw.name})", ""]
     else:
         lines += ["(py-spy recorded nothing: " + spy.stderr.read().decode(errors="replace")[-300:] + ")", ""]
-    if db_pids:
+    if postmaster:
         lines += statements(dsn, requests) + [""]
     return lines
+
+
+def profile_pgbench(load: Load, dsn: str, scripts: list[Path], seconds: int, postmaster: int) -> list[str]:
+    """The reference of scenario A, costed the same way: CPU per transaction of PostgreSQL and of pgbench."""
+    log(f"profiling pgbench spend for {seconds} s")
+    reset_statements(dsn)
+    processes = len(worker_pids(postmaster))
+    db_before = cluster_cpu_seconds(postmaster)
+    started = os.times()
+    measured = load.pgbench(dsn, scripts, seconds, "simple")
+    client = (os.times().children_user - started.children_user
+              + os.times().children_system - started.children_system)
+    deadline = time.monotonic() + 5
+    while len(worker_pids(postmaster)) > processes and time.monotonic() < deadline:
+        time.sleep(0.05)  # pgbench's backends count once the postmaster has reaped them
+    db_ms = (cluster_cpu_seconds(postmaster) - db_before) / measured.requests * 1000
+    return [
+        "### pgbench spend (the reference of A)", "",
+        f"{measured.rps:,.0f} tps at {load.profile.connections} clients, -M simple; CPU per transaction: "
+        f"PostgreSQL {db_ms:.2f} ms, pgbench {client / measured.requests * 1000:.2f} ms.", "",
+        *statements(dsn, measured.requests), "",
+    ]
 
 
 def explain(dsn: str, deep_cursor_row: tuple) -> list[str]:
@@ -237,18 +274,20 @@ def main(argv: list[str] | None = None) -> int:
         service = setup.service
         load.wrk(service.url, "mixed.lua", 5, counts=False)
         workers = service.workers()
-        db_pids = postgres_pids(setup.dsn) if not os.environ.get("BENCH_DATABASE_URL") else []
+        postmaster = postmaster_pid(setup.dsn) if not os.environ.get("BENCH_DATABASE_URL") else None
         heavy = bearer(setup.tokens["heavy"])
         report += profile_path("POST spend", load, service.url + "/api/transactions", "spend.lua", None,
-                               args.seconds, workers, db_pids, setup.dsn, out)
+                               args.seconds, workers, postmaster, setup.dsn, out)
+        if postmaster:
+            report += profile_pgbench(load, setup.dsn, setup.spend_scripts, args.seconds, postmaster)
         report += profile_path("GET first page", load, f"{service.url}/api/transactions?limit={PAGE_SIZE}",
-                               "get.lua", heavy, args.seconds, workers, db_pids, setup.dsn, out)
+                               "get.lua", heavy, args.seconds, workers, postmaster, setup.dsn, out)
         report += profile_path("GET page 5,000 by cursor", load,
                                f"{service.url}/api/transactions?limit={PAGE_SIZE}&cursor={setup.deep_cursor}",
-                               "get.lua", heavy, args.seconds, workers, db_pids, setup.dsn, out)
+                               "get.lua", heavy, args.seconds, workers, postmaster, setup.dsn, out)
         with gunicorn("bench.bare_app:app", setup.env, setup.workdir / "bare.log", "/api/transactions") as bare:
             report += profile_path("bare Flask, same body", load, f"{bare.url}/api/transactions?limit={PAGE_SIZE}",
-                                   "get.lua", heavy, args.seconds, bare.workers(), [], setup.dsn, out)
+                                   "get.lua", heavy, args.seconds, bare.workers(), None, setup.dsn, out)
         report += ["### Queries on the server (EXPLAIN ANALYZE)", ""] + explain(setup.dsn, deep_row) + [""]
     report.append(f"load average at end: {Path('/proc/loadavg').read_text().split()[0]}")
     text = "\n".join(report)
