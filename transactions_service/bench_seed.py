@@ -185,7 +185,8 @@ def plan_population(
         population.add(uuid.UUID(int=rng.getrandbits(128), version=4).bytes, count, joined, active_until,
                        rng.choices(range(len(PACKS)), weights)[0])
     # A few generations and checkouts in progress right now: these users' last event is recent and pending.
-    candidates = [index for index in range(len(named), len(population.ids)) if population.rows[index] >= 2]
+    candidates = [index for index in range(len(named), len(population.ids))
+                  if population.rows[index] >= 2 and population.joined[index] < now - pending_window - DAY]
     for index in rng.sample(candidates, min(len(candidates), max(3, users // 200))):
         population.in_progress[index] = True
         population.active_until[index] = now - pending_window
