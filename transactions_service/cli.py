@@ -13,6 +13,7 @@ from flask.cli import AppGroup
 from sqlalchemy import update
 
 from .auth import SERVICE_SCOPES, Caller, issue_token
+from .bench_seed import bench_cli
 from .errors import ApiError
 from .extensions import db
 from .idempotency import prune
@@ -134,5 +135,5 @@ def expire_holds(batch_size: int) -> None:
 
 
 def init_cli(app: Flask) -> None:
-    for group in (tokens, demo, idempotency_cli, transactions_cli):
+    for group in (tokens, demo, idempotency_cli, transactions_cli, bench_cli):
         app.cli.add_command(group)

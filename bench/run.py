@@ -1,0 +1,737 @@
+"""The benchmark runner of issue 6: ``make bench`` (full) and ``make bench-quick``.
+
+One run, one machine, every number next to its reference:
+
+1. a PostgreSQL: the embedded one in a temporary directory, with production
+   durability (fsync, synchronous commit), or a fresh database on the server
+   named by ``BENCH_DATABASE_URL`` (created and dropped by the run);
+2. migrations, then ``flask bench seed`` with a 200,000-row user and a 10-row
+   user among a long tail of others;
+3. the service under gunicorn with ``gunicorn.conf.py`` (its production
+   settings), with ``RATELIMIT_ENABLED=false`` (the limits would refuse a
+   benchmark's traffic) and ``LOG_LEVEL=WARNING`` (no access line per request);
+4. a warm-up, then scenarios A to F, each measured with its reference in the
+   same run: wrk (Lua scripts in ``bench/lua``) for HTTP, pgbench for the
+   database's own limit, ``bench/openloop.py`` for latency at a fixed rate;
+5. a table, and one JSON object on the last line, also written to ``bench/results/``.
+
+Everything listens on 127.0.0.1, every load is bounded in time, and every
+process and directory the run made is removed in ``finally`` blocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import jwt
+import psycopg2
+import requests
+from sqlalchemy.engine import make_url
+
+from transactions_service.devdb import EmbeddedPostgres, bin_dir
+from transactions_service.transactions.schemas import encode_cursor
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+LUA = Path("bench/lua")  # wrk runs from the repository root; the scripts include each other by this path
+PYTHON = sys.executable
+FLASK = str(Path(sys.executable).parent / "flask")
+
+HEAVY_USER = uuid.UUID("5e1f0000-0000-4000-8000-000000200000")
+LIGHT_USER = uuid.UUID("5e1f0000-0000-4000-8000-000000000010")
+PAGE_SIZE = 20
+DEEP_PAGE = 5_000
+SPENDERS = 100
+MIXED_USERS = 2_000
+TOP_UP_CREDITS = 1_000_000
+# Embedded PostgreSQL: production durability; a buffer cache that holds the working set, as a tuned server's would.
+PG_SETTINGS = ("shared_buffers=512MB", "max_connections=200")
+
+# Issue 6, section 3: (key, comparison, bound).
+TARGETS = [
+    ("post_ratio", ">=", 0.30),
+    ("page_ratio", ">=", 0.50),
+    ("deep_ratio", "<=", 1.2),
+    ("balance_ratio", "<=", 1.2),
+    ("mixed_p99_ms", "<=", 25.0),
+    ("rss_growth", "<=", 1.10),
+]
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    users: int
+    transactions: int
+    heavy_rows: int
+    seconds: int  # per throughput slice (A, B)
+    rounds: int  # reference/subject pairs of slices; the order alternates so drift on a shared machine cancels
+    latency_seconds: int  # per latency slice (C, D: one connection)
+    latency_rounds: int
+    warm_up_seconds: int
+    mixed_seconds: int
+    rss_requests: int
+    connections: int = 8
+    threads: int = 2
+
+
+PROFILES = {
+    "full": Profile("full", users=10_000, transactions=1_000_000, heavy_rows=200_000, seconds=10, rounds=4,
+                    latency_seconds=5, latency_rounds=8, warm_up_seconds=10, mixed_seconds=30,
+                    rss_requests=100_000),
+    "quick": Profile("quick", users=3_000, transactions=300_000, heavy_rows=200_000, seconds=5, rounds=2,
+                     latency_seconds=3, latency_rounds=4, warm_up_seconds=5, mixed_seconds=10, rss_requests=20_000),
+}
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+# --- processes -------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def database(workdir: Path, settings: tuple[str, ...] = PG_SETTINGS) -> Iterator[str]:
+    """A fresh, empty database for this run, dropped (or its server destroyed) afterwards."""
+    external = os.environ.get("BENCH_DATABASE_URL")
+    if external:
+        server = make_url(external).set(drivername="postgresql")
+        name = f"bench_{secrets.token_hex(4)}"
+        admin = psycopg2.connect(server.render_as_string(hide_password=False))
+        admin.autocommit = True
+        try:
+            with admin.cursor() as cursor:
+                cursor.execute(f'CREATE DATABASE "{name}"')
+            yield server.set(database=name, drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+        finally:
+            with admin.cursor() as cursor:
+                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.close()
+        return
+    server = EmbeddedPostgres(workdir / "postgres", settings=settings)
+    try:
+        server.start()
+        yield server.ensure_database("bench")
+    finally:
+        server.destroy()
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    url: str
+
+    def workers(self) -> list[int]:
+        return worker_pids(self.process.pid)
+
+
+@contextmanager
+def gunicorn(app_spec: str, env: dict[str, str], log_path: Path, ready_path: str, headers: dict[str, str] | None = None) -> Iterator[Server]:
+    """``app_spec`` under gunicorn with gunicorn.conf.py, on a socket bound here and handed over (no port race)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    listener.set_inheritable(True)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    command = [PYTHON, "-m", "gunicorn", "--config", str(REPO / "gunicorn.conf.py"),
+               "--bind", f"fd://{listener.fileno()}", app_spec]
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                   pass_fds=(listener.fileno(),))
+    listener.close()
+    server = Server(process, url)
+    try:
+        expected = int(env.get("WEB_CONCURRENCY") or (os.cpu_count() or 1) * 2 + 1)
+        deadline = time.monotonic() + 60
+        while not _answers(url + ready_path, headers) or len(server.workers()) < expected:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn ({app_spec}) did not start; see {log_path}:\n"
+                                   + log_path.read_text(errors="replace")[-3000:])
+            time.sleep(0.2)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _answers(url: str, headers: dict[str, str] | None) -> bool:
+    try:
+        return requests.get(url, headers=headers, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def worker_pids(master_pid: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == master_pid:
+                children.append(int(entry))
+    return sorted(children)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+# --- load generators -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    """One load run: throughput and latency (ms), from wrk, pgbench or the open-loop generator."""
+
+    requests: int
+    seconds: float
+    errors: int
+    mean_ms: float = float("nan")
+    p50_ms: float = float("nan")
+    p99_ms: float = float("nan")
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def throughput(runs: list[Measured]) -> float:
+    return sum(run.requests for run in runs) / sum(run.seconds for run in runs)
+
+
+def median_latency(runs: list[Measured]) -> float:
+    """The median over slices of each slice's median latency: a burst from a neighbour moves one slice, not this."""
+    return statistics.median(run.p50_ms for run in runs)
+
+
+class Load:
+    """Runs the load generators and counts what the service has served (for scenario F)."""
+
+    def __init__(self, env: dict[str, str], profile: Profile) -> None:
+        self.env = env
+        self.profile = profile
+        self.served = 0
+        self._invocations = 0
+
+    def wrk(self, url: str, script: str, seconds: float, *, connections: int | None = None,
+            threads: int | None = None, headers: dict[str, str] | None = None, counts: bool = True) -> Measured:
+        connections = connections or self.profile.connections
+        threads = min(threads or self.profile.threads, connections)
+        self._invocations += 1
+        command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
+                   "--timeout", "10s", "-s", str(LUA / script)]
+        for name, value in (headers or {}).items():
+            command += ["-H", f"{name}: {value}"]
+        command += [url, "--", f"w{self._invocations}"]
+        done = subprocess.run(command, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=seconds + 120)
+        line = next((line for line in done.stdout.splitlines() if line.startswith("WRK ")), None)
+        if done.returncode != 0 or line is None:
+            raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        report = json.loads(line[4:])
+        errors = sum(report[key] for key in ("connect_errors", "read_errors", "write_errors", "timeouts", "non_2xx"))
+        if counts:
+            self.served += report["requests"]
+        return Measured(report["requests"], report["duration_us"] / 1e6, errors,
+                        report["mean_us"] / 1000, report["p50_us"] / 1000, report["p99_us"] / 1000)
+
+    def pgbench(self, dsn: str, scripts: list[Path], seconds: float, mode: str) -> Measured:
+        command = [str(bin_dir() / "pgbench"), "-n", "-M", mode, "-c", str(self.profile.connections),
+                   "-j", str(self.profile.threads), "-T", str(max(1, round(seconds)))]
+        for script in scripts:
+            command += ["-f", str(script)]
+        command.append(dsn)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
+        tps = re.search(r"^tps = ([0-9.]+) \(without initial connection time\)", done.stdout, re.M)
+        processed = re.search(r"^number of transactions actually processed: (\d+)", done.stdout, re.M)
+        failed = re.search(r"^number of failed transactions: (\d+)", done.stdout, re.M)
+        latency = re.search(r"^latency average = ([0-9.]+) ms", done.stdout, re.M)
+        if done.returncode != 0 or not (tps and processed):
+            raise RuntimeError(f"pgbench failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        count = int(processed[1])
+        return Measured(count, count / float(tps[1]), int(failed[1]) if failed else 0,
+                        float(latency[1]) if latency else float("nan"))
+
+    def openloop(self, url: str, data_json: Path, rate: float, seconds: float) -> dict[str, Any]:
+        command = [PYTHON, "-m", "bench.openloop", "--url", url, "--data", str(data_json),
+                   "--rate", f"{rate:.1f}", "--duration", str(seconds)]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=seconds + 120)
+        line = next((line for line in done.stdout.splitlines() if line.startswith("OPENLOOP ")), None)
+        if done.returncode != 0 or line is None:
+            raise RuntimeError(f"open-loop generator failed:\n{done.stdout}\n{done.stderr}")
+        report = json.loads(line[9:])
+        self.served += report["completed"]
+        return report
+
+
+@dataclass
+class Paired:
+    """A subject and its reference, measured in alternating slices of the same run."""
+
+    reference: list[Measured]
+    subject: list[Measured]
+
+    @property
+    def errors(self) -> int:
+        return sum(run.errors for run in self.reference + self.subject)
+
+    def slices(self) -> dict[str, list[float]]:
+        return {
+            "reference_rps": [round(run.rps, 1) for run in self.reference],
+            "subject_rps": [round(run.rps, 1) for run in self.subject],
+            "reference_p50_ms": [finite(run.p50_ms) for run in self.reference],
+            "subject_p50_ms": [finite(run.p50_ms) for run in self.subject],
+        }
+
+
+def finite(value: float) -> float | None:
+    """JSON has no NaN: pgbench reports no median, for instance."""
+    return round(value, 3) if math.isfinite(value) else None
+
+
+def paired(rounds: int, reference: Callable[[], Measured], subject: Callable[[], Measured]) -> Paired:
+    """Reference and subject back to back, ``rounds`` times, the order alternating (R S, S R, R S, ...)
+    so that a machine slowly getting busier or quieter weighs on both alike."""
+    result = Paired([], [])
+    for round_number in range(rounds):
+        steps = [(reference, result.reference), (subject, result.subject)]
+        for measure, into in steps if round_number % 2 == 0 else reversed(steps):
+            into.append(measure())
+    return result
+
+
+# --- the run ---------------------------------------------------------------------------------------------------
+
+
+def token(secret: str, subject: str, scopes: str | None = None) -> str:
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": subject, "iat": now, "exp": now + 4 * 3600}
+    if scopes:
+        claims["scope"] = scopes
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def bearer(value: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {value}"}
+
+
+def lua_table(value: Any) -> str:
+    """Python data as a Lua literal, for ``dofile`` in the wrk scripts."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"[{json.dumps(key)}]={lua_table(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list):
+        return "{" + ",".join(lua_table(item) for item in value) + "}"
+    return json.dumps(value)
+
+
+def pgbench_spend_script(user_id: uuid.UUID, run: str, response_body: str) -> str:
+    """The least SQL a correct spend needs on our schema: the three statements of ADR 0001, one transaction.
+
+    Each script is pinned to one spender because pgbench cannot pick from a list;
+    bench/run.py passes one script per spender and pgbench picks one at random
+    for every transaction, as wrk picks a spender for every request.
+    """
+    # An escape string with its colons as \x3a: pgbench would read ":07" in a timestamp as a variable.
+    body = response_body.replace("\\", "\\\\").replace("'", "''").replace(":", "\\x3a")
+    request_hash = hashlib.sha256(b"bench").hexdigest()
+    return f"""\\set k random(1, 9000000000000000000)
+BEGIN;
+INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body, transaction_id)
+  VALUES ('generation-service', '{run}-pgbench-' || :client_id || '-' || :k, '{request_hash}', 201, E'{body}', uuidv7())
+  ON CONFLICT (caller, key) DO NOTHING RETURNING key;
+UPDATE user_balances SET balance = balance - 1, updated_at = now()
+  WHERE user_id = '{user_id}' AND balance - held >= 1 RETURNING user_id;
+INSERT INTO user_transactions (id, user_id, type, amount, credits, description, status, created_at, updated_at)
+  VALUES (uuidv7(), '{user_id}', 'usage', 0, -1, 'Image generation (1024x1024)', 'completed', now(), now())
+  RETURNING id;
+COMMIT;
+"""
+
+
+def versions(dsn: str) -> dict[str, str]:
+    import gunicorn as gunicorn_package
+
+    with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        postgres = cursor.fetchone()[0]
+    connection.close()
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+    return {
+        "python": platform.python_version(),
+        "postgresql": postgres,
+        "gunicorn": gunicorn_package.__version__,
+        "wrk": wrk_version.split(" [")[0],
+    }
+
+
+def machine() -> dict[str, Any]:
+    meminfo = Path("/proc/meminfo").read_text()
+    total_kb = int(re.search(r"MemTotal:\s+(\d+)", meminfo)[1])
+    model = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+    return {"cores": os.cpu_count(), "memory_gib": round(total_kb / 1024 / 1024, 1),
+            "cpu": model[1].strip() if model else platform.machine(), "kernel": platform.release()}
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+@dataclass
+class Prepared:
+    """A seeded database, the service serving it, and what the scenarios need to drive it."""
+
+    workdir: Path
+    env: dict[str, str]
+    dsn: str
+    run_id: str
+    service: Server
+    spenders: list[str]
+    spend_scripts: list[Path]
+    tokens: dict[str, str]
+    deep_cursor: str
+    seed: dict[str, Any]
+
+
+def prepare(stack: ExitStack, profile: Profile, pg_settings: tuple[str, ...] = PG_SETTINGS) -> Prepared:
+    """Everything up to the first measurement; what it starts is stopped when ``stack`` closes."""
+    workdir = Path(tempfile.mkdtemp(prefix="transactions-bench-"))
+    stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+    (workdir / "metrics").mkdir()
+    secret = secrets.token_urlsafe(48)
+    run_id = f"bench{secrets.token_hex(4)}"
+    log(f"{profile.name} run {run_id}; working in {workdir}")
+    url = stack.enter_context(database(workdir, pg_settings))
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "JWT_SECRET_KEY": secret,
+        "RATELIMIT_ENABLED": "false",
+        "LOG_LEVEL": "WARNING",
+        "LOG_FORMAT": "json",
+        "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
+        "BENCH_DATA": str(workdir / "data.lua"),
+        "BENCH_BARE_BODY": str(workdir / "first-page.json"),
+    }
+
+    subprocess.run([FLASK, "--app", "wsgi", "db", "upgrade"], cwd=REPO, env=env, check=True, capture_output=True)
+    log(f"seeding {profile.transactions:,} transactions for {profile.users:,} users")
+    seed_started = time.monotonic()
+    seeded = subprocess.run(
+        [FLASK, "--app", "wsgi", "bench", "seed", "--users", str(profile.users),
+         "--transactions", str(profile.transactions), "--heavy-user", str(HEAVY_USER),
+         "--heavy-rows", str(profile.heavy_rows), "--light-user", str(LIGHT_USER), "--light-rows", "10"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, text=True,
+    )
+    sys.stderr.write(seeded.stdout)
+    if seeded.returncode != 0:
+        raise RuntimeError("flask bench seed failed")
+    loaded = re.search(r"in ([0-9.]+) s \(", seeded.stdout)
+    seed = {"seed_rows": profile.transactions, "seed_load_s": float(loaded[1]) if loaded else None,
+            "seed_command_s": round(time.monotonic() - seed_started, 1)}
+
+    with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT user_id FROM user_balances WHERE user_id NOT IN (%s, %s) ORDER BY md5(user_id::text) LIMIT %s",
+            (str(HEAVY_USER), str(LIGHT_USER), SPENDERS),
+        )
+        spenders = [row[0] for row in cursor.fetchall()]
+        cursor.execute(
+            "SELECT user_id FROM user_balances WHERE balance - held >= 200 AND user_id <> ALL(%s::uuid[]) "
+            "ORDER BY md5(user_id::text || 'mixed') LIMIT %s",
+            ([HEAVY_USER.hex, LIGHT_USER.hex, *spenders], MIXED_USERS),
+        )
+        mixed_users = [row[0] for row in cursor.fetchall()]
+        cursor.execute(
+            "SELECT created_at, id FROM user_transactions WHERE user_id = %s "
+            "ORDER BY created_at DESC, id DESC OFFSET %s LIMIT 2",
+            (str(HEAVY_USER), (DEEP_PAGE - 1) * PAGE_SIZE - 1),
+        )
+        (last_created, last_id), (_, deep_first_id) = cursor.fetchall()
+    connection.close()
+    deep_cursor = encode_cursor(last_created, uuid.UUID(str(last_id)))
+
+    tokens = {
+        "generation": token(secret, "generation-service", "usage:write transactions:read"),
+        "payment": token(secret, "payment-service", "purchases:write transactions:read users:write"),
+        "heavy": token(secret, str(HEAVY_USER)),
+        "light": token(secret, str(LIGHT_USER)),
+    }
+    data = {
+        "run": run_id,
+        "generation_token": tokens["generation"],
+        "payment_token": tokens["payment"],
+        "spenders": spenders,
+        "users": [{"id": user, "token": token(secret, user)} for user in mixed_users],
+    }
+    (workdir / "data.lua").write_text("return " + lua_table(data) + "\n")
+    (workdir / "data.json").write_text(json.dumps(data))
+
+    log("starting the service under gunicorn (gunicorn.conf.py)")
+    service = stack.enter_context(gunicorn("wsgi:app", env, workdir / "service.log", "/readyz"))
+    api = service.url + "/api"
+    for spender in spenders:  # enough credits for every spend of scenario A, from the service and pgbench
+        purchase = {"user_id": spender, "type": "purchase", "amount": "0", "credits": TOP_UP_CREDITS,
+                    "description": "Benchmark top-up"}
+        requests.post(f"{api}/transactions", json=purchase, headers=bearer(tokens["payment"]),
+                      timeout=30).raise_for_status()
+    spend = {"user_id": spenders[0], "type": "usage", "amount": "0", "credits": -1,
+             "description": "Image generation (1024x1024)", "status": "completed"}
+    sample = requests.post(f"{api}/transactions", json=spend, timeout=30,
+                           headers={**bearer(tokens["generation"]), "Idempotency-Key": f"{run_id}-sample"})
+    sample.raise_for_status()
+    scripts = []
+    for index, spender in enumerate(spenders):
+        script = workdir / f"spend-{index:03d}.sql"
+        script.write_text(pgbench_spend_script(uuid.UUID(spender), run_id, sample.text))
+        scripts.append(script)
+
+    first_page = requests.get(f"{api}/transactions?limit={PAGE_SIZE}", headers=bearer(tokens["heavy"]), timeout=30)
+    first_page.raise_for_status()
+    (workdir / "first-page.json").write_bytes(first_page.content)
+    deep = requests.get(f"{api}/transactions", params={"limit": PAGE_SIZE, "cursor": deep_cursor},
+                        headers=bearer(tokens["heavy"]), timeout=30)
+    deep.raise_for_status()
+    if deep.json()["data"][0]["id"] != str(deep_first_id):
+        raise RuntimeError("the deep cursor does not lead to page 5,000")
+    return Prepared(workdir, env, dsn, run_id, service, spenders, scripts, tokens, deep_cursor, seed)
+
+
+def run(profile: Profile) -> dict[str, Any]:
+    started = time.monotonic()
+    results: dict[str, Any] = {"profile": profile.name,
+                               "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                               "commit": git_commit(), "loadavg_start": loadavg(), "machine": machine()}
+    with ExitStack() as stack:
+        setup = prepare(stack, profile)
+        workdir, env, dsn, service = setup.workdir, setup.env, setup.dsn, setup.service
+        scripts, deep_cursor = setup.spend_scripts, setup.deep_cursor
+        heavy, light = setup.tokens["heavy"], setup.tokens["light"]
+        results["versions"] = versions(dsn)
+        results.update(setup.seed)
+        results["workers"] = len(service.workers())
+        load = Load(env, profile)
+
+        log(f"warming up ({profile.warm_up_seconds} s of mixed traffic)")
+        load.wrk(service.url, "mixed.lua", profile.warm_up_seconds, counts=False)
+        rss_before = {pid: rss_mb(pid) for pid in service.workers()}
+        seconds, rounds = profile.seconds, profile.rounds
+        latency_seconds, latency_rounds = profile.latency_seconds, profile.latency_rounds
+
+        scenarios: dict[str, Any] = {}
+
+        log("A: POST spend vs pgbench running the minimal SQL")
+        load_before = loadavg()
+        spend = paired(
+            rounds,
+            lambda: load.pgbench(dsn, scripts, seconds, "simple"),
+            lambda: load.wrk(service.url + "/api/transactions", "spend.lua", seconds),
+        )
+        prepared = load.pgbench(dsn, scripts, seconds, "prepared") if profile.name == "full" else None
+        scenarios["A"] = {"loadavg": [load_before, loadavg()], **spend.slices()}
+        post_rps, pgbench_tps = throughput(spend.subject), throughput(spend.reference)
+        results.update(post_rps=round(post_rps, 1), pgbench_tps=round(pgbench_tps, 1),
+                       post_ratio=round(post_rps / pgbench_tps, 3), post_p50_ms=round(median_latency(spend.subject), 2),
+                       pgbench_latency_ms=round(statistics.mean(run.mean_ms for run in spend.reference), 2),
+                       pgbench_prepared_tps=round(prepared.rps, 1) if prepared else None,
+                       post_errors=sum(run.errors for run in spend.subject),
+                       pgbench_failed=sum(run.errors for run in spend.reference))
+
+        log("B: first page of the 200,000-row user vs a bare Flask endpoint")
+        load_before = loadavg()
+        page_url = f"{service.url}/api/transactions?limit={PAGE_SIZE}"
+        with gunicorn("bench.bare_app:app", env, workdir / "bare.log", "/api/transactions") as bare:
+            load.wrk(bare.url + "/api/transactions", "get.lua", 3, counts=False)
+            page = paired(
+                rounds,
+                lambda: load.wrk(bare.url + f"/api/transactions?limit={PAGE_SIZE}", "get.lua", seconds, counts=False,
+                                 headers=bearer(heavy)),
+                lambda: load.wrk(page_url, "get.lua", seconds, headers=bearer(heavy)),
+            )
+        scenarios["B"] = {"loadavg": [load_before, loadavg()], **page.slices()}
+        page_rps, bare_rps = throughput(page.subject), throughput(page.reference)
+        results.update(page_rps=round(page_rps, 1), bare_rps=round(bare_rps, 1),
+                       page_ratio=round(page_rps / bare_rps, 3), page_errors=page.errors)
+
+        log("C: page 5,000 (by cursor) vs the first page, one connection")
+        load_before = loadavg()
+        deep = paired(
+            latency_rounds,
+            lambda: load.wrk(page_url, "get.lua", latency_seconds, connections=1, headers=bearer(heavy)),
+            lambda: load.wrk(f"{page_url}&cursor={deep_cursor}", "get.lua", latency_seconds, connections=1,
+                             headers=bearer(heavy)),
+        )
+        scenarios["C"] = {"loadavg": [load_before, loadavg()], **deep.slices()}
+        first_ms, deep_ms = median_latency(deep.reference), median_latency(deep.subject)
+        results.update(first_page_ms=round(first_ms, 3), deep_page_ms=round(deep_ms, 3),
+                       deep_ratio=round(deep_ms / first_ms, 3), deep_errors=deep.errors)
+
+        log("D: balance of the 200,000-row user vs a 10-row user, one connection")
+        load_before = loadavg()
+        balance = paired(
+            latency_rounds,
+            lambda: load.wrk(service.url + "/api/balance", "get.lua", latency_seconds, connections=1,
+                             headers=bearer(light)),
+            lambda: load.wrk(service.url + "/api/balance", "get.lua", latency_seconds, connections=1,
+                             headers=bearer(heavy)),
+        )
+        scenarios["D"] = {"loadavg": [load_before, loadavg()], **balance.slices()}
+        light_ms, heavy_ms = median_latency(balance.reference), median_latency(balance.subject)
+        results.update(balance_light_ms=round(light_ms, 3), balance_heavy_ms=round(heavy_ms, 3),
+                       balance_ratio=round(heavy_ms / light_ms, 3), balance_errors=balance.errors)
+
+        log("E: mixed traffic, maximum throughput, then latency at half of it (open loop)")
+        load_before = loadavg()
+        mixed = load.wrk(service.url, "mixed.lua", profile.mixed_seconds)
+        half = load.openloop(service.url, workdir / "data.json", mixed.rps / 2, profile.mixed_seconds)
+        scenarios["E"] = {"loadavg": [load_before, loadavg()], "open_loop": half}
+        results.update(mixed_rps=round(mixed.rps, 1), mixed_errors=mixed.errors + half["non_2xx"],
+                       mixed_rate=half["rate"], mixed_achieved_rps=half["achieved_rps"],
+                       mixed_p50_ms=half["p50_ms"], mixed_p95_ms=half["p95_ms"], mixed_p99_ms=half["p99_ms"],
+                       mixed_closed_loop_p99_ms=round(mixed.p99_ms, 2),
+                       openloop_lag_p99_ms=half["lag_p99_ms"], openloop_cpu_share=half["generator_cpu_share"])
+
+        log(f"F: worker memory after {profile.rss_requests:,} requests (served so far: {load.served:,})")
+        for _ in range(5):
+            missing = profile.rss_requests - load.served
+            if missing <= 0:
+                break
+            load.wrk(service.url, "mixed.lua", min(600, missing / max(mixed.rps, 1) * 1.1 + 1))
+        rss_after = {pid: rss_mb(pid) for pid in service.workers()}
+        if set(rss_after) != set(rss_before):
+            log(f"workers changed during the run: {sorted(rss_before)} -> {sorted(rss_after)}")
+        common = [pid for pid in rss_before if pid in rss_after]
+        results.update(
+            rss_growth=round(max(rss_after[pid] / rss_before[pid] for pid in common), 3),
+            rss_before_mb=[round(rss_before[pid], 1) for pid in common],
+            rss_after_mb=[round(rss_after[pid], 1) for pid in common],
+            rss_requests=load.served,
+        )
+
+        sound = subprocess.run([FLASK, "--app", "wsgi", "bench", "check"], cwd=REPO, env=env,
+                               capture_output=True, text=True)
+        results["ledger_sound_after"] = sound.returncode == 0
+        if sound.returncode != 0:
+            log("the ledger's invariants do not hold after the run:\n" + sound.stdout)
+        errors_logged = sum(1 for line in (workdir / "service.log").read_text(errors="replace").splitlines()
+                            if '"level": "ERROR"' in line)
+        results["service_errors_logged"] = errors_logged
+        results["scenarios"] = scenarios
+    results["loadavg_end"] = loadavg()
+    results["targets"] = {key: verdict(results[key], comparison, bound) for key, comparison, bound in TARGETS}
+    results["total_s"] = round(time.monotonic() - started, 1)
+    return results
+
+
+def verdict(value: float, comparison: str, bound: float) -> bool:
+    return value >= bound if comparison == ">=" else value <= bound
+
+
+def table(results: dict[str, Any]) -> str:
+    target = {key: f"{comparison} {bound:g}" for key, comparison, bound in TARGETS}
+
+    def mark(key: str) -> str:
+        return "hit" if results["targets"][key] else "MISSED"
+
+    r = results
+    rows = [
+        ("A spend: POST /api/transactions", f"{r['post_rps']:,.0f} req/s",
+         f"pgbench {r['pgbench_tps']:,.0f} tps", "post_ratio", r["post_ratio"]),
+        ("B first page, 200k-row user", f"{r['page_rps']:,.0f} req/s",
+         f"bare Flask {r['bare_rps']:,.0f} req/s", "page_ratio", r["page_ratio"]),
+        ("C page 5,000 by cursor (1 conn)", f"p50 {r['deep_page_ms']:.2f} ms",
+         f"first page p50 {r['first_page_ms']:.2f} ms", "deep_ratio", r["deep_ratio"]),
+        ("D balance, 200k rows (1 conn)", f"p50 {r['balance_heavy_ms']:.2f} ms",
+         f"10 rows p50 {r['balance_light_ms']:.2f} ms", "balance_ratio", r["balance_ratio"]),
+        ("E mixed 80/15/5, open loop", f"p99 {r['mixed_p99_ms']:.1f} ms at {r['mixed_rate']:,.0f}/s",
+         f"max {r['mixed_rps']:,.0f} req/s", "mixed_p99_ms", r["mixed_p99_ms"]),
+        ("F worker RSS after requests", f"{max(r['rss_after_mb']):.0f} MB max",
+         f"{max(r['rss_before_mb']):.0f} MB warm", "rss_growth", r["rss_growth"]),
+    ]
+    header = ("scenario", "measured", "reference", "key", "value", "target", "")
+    lines = [header] + [(name, measured, reference, key, f"{value:g}", target[key], mark(key))
+                        for name, measured, reference, key, value in rows]
+    widths = [max(len(str(line[column])) for line in lines) for column in range(len(header))]
+    text = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * width for width in widths))
+    text.append("")
+    text.append(
+        f"E at {r['mixed_rate']:,.0f} req/s: p50 {r['mixed_p50_ms']} ms, p95 {r['mixed_p95_ms']} ms, "
+        f"p99 {r['mixed_p99_ms']} ms (generator lag p99 {r['openloop_lag_p99_ms']} ms, "
+        f"generator CPU {r['openloop_cpu_share']:.0%} of a core)"
+    )
+    if r.get("pgbench_prepared_tps"):
+        text.append(f"A with pgbench -M prepared (not reachable through a transaction-mode pooler): "
+                    f"{r['pgbench_prepared_tps']:,.0f} tps")
+    errors = {key: r[key] for key in ("post_errors", "pgbench_failed", "page_errors", "deep_errors",
+                                      "balance_errors", "mixed_errors", "service_errors_logged") if r[key]}
+    text.append(f"errors: {errors or 'none'}; ledger invariants after the run: "
+                f"{'hold' if r['ledger_sound_after'] else 'BROKEN'}")
+    text.append(f"{r['workers']} gunicorn workers, {PROFILES[r['profile']].connections} connections; "
+                f"seed {r['seed_rows']:,} rows in {r['seed_load_s']} s; load average {r['loadavg_start']} -> "
+                f"{r['loadavg_end']} on {r['machine']['cores']} cores; {r['total_s']} s in all")
+    return "\n".join(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the benchmarks of issue 6 (see bench/run.py).")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: `apt-get install -y wrk` (the make targets do it as root)")
+    results = run(PROFILES[args.profile])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    line = json.dumps(results, separators=(",", ":"), allow_nan=False)
+    path = RESULTS / f"{stamp}-{results['profile']}.json"
+    path.write_text(line + "\n")
+    print(table(results))
+    print(f"written to {path.relative_to(REPO)}")
+    print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
