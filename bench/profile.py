@@ -42,7 +42,9 @@ from bench.run import (
     bearer,
     gunicorn,
     log,
+    postmaster_pid,
     prepare,
+    tree_cpu_seconds,
     worker_pids,
 )
 
@@ -109,29 +111,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
-def postmaster_pid(dsn: str) -> int:
-    with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        backend = cursor.fetchone()[0]
-        # Read while this backend lives: its parent is the postmaster.
-        postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    connection.close()
-    return postmaster
-
-
-def cluster_cpu_seconds(postmaster: int) -> float:
-    """CPU of the whole PostgreSQL cluster so far: live processes, plus the backends that have exited
-    (the postmaster's cutime/cstime), so connections opened and closed during a measurement count."""
-    fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
-    total = (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / TICKS
-    for pid in worker_pids(postmaster):
-        try:
-            total += cpu_seconds(pid)
-        except OSError:  # exited between the listing and the read; counted in cutime next time
-            continue
-    return total
-
-
 def statements(dsn: str, requests: int) -> list[str]:
     with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
         cursor.execute(
@@ -159,7 +138,7 @@ def profile_path(label: str, load: Load, url: str, script: str, headers: dict[st
     log(f"profiling {label} for {seconds} s")
     if postmaster:
         reset_statements(dsn)
-    db_before = cluster_cpu_seconds(postmaster) if postmaster else 0.0
+    db_before = tree_cpu_seconds(postmaster) if postmaster else 0.0
     before = {pid: cpu_seconds(pid) for pid in workers}
     raw = out / (re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") + ".txt")
     spy = subprocess.Popen([PY_SPY, "record", "--pid", str(workers[0]), "--duration", str(seconds + 2),
@@ -174,7 +153,7 @@ def profile_path(label: str, load: Load, url: str, script: str, headers: dict[st
     finally:
         spy.wait(timeout=seconds + 60)
     after = {pid: cpu_seconds(pid) for pid in workers}
-    db_after = cluster_cpu_seconds(postmaster) if postmaster else 0.0
+    db_after = tree_cpu_seconds(postmaster) if postmaster else 0.0
     requests = measured.requests
     worker_ms = sum(after[pid] - before[pid] for pid in workers) / requests * 1000
     db_ms = (db_after - db_before) / requests * 1000
@@ -200,7 +179,7 @@ def profile_pgbench(load: Load, dsn: str, scripts: list[Path], seconds: int, pos
     log(f"profiling pgbench spend for {seconds} s")
     reset_statements(dsn)
     processes = len(worker_pids(postmaster))
-    db_before = cluster_cpu_seconds(postmaster)
+    db_before = tree_cpu_seconds(postmaster)
     started = os.times()
     measured = load.pgbench(dsn, scripts, seconds, "simple")
     client = (os.times().children_user - started.children_user
@@ -208,7 +187,7 @@ def profile_pgbench(load: Load, dsn: str, scripts: list[Path], seconds: int, pos
     deadline = time.monotonic() + 5
     while len(worker_pids(postmaster)) > processes and time.monotonic() < deadline:
         time.sleep(0.05)  # pgbench's backends count once the postmaster has reaped them
-    db_ms = (cluster_cpu_seconds(postmaster) - db_before) / measured.requests * 1000
+    db_ms = (tree_cpu_seconds(postmaster) - db_before) / measured.requests * 1000
     return [
         "### pgbench spend (the reference of A)", "",
         f"{measured.rps:,.0f} tps at {load.profile.connections} clients, -M simple; CPU per transaction: "

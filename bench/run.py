@@ -205,6 +205,76 @@ def worker_pids(master_pid: int) -> list[int]:
     return sorted(children)
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process, of its descendants it has reaped (cutime, cstime) and of its live children."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    total = sum(int(value) for value in fields[11:15]) / TICKS  # utime, stime, cutime, cstime
+    for child in worker_pids(pid):
+        try:
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited just now: counted in cutime from the next reading on
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
+
+
+def postmaster_pid(dsn: str) -> int:
+    with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+        # Read while this backend lives: its parent is the postmaster.
+        postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    connection.close()
+    return postmaster
+
+
+class Conditions:
+    """What else went on while a scenario ran: the neighbours' CPU, checkpoints and autovacuum.
+
+    The neighbours' CPU is the machine's busy time (/proc/stat) less this
+    run's own: the runner and everything it started and reaped (wrk, pgbench,
+    the open-loop generator), the gunicorn tree and the embedded PostgreSQL.
+    """
+
+    def __init__(self, dsn: str, service_pid: int, postmaster: int | None) -> None:
+        self.dsn, self.service_pid, self.postmaster = dsn, service_pid, postmaster
+
+    def snapshot(self) -> dict[str, Any]:
+        values = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = values
+        times = os.times()
+        own = times.user + times.system + times.children_user + times.children_system
+        own += tree_cpu_seconds(self.service_pid)
+        if self.postmaster:
+            own += tree_cpu_seconds(self.postmaster)
+        checkpoints = autovacuums = None
+        with psycopg2.connect(self.dsn) as connection, connection.cursor() as cursor:
+            try:
+                cursor.execute("SELECT num_timed + num_requested FROM pg_stat_checkpointer")  # PostgreSQL 17+
+                checkpoints = cursor.fetchone()[0]
+            except psycopg2.Error:
+                connection.rollback()
+            cursor.execute("SELECT coalesce(sum(autovacuum_count + autoanalyze_count), 0) FROM pg_stat_user_tables")
+            autovacuums = int(cursor.fetchone()[0])
+        connection.close()
+        return {"time": time.monotonic(), "busy": (user + nice + system + irq + softirq + steal) / TICKS,
+                "own": own, "loadavg": loadavg(), "checkpoints": checkpoints, "autovacuums": autovacuums}
+
+    @staticmethod
+    def between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        elapsed = after["time"] - before["time"]
+        others = (after["busy"] - before["busy"]) - (after["own"] - before["own"])
+        checkpoints = (after["checkpoints"] - before["checkpoints"]
+                       if before["checkpoints"] is not None and after["checkpoints"] is not None else None)
+        return {"loadavg": [before["loadavg"], after["loadavg"]],
+                "neighbour_cores": round(max(others, 0.0) / elapsed, 2),
+                "checkpoints": checkpoints,
+                "autovacuum_runs": after["autovacuums"] - before["autovacuums"]}
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -562,15 +632,17 @@ def run(profile: Profile) -> dict[str, Any]:
 
         scenarios: dict[str, Any] = {}
 
+        conditions = Conditions(dsn, service.process.pid,
+                                None if os.environ.get("BENCH_DATABASE_URL") else postmaster_pid(dsn))
         log("A: POST spend vs pgbench running the minimal SQL")
-        load_before = loadavg()
+        before = conditions.snapshot()
         spend = paired(
             rounds,
             lambda: load.pgbench(dsn, scripts, seconds, "simple"),
             lambda: load.wrk(service.url + "/api/transactions", "spend.lua", seconds),
         )
         prepared = load.pgbench(dsn, scripts, seconds, "prepared") if profile.name == "full" else None
-        scenarios["A"] = {"loadavg": [load_before, loadavg()], **spend.slices()}
+        scenarios["A"] = {**conditions.between(before, conditions.snapshot()), **spend.slices()}
         post_rps, pgbench_tps = throughput(spend.subject), throughput(spend.reference)
         results.update(post_rps=round(post_rps, 1), pgbench_tps=round(pgbench_tps, 1),
                        post_ratio=round(post_rps / pgbench_tps, 3), post_p50_ms=round(median_latency(spend.subject), 2),
@@ -580,7 +652,7 @@ def run(profile: Profile) -> dict[str, Any]:
                        pgbench_failed=sum(run.errors for run in spend.reference))
 
         log("B: first page of the 200,000-row user vs a bare Flask endpoint")
-        load_before = loadavg()
+        before = conditions.snapshot()
         page_url = f"{service.url}/api/transactions?limit={PAGE_SIZE}"
         with gunicorn("bench.bare_app:app", env, workdir / "bare.log", "/api/transactions") as bare:
             load.wrk(bare.url + "/api/transactions", "get.lua", 3, counts=False)
@@ -590,26 +662,26 @@ def run(profile: Profile) -> dict[str, Any]:
                                  headers=bearer(heavy)),
                 lambda: load.wrk(page_url, "get.lua", seconds, headers=bearer(heavy)),
             )
-        scenarios["B"] = {"loadavg": [load_before, loadavg()], **page.slices()}
+        scenarios["B"] = {**conditions.between(before, conditions.snapshot()), **page.slices()}
         page_rps, bare_rps = throughput(page.subject), throughput(page.reference)
         results.update(page_rps=round(page_rps, 1), bare_rps=round(bare_rps, 1),
                        page_ratio=round(page_rps / bare_rps, 3), page_errors=page.errors)
 
         log("C: page 5,000 (by cursor) vs the first page, one connection")
-        load_before = loadavg()
+        before = conditions.snapshot()
         deep = paired(
             latency_rounds,
             lambda: load.wrk(page_url, "get.lua", latency_seconds, connections=1, headers=bearer(heavy)),
             lambda: load.wrk(f"{page_url}&cursor={deep_cursor}", "get.lua", latency_seconds, connections=1,
                              headers=bearer(heavy)),
         )
-        scenarios["C"] = {"loadavg": [load_before, loadavg()], **deep.slices()}
+        scenarios["C"] = {**conditions.between(before, conditions.snapshot()), **deep.slices()}
         first_ms, deep_ms = median_latency(deep.reference), median_latency(deep.subject)
         results.update(first_page_ms=round(first_ms, 3), deep_page_ms=round(deep_ms, 3),
                        deep_ratio=round(deep_ms / first_ms, 3), deep_errors=deep.errors)
 
         log("D: balance of the 200,000-row user vs a 10-row user, one connection")
-        load_before = loadavg()
+        before = conditions.snapshot()
         balance = paired(
             latency_rounds,
             lambda: load.wrk(service.url + "/api/balance", "get.lua", latency_seconds, connections=1,
@@ -617,16 +689,18 @@ def run(profile: Profile) -> dict[str, Any]:
             lambda: load.wrk(service.url + "/api/balance", "get.lua", latency_seconds, connections=1,
                              headers=bearer(heavy)),
         )
-        scenarios["D"] = {"loadavg": [load_before, loadavg()], **balance.slices()}
+        scenarios["D"] = {**conditions.between(before, conditions.snapshot()), **balance.slices()}
         light_ms, heavy_ms = median_latency(balance.reference), median_latency(balance.subject)
         results.update(balance_light_ms=round(light_ms, 3), balance_heavy_ms=round(heavy_ms, 3),
                        balance_ratio=round(heavy_ms / light_ms, 3), balance_errors=balance.errors)
 
         log("E: mixed traffic, maximum throughput, then latency at half of it (open loop)")
-        load_before = loadavg()
+        before = conditions.snapshot()
         mixed = load.wrk(service.url, "mixed.lua", profile.mixed_seconds)
+        middle = conditions.snapshot()
         half = load.openloop(service.url, workdir / "data.json", mixed.rps / 2, profile.mixed_seconds)
-        scenarios["E"] = {"loadavg": [load_before, loadavg()], "open_loop": half}
+        scenarios["E"] = {**conditions.between(before, middle), "open_loop": half,
+                          "open_loop_conditions": conditions.between(middle, conditions.snapshot())}
         results.update(mixed_rps=round(mixed.rps, 1), mixed_errors=mixed.errors + half["non_2xx"],
                        mixed_rate=half["rate"], mixed_achieved_rps=half["achieved_rps"],
                        mixed_p50_ms=half["p50_ms"], mixed_p95_ms=half["p95_ms"], mixed_p99_ms=half["p99_ms"],
@@ -709,6 +783,10 @@ def table(results: dict[str, Any]) -> str:
                                       "balance_errors", "mixed_errors", "service_errors_logged") if r[key]}
     text.append(f"errors: {errors or 'none'}; ledger invariants after the run: "
                 f"{'hold' if r['ledger_sound_after'] else 'BROKEN'}")
+    text.append("while measuring (neighbours' CPU in cores, checkpoints, autovacuum runs): " + "; ".join(
+        f"{name} {c['neighbour_cores']}, {c['checkpoints']}, {c['autovacuum_runs']}"
+        for name, c in [(key, r["scenarios"][key]) for key in "ABCD"]
+        + [("E max", r["scenarios"]["E"]), ("E half", r["scenarios"]["E"]["open_loop_conditions"])]))
     text.append(f"{r['workers']} gunicorn workers, {PROFILES[r['profile']].connections} connections; "
                 f"seed {r['seed_rows']:,} rows in {r['seed_load_s']} s; load average {r['loadavg_start']} -> "
                 f"{r['loadavg_end']} on {r['machine']['cores']} cores; {r['total_s']} s in all")
