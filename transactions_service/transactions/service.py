@@ -14,6 +14,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,13 +31,12 @@ from ..ids import utcnow, uuid7
 from ..observability import LEDGER_HOLDS, LEDGER_REFUSED_SPENDS, LEDGER_REPLAYS, LEDGER_TRANSACTIONS
 from ..users.models import User
 from .models import HOLD_EXPIRED, TransactionStatus, TransactionType, UserBalance, UserTransaction
-from .schemas import TransactionSchema, decode_cursor, encode_cursor
+from .schemas import decode_cursor, encode_cursor, transaction_json
 
 WRITE_SCOPE = {TransactionType.PURCHASE: WRITE_PURCHASES, TransactionType.USAGE: WRITE_USAGE}
 
 _transactions = UserTransaction.__table__
 _balances = UserBalance.__table__
-_transaction_schema = TransactionSchema()
 
 _UNKNOWN_USER_CONSTRAINTS = {
     "fk_user_transactions_user_id_users",
@@ -245,10 +245,6 @@ def _hold_lifetime(requested_seconds: int | None) -> timedelta:
     return timedelta(seconds=requested_seconds or limit)
 
 
-def transaction_json(row: Any) -> dict[str, Any]:
-    return _transaction_schema.dump(row)
-
-
 def record_transaction(caller: Caller, payload: dict[str, Any], idempotency_key: str | None) -> Recorded:
     """Record a purchase or usage with its balance effect, at most once per idempotency key."""
     kind: TransactionType = payload["type"]
@@ -258,7 +254,7 @@ def record_transaction(caller: Caller, payload: dict[str, Any], idempotency_key:
     row = {**fields, "id": uuid7(), "created_at": now, "updated_at": now, "hold_expires_at": None}
     if kind is TransactionType.USAGE and payload["status"] is TransactionStatus.PENDING:
         row["hold_expires_at"] = now + _hold_lifetime(payload.get("hold_expires_in"))
-    body = json.dumps(transaction_json(row), separators=(",", ":"))
+    body = json.dumps(transaction_json(SimpleNamespace(**row)), separators=(",", ":"))
     try:
         if idempotency_key is not None:
             previous = idempotency.claim(
