@@ -85,7 +85,7 @@ migrate: install
 fuzz: install
 	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-400} $(BIN)/python -m pytest tests/test_fuzz.py
 
-# Benchmarks (issue 6, BENCHMARKS.md): minutes of load on loopback, never part of `make test`.
+# Benchmarks (BENCHMARKS.md): minutes of load on loopback, never part of `make test`.
 bench: install wrk
 	$(BIN)/python -m bench.run --profile full
 

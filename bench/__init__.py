@@ -1,1 +1,1 @@
-"""The benchmark harness of issue 6: ``make bench`` and ``make bench-quick`` run :mod:`bench.run`."""
+"""The benchmark harness: ``make bench`` and ``make bench-quick`` run :mod:`bench.run`."""

@@ -1,4 +1,4 @@
-"""The benchmark runner of issue 6: ``make bench`` (full) and ``make bench-quick``.
+"""The benchmark runner: ``make bench`` (full) and ``make bench-quick``.
 
 One run, one machine, every number next to its reference:
 
@@ -68,7 +68,7 @@ TOP_UP_CREDITS = 1_000_000
 # Embedded PostgreSQL: production durability; a buffer cache that holds the working set, as a tuned server's would.
 PG_SETTINGS = ("shared_buffers=512MB", "max_connections=200")
 
-# Issue 6, section 3: (key, comparison, bound).
+# The targets, as (key, comparison, bound).
 TARGETS = [
     ("post_ratio", ">=", 0.30),
     ("page_ratio", ">=", 0.50),
@@ -794,7 +794,7 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the benchmarks of issue 6 (see bench/run.py).")
+    parser = argparse.ArgumentParser(description="Run the benchmarks (see BENCHMARKS.md).")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
