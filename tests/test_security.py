@@ -11,6 +11,7 @@ import json
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
@@ -36,9 +37,36 @@ def send(client, method, path, body, headers):
     return client.open(path, method=method, json=body, headers=headers)
 
 
+def b64json(part):
+    return base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode()
+
+
 def unsigned(claims):
-    encode = lambda part: base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode()  # noqa: E731
-    return f"{encode({'alg': 'none', 'typ': 'JWT'})}.{encode(claims)}."
+    return f"{b64json({'alg': 'none', 'typ': 'JWT'})}.{b64json(claims)}."
+
+
+@contextmanager
+def serving(payload):
+    """A local HTTP server answering every GET with ``payload``; yields its URL and the paths requested."""
+    hits = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the standard library's name
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *_args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def bad_tokens():
@@ -288,24 +316,8 @@ def test_api6_spending_more_than_available_is_refused(api):
 @pytest.fixture
 def request_trap():
     """A local HTTP server that records any request made to it."""
-    hits = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the standard library's name
-            hits.append(self.path)
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b'{"keys": []}')
-
-        def log_message(self, *_args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", hits
-    server.shutdown()
-    server.server_close()
+    with serving(b'{"keys": []}') as trap:
+        yield trap
 
 
 def test_api7_urls_in_a_token_are_never_fetched(client, api, request_trap):
@@ -373,31 +385,11 @@ def test_api9_every_route_is_in_the_published_contract(app, contract):
 
 @pytest.mark.parametrize("payload", [b"<html>proxy error</html>", b"[1, 2]", b'{"keys": "nope"}'])
 def test_api10_a_misbehaving_identity_provider_is_a_503_not_a_crash(database_url, payload):
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *_args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        app = make_app(
-            database_url,
-            JWT_SECRET_KEY=None,
-            JWT_JWKS_URL=f"http://127.0.0.1:{server.server_address[1]}/jwks",
-            JWT_ALGORITHM="RS256",
-        )
-        encode = lambda part: base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode()  # noqa: E731
+    with serving(payload) as (url, _hits):
+        app = make_app(database_url, JWT_SECRET_KEY=None, JWT_JWKS_URL=f"{url}/jwks", JWT_ALGORITHM="RS256")
         # The key set is fetched before the signature can be checked, so a dummy signature suffices.
         header, claims = {"alg": "RS256", "typ": "JWT", "kid": "a"}, {"sub": USER, "exp": int(time.time()) + 60}
-        token = f"{encode(header)}.{encode(claims)}.{encode('signature')}"
+        token = f"{b64json(header)}.{b64json(claims)}.{b64json('signature')}"
         response = app.test_client().get("/api/balance", headers=bearer(token))
-    finally:
-        server.shutdown()
-        server.server_close()
     assert response.status_code == 503
     assert response.json["code"] == "identity_provider_unavailable"

@@ -88,7 +88,8 @@ class Caller:
             self.require_scope(READ_TRANSACTIONS)
 
 
-def _unauthorized(detail: str) -> ApiError:
+def invalid_token(detail: str) -> ApiError:
+    """401 for a token that was sent but cannot be accepted."""
     return ApiError(
         401, "invalid_token", detail, title="Unauthorized", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
     )
@@ -107,7 +108,7 @@ def caller_from_claims(claims: dict[str, Any]) -> Caller:
     except ValueError:
         user_id = None
     if user_id is None:
-        raise _unauthorized(f"The token's {claim!r} claim is not a user id (a UUID).")
+        raise invalid_token(f"The token's {claim!r} claim is not a user id (a UUID).")
     return Caller(name=str(user_id), user_id=user_id)
 
 
@@ -171,7 +172,7 @@ class _KeyResolver:
             return self.key
         kid = header.get("kid")
         if not isinstance(kid, str):
-            raise _unauthorized("The token names no signing key (kid).")
+            raise invalid_token("The token names no signing key (kid).")
         try:
             self.jwks.get_jwk_set()  # cached; a broken endpoint fails here, not as an unknown key
         except (pyjwt.PyJWKClientError, pyjwt.PyJWKSetError, ValueError) as exc:
@@ -181,7 +182,7 @@ class _KeyResolver:
         except pyjwt.PyJWKClientConnectionError as exc:
             raise _identity_provider_unavailable() from exc
         except (pyjwt.PyJWKClientError, pyjwt.PyJWKSetError) as exc:
-            raise _unauthorized("The token is signed with a key the identity provider does not publish.") from exc
+            raise invalid_token("The token is signed with a key the identity provider does not publish.") from exc
         except ValueError as exc:
             raise _identity_provider_unavailable() from exc
 
@@ -197,7 +198,7 @@ def init_auth(app: Flask) -> None:
         return isinstance(claims.get("exp"), (int, float))
 
     def _reject(detail: str) -> Callable[..., Any]:
-        return lambda *_args: problem_response(_unauthorized(detail))
+        return lambda *_args: problem_response(invalid_token(detail))
 
     jwt.unauthorized_loader(
         lambda reason: problem_response(
@@ -210,7 +211,7 @@ def init_auth(app: Flask) -> None:
             )
         )
     )
-    jwt.invalid_token_loader(lambda reason: problem_response(_unauthorized("The token is malformed or its signature is invalid.")))
+    jwt.invalid_token_loader(lambda reason: problem_response(invalid_token("The token is malformed or its signature is invalid.")))
     jwt.expired_token_loader(_reject("The token has expired."))
     jwt.token_verification_failed_loader(_reject("The token has no expiry (exp) claim."))
     jwt.revoked_token_loader(_reject("The token has been revoked."))
@@ -221,7 +222,7 @@ def init_auth(app: Flask) -> None:
     @app.errorhandler(pyjwt.PyJWTError)
     @app.errorhandler(JWTExtendedException)
     def _token_error(_error: Exception) -> Any:
-        return problem_response(_unauthorized("The token could not be verified."))
+        return problem_response(invalid_token("The token could not be verified."))
 
 
 def issue_token(

@@ -32,6 +32,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from .extensions import db
+from .transactions.models import HOLD_EXPIRED
 
 bench_cli = AppGroup("bench", help="Benchmark data: a realistic ledger history, and its invariants.")
 
@@ -39,7 +40,6 @@ SECOND = 1_000_000  # the stream works in integer microseconds since the Unix ep
 DAY = 86_400 * SECOND
 HISTORY_SPAN = 730 * DAY
 PG_EPOCH = 946_684_800 * SECOND  # binary COPY counts timestamps from 2000-01-01 UTC
-HOLD_EXPIRED = b"hold_expired"
 
 # (description, price in dollars, credits): what the billing page sells.
 PACKS = [
@@ -114,7 +114,7 @@ def _numeric(dollars: str) -> bytes:
 _PURCHASE, _USAGE = _field(b"purchase"), _field(b"usage")
 _COMPLETED, _PENDING, _FAILED = _field(b"completed"), _field(b"pending"), _field(b"failed")
 _ZERO_DOLLARS = _numeric("0.00")
-_HOLD_EXPIRED_FIELD = _field(HOLD_EXPIRED)
+_HOLD_EXPIRED_FIELD = _field(HOLD_EXPIRED.encode())
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from flask import Flask, Request, Response, request
 from marshmallow import Schema
 from werkzeug.exceptions import BadRequest
 
+from .auth import invalid_token
 from .errors import ApiError, validation_error
 from .transactions.models import MAX_IDEMPOTENCY_KEY_LENGTH
 
@@ -68,13 +69,7 @@ def enforce_request_bounds() -> None:
     if request.query_string.count(b"&") + 1 > MAX_QUERY_PARAMETERS:
         raise validation_error({"_query": [f"At most {MAX_QUERY_PARAMETERS} query parameters are accepted."]})
     if len(request.headers.get("Authorization", "")) > MAX_AUTHORIZATION_BYTES:
-        raise ApiError(
-            401,
-            "invalid_token",
-            f"The Authorization header is longer than {MAX_AUTHORIZATION_BYTES} bytes.",
-            title="Unauthorized",
-            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-        )
+        raise invalid_token(f"The Authorization header is longer than {MAX_AUTHORIZATION_BYTES} bytes.")
 
 
 def init_http(app: Flask) -> None:
