@@ -121,7 +121,9 @@ def finalise(config: dict[str, Any]) -> None:
     # switches modes (psycopg2 would send a SET each way).
     config.setdefault("SQLALCHEMY_BINDS", {})
     config["SQLALCHEMY_BINDS"].setdefault(
-        STATEMENTS_BIND, {"url": url, **engine_options, "isolation_level": "AUTOCOMMIT"}
+        STATEMENTS_BIND,
+        # Nothing to roll back on an autocommit connection, so none is sent when it is returned.
+        {"url": url, **engine_options, "isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None},
     )
 
     if config["LOG_FORMAT"] not in ("json", "text"):

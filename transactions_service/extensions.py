@@ -8,7 +8,8 @@ from typing import Any
 from flask_jwt_extended import JWTManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import Engine, MetaData, Row
+from sqlalchemy import Engine, MetaData
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase
 
 from .config import STATEMENTS_BIND
@@ -32,14 +33,35 @@ migrate = Migrate()
 jwt = JWTManager()
 
 
-def run_statement(statement: str, params: Mapping[str, Any], engine: Engine | None = None) -> list[Row[Any]]:
+def run_statement(statement: str, params: Mapping[str, Any], engine: Engine | None = None) -> list[tuple[Any, ...]]:
     """Run one SQL statement on its own, in autocommit mode, and return its rows.
 
     ``engine`` defaults to the primary's autocommit pool (``STATEMENTS_BIND``).
     A single statement is atomic by itself, so the hot paths (``transactions.sql``)
-    skip the ``BEGIN`` and ``COMMIT`` round trips and SQLAlchemy's statement
-    building; errors still arrive as SQLAlchemy exceptions, and a connection
-    found dead is discarded with the rest of the pool.
+    need no ``BEGIN`` or ``COMMIT`` round trip, and they go to the driver's
+    cursor directly: SQLAlchemy's execution layer cost more CPU than the
+    statement itself (BENCHMARKS.md). Errors are raised as SQLAlchemy's
+    exceptions all the same (``IntegrityError``, ``OperationalError``), and a
+    connection found dead discards the pool, as SQLAlchemy does: the server
+    went away, so every other pooled connection is as dead.
     """
-    with (engine or db.engines[STATEMENTS_BIND]).connect() as connection:
-        return connection.exec_driver_sql(statement, params).all()
+    engine = engine or db.engines[STATEMENTS_BIND]
+    dbapi = engine.dialect.loaded_dbapi
+    connection = None
+    try:
+        connection = engine.raw_connection()
+        with connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            return cursor.fetchall() if cursor.description is not None else []
+    except dbapi.Error as error:
+        # Not connected at all (the server is down), or the connection died under the statement.
+        dead = connection is None or engine.dialect.is_disconnect(error, connection.dbapi_connection, None)
+        if dead and connection is not None:
+            connection.invalidate(error)
+            engine.dispose(close=False)
+        raise DBAPIError.instance(
+            statement, params, error, dbapi.Error, connection_invalidated=dead, dialect=engine.dialect
+        ) from error
+    finally:
+        if connection is not None:
+            connection.close()
