@@ -47,6 +47,8 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     env = os.environ if env is None else env
     settings: dict[str, Any] = {
         "DATABASE_URL": env.get("DATABASE_URL"),
+        "DATABASE_READ_URL": env.get("DATABASE_READ_URL") or None,
+        "DATABASE_READ_RETRY_SECONDS": _int(env, "DATABASE_READ_RETRY_SECONDS", 5),
         "JWT_SECRET_KEY": env.get("JWT_SECRET_KEY") or None,
         "JWT_PUBLIC_KEY": env.get("JWT_PUBLIC_KEY") or None,
         "JWT_PRIVATE_KEY": env.get("JWT_PRIVATE_KEY") or None,
@@ -101,6 +103,12 @@ def finalise(config: dict[str, Any]) -> None:
         "connect_args": {"options": connect_options, "connect_timeout": 5},
         **config.get("SQLALCHEMY_ENGINE_OPTIONS", {}),
     }
+    read_url = config.get("DATABASE_READ_URL")
+    if read_url:
+        read_url = normalise_database_url(read_url)
+        if not read_url.startswith("postgresql"):
+            raise ConfigError("DATABASE_READ_URL must be a PostgreSQL URL (a streaming replica of DATABASE_URL)")
+        config["DATABASE_READ_URL"] = read_url
 
     if config["LOG_FORMAT"] not in ("json", "text"):
         raise ConfigError("LOG_FORMAT must be 'json' or 'text'")

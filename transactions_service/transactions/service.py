@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import ColumnElement, exists, func, insert, select, true, tuple_, update
+from sqlalchemy import ColumnElement, Engine, exists, func, insert, select, true, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
@@ -29,6 +29,7 @@ from ..errors import ApiError, validation_error
 from ..extensions import db
 from ..ids import utcnow, uuid7
 from ..observability import LEDGER_HOLDS, LEDGER_REFUSED_SPENDS, LEDGER_REPLAYS, LEDGER_TRANSACTIONS
+from ..replica import read_history
 from ..users.models import User
 from .models import HOLD_EXPIRED, TransactionStatus, TransactionType, UserBalance, UserTransaction
 from .schemas import decode_cursor, encode_cursor, transaction_json
@@ -384,7 +385,12 @@ def list_history(
             tuple_(_transactions.c.created_at, _transactions.c.id) < tuple_(created_at, last_id)
         )
     query = query.order_by(_transactions.c.created_at.desc(), _transactions.c.id.desc()).limit(limit + 1)
-    rows = db.session.execute(query).all()
+
+    def fetch(engine: Engine) -> list[Any]:
+        with engine.connect() as connection:
+            return connection.execute(query).all()
+
+    rows = read_history(fetch)
     has_more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if has_more else None

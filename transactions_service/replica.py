@@ -1,0 +1,99 @@
+"""Where history reads go: the streaming replica named by ``DATABASE_READ_URL``, or the primary.
+
+Only the history list reads from the replica. Every write, every balance (a
+spending decision, or the billing page's balance right after a purchase) and
+every read of one transaction (callers read back what they have just
+written) stays on the primary, through ``db.session``.
+
+A replica that refuses a connection or fails a read is skipped for
+``DATABASE_READ_RETRY_SECONDS`` and the read is repeated on the primary (a
+read is safe to repeat), so a dead replica costs each worker one failed
+attempt per window, bounded by a short connect timeout, and never an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg2
+from flask import Flask, current_app
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from .extensions import db
+
+log = logging.getLogger(__name__)
+
+Read = TypeVar("Read")
+
+# libpq's shortest connect timeout: what a replica host that does not answer costs, once per window.
+CONNECT_TIMEOUT_SECONDS = 2
+# Failures of the replica (a refused or lost connection, a query cancelled by recovery): read elsewhere.
+_REPLICA_FAILURES = (OperationalError, psycopg2.OperationalError)
+
+
+class ReadReplica:
+    """The replica's engine and whether this worker should try it now."""
+
+    def __init__(self, engine: Engine, retry_seconds: float) -> None:
+        self.engine = engine
+        self.retry_seconds = retry_seconds
+        self._skipped_until = 0.0
+
+    @property
+    def in_use(self) -> bool:
+        return time.monotonic() >= self._skipped_until
+
+    def failed(self, error: BaseException) -> None:
+        self._skipped_until = time.monotonic() + self.retry_seconds
+        cause = getattr(error, "orig", None) or error
+        log.warning(
+            "read replica unavailable (%s); history is read from the primary for %s s",
+            type(cause).__name__,
+            self.retry_seconds,
+        )
+
+    def status(self) -> str:
+        """``ok`` or ``unavailable``, for readiness (which never fails because of the replica)."""
+        if not self.in_use:
+            return "unavailable"
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except _REPLICA_FAILURES as error:
+            self.failed(error)
+            return "unavailable"
+        return "ok"
+
+
+def replica_engine_options(primary_options: dict[str, Any]) -> dict[str, Any]:
+    """The primary's pool and timeouts, with a short connect timeout and no ping (a failure falls back instead)."""
+    connect_args = {**primary_options.get("connect_args", {}), "connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    return {**primary_options, "pool_pre_ping": False, "connect_args": connect_args}
+
+
+def init_read_replica(app: Flask) -> None:
+    url = app.config.get("DATABASE_READ_URL")
+    if not url:
+        return
+    engine = create_engine(url, **replica_engine_options(app.config["SQLALCHEMY_ENGINE_OPTIONS"]))
+    app.extensions["read_replica"] = ReadReplica(engine, app.config["DATABASE_READ_RETRY_SECONDS"])
+
+
+def read_replica(app: Flask | None = None) -> ReadReplica | None:
+    """The app's replica, or None when history is read from the primary."""
+    return (app or current_app).extensions.get("read_replica")
+
+
+def read_history(read: Callable[[Engine], Read]) -> Read:
+    """``read(engine)`` on the replica when there is one in use, else (or when it fails there) on the primary."""
+    replica = read_replica()
+    if replica is not None and replica.in_use:
+        try:
+            return read(replica.engine)
+        except _REPLICA_FAILURES as error:
+            replica.failed(error)
+    return read(db.engine)
