@@ -142,6 +142,8 @@ def test_with_the_replica_down_writes_and_history_are_served_by_the_primary(
     api, replica_app, replica_server, database_url, replica_url
 ):
     user_id = api.funded_user(1000)
+    wait_for_replay(database_url, replica_url)
+    assert history_credits(api, user_id) == [1000]  # the pool now holds a connection to the replica
     replica_server.stop()
     assert api.usage(user_id, credits=-300, status="completed").status_code == 201
     assert history_credits(api, user_id) == [-300, 1000]

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import psycopg2
 from flask import Flask, current_app
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from .extensions import db
 
@@ -31,8 +31,13 @@ Read = TypeVar("Read")
 
 # libpq's shortest connect timeout: what a replica host that does not answer costs, once per window.
 CONNECT_TIMEOUT_SECONDS = 2
-# Failures of the replica (a refused or lost connection, a query cancelled by recovery): read elsewhere.
-_REPLICA_FAILURES = (OperationalError, psycopg2.OperationalError)
+
+
+def _is_replica_failure(error: Exception) -> bool:
+    """A refused or lost connection, or a query cancelled by replay: the primary can answer instead."""
+    if isinstance(error, (OperationalError, psycopg2.OperationalError)):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
 class ReadReplica:
@@ -63,7 +68,9 @@ class ReadReplica:
         try:
             with self.engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
-        except _REPLICA_FAILURES as error:
+        except (DBAPIError, psycopg2.Error) as error:
+            if not _is_replica_failure(error):
+                raise
             self.failed(error)
             return "unavailable"
         return "ok"
@@ -94,6 +101,8 @@ def read_history(read: Callable[[Engine], Read]) -> Read:
     if replica is not None and replica.in_use:
         try:
             return read(replica.engine)
-        except _REPLICA_FAILURES as error:
+        except (DBAPIError, psycopg2.Error) as error:
+            if not _is_replica_failure(error):
+                raise
             replica.failed(error)
     return read(db.engine)
