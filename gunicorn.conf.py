@@ -68,14 +68,12 @@ def when_ready(server):
 def post_fork(server, worker):
     # Connections opened before the fork (none, normally) must not be shared.
     from transactions_service.extensions import db
-    from transactions_service.replica import read_replica
 
     app = getattr(server.app, "wsgi", lambda: None)()
     if app is not None:
         with app.app_context():
-            db.engine.dispose(close=False)
-        if read_replica(app) is not None:
-            read_replica(app).engine.dispose(close=False)
+            for engine in db.engines.values():
+                engine.dispose(close=False)
 
 
 def child_exit(server, worker):

@@ -62,8 +62,8 @@ def replica_app(app: Flask, database_url: str, replica_url: str) -> Iterator[Fla
     application.test_client_class = ContractClient
     yield application
     with application.app_context():
-        db.engine.dispose()
-    read_replica(application).engine.dispose()
+        for engine in db.engines.values():  # the replica's among them
+            engine.dispose()
 
 
 @pytest.fixture

@@ -13,6 +13,13 @@ from typing import Any
 SUPPORTED_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
 
 
+STATEMENTS_BIND = "statements"
+# The engine of the streaming replica that history is read from, when DATABASE_READ_URL is set.
+READ_REPLICA_BIND = "read_replica"
+# libpq's shortest: what a replica host that does not answer costs a history read, once per retry window.
+REPLICA_CONNECT_TIMEOUT_SECONDS = 2
+
+
 class ConfigError(RuntimeError):
     """The service cannot start with this configuration."""
 
@@ -38,6 +45,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.lower() not in ("0", "false", "no", "off")
+
+
 def _list(env: Mapping[str, str], name: str) -> list[str]:
     return [item.strip() for item in env.get(name, "").split(",") if item.strip()]
 
@@ -58,6 +72,8 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "JWT_DECODE_ISSUER": env.get("JWT_DECODE_ISSUER") or None,
         "JWT_JWKS_CACHE_SECONDS": _int(env, "JWT_JWKS_CACHE_SECONDS", 300),
         "JWT_JWKS_REFRESH_COOLDOWN_SECONDS": _int(env, "JWT_JWKS_REFRESH_COOLDOWN_SECONDS", 30),
+        "TOKEN_CACHE_SIZE": _int(env, "TOKEN_CACHE_SIZE", 4096),
+        "TOKEN_CACHE_SECONDS": _int(env, "TOKEN_CACHE_SECONDS", 300),
         # Named so as not to collide with flask-jwt-extended's own setting,
         # which must stay "sub" so that service tokens keep working.
         "USER_IDENTITY_CLAIM": env.get("JWT_IDENTITY_CLAIM") or "sub",
@@ -65,13 +81,15 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "DATABASE_POOL_SIZE": _int(env, "DATABASE_POOL_SIZE", 5),
         "DATABASE_MAX_OVERFLOW": _int(env, "DATABASE_MAX_OVERFLOW", 5),
         "DATABASE_POOL_TIMEOUT": _int(env, "DATABASE_POOL_TIMEOUT", 10),
+        "DATABASE_POOL_PRE_PING": _bool(env, "DATABASE_POOL_PRE_PING", False),
         "DATABASE_STATEMENT_TIMEOUT_MS": _int(env, "DATABASE_STATEMENT_TIMEOUT_MS", 10_000),
         "DATABASE_LOCK_TIMEOUT_MS": _int(env, "DATABASE_LOCK_TIMEOUT_MS", 5_000),
         "HOLD_TTL_SECONDS": _int(env, "HOLD_TTL_SECONDS", 3600),
         "LOG_FORMAT": env.get("LOG_FORMAT") or "json",
         "LOG_LEVEL": (env.get("LOG_LEVEL") or "INFO").upper(),
         "METRICS_TOKEN": env.get("METRICS_TOKEN") or None,
-        "RATELIMIT_ENABLED": env.get("RATELIMIT_ENABLED", "true").lower() not in ("0", "false", "no", "off"),
+        "RATELIMIT_ENABLED": _bool(env, "RATELIMIT_ENABLED", True),
+        "RATELIMIT_HEADERS_ENABLED": _bool(env, "RATELIMIT_HEADERS_ENABLED", True),
         "RATELIMIT_DEFAULT": env.get("RATELIMIT_DEFAULT") or "300 per minute",
         "RATELIMIT_SERVICE_DEFAULT": env.get("RATELIMIT_SERVICE_DEFAULT") or "20000 per minute",
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI") or "memory://",
@@ -95,20 +113,36 @@ def finalise(config: dict[str, Any]) -> None:
         f"-c statement_timeout={config['DATABASE_STATEMENT_TIMEOUT_MS']} "
         f"-c lock_timeout={config['DATABASE_LOCK_TIMEOUT_MS']}"
     )
-    config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+    engine_options = {
         "pool_size": config["DATABASE_POOL_SIZE"],
         "max_overflow": config["DATABASE_MAX_OVERFLOW"],
         "pool_timeout": config["DATABASE_POOL_TIMEOUT"],
-        "pool_pre_ping": True,
+        "pool_pre_ping": config["DATABASE_POOL_PRE_PING"],
         "connect_args": {"options": connect_options, "connect_timeout": 5},
         **config.get("SQLALCHEMY_ENGINE_OPTIONS", {}),
     }
+    config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options
+    # The hot paths' single statements run on connections that stay in autocommit
+    # mode (extensions.run_statement); a pool of their own, so that no connection
+    # switches modes (psycopg2 would send a SET each way).
+    config.setdefault("SQLALCHEMY_BINDS", {})
+    config["SQLALCHEMY_BINDS"].setdefault(
+        STATEMENTS_BIND, {"url": url, **engine_options, "isolation_level": "AUTOCOMMIT"}
+    )
     read_url = config.get("DATABASE_READ_URL")
     if read_url:
         read_url = normalise_database_url(read_url)
         if not read_url.startswith("postgresql"):
             raise ConfigError("DATABASE_READ_URL must be a PostgreSQL URL (a streaming replica of DATABASE_URL)")
         config["DATABASE_READ_URL"] = read_url
+        # History's replica (replica.py): single statements in autocommit mode like the primary's, a short
+        # connect timeout, and no ping, because a failed read falls back to the primary instead.
+        connect_args = {**engine_options.get("connect_args", {}), "connect_timeout": REPLICA_CONNECT_TIMEOUT_SECONDS}
+        config["SQLALCHEMY_BINDS"].setdefault(
+            READ_REPLICA_BIND,
+            {"url": read_url, **engine_options, "pool_pre_ping": False, "connect_args": connect_args,
+             "isolation_level": "AUTOCOMMIT"},
+        )
 
     if config["LOG_FORMAT"] not in ("json", "text"):
         raise ConfigError("LOG_FORMAT must be 'json' or 'text'")

@@ -3,7 +3,7 @@
 Only the history list reads from the replica. Every write, every balance (a
 spending decision, or the billing page's balance right after a purchase) and
 every read of one transaction (callers read back what they have just
-written) stays on the primary, through ``db.session``.
+written) stays on the primary.
 
 A replica that refuses a connection or fails a read is skipped for
 ``DATABASE_READ_RETRY_SECONDS`` and the read is repeated on the primary (a
@@ -16,21 +16,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import psycopg2
 from flask import Flask, current_app
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from .config import READ_REPLICA_BIND, STATEMENTS_BIND
 from .extensions import db
 
 log = logging.getLogger(__name__)
 
 Read = TypeVar("Read")
-
-# libpq's shortest connect timeout: what a replica host that does not answer costs, once per window.
-CONNECT_TIMEOUT_SECONDS = 2
 
 
 def _is_replica_failure(error: Exception) -> bool:
@@ -76,17 +74,12 @@ class ReadReplica:
         return "ok"
 
 
-def replica_engine_options(primary_options: dict[str, Any]) -> dict[str, Any]:
-    """The primary's pool and timeouts, with a short connect timeout and no ping (a failure falls back instead)."""
-    connect_args = {**primary_options.get("connect_args", {}), "connect_timeout": CONNECT_TIMEOUT_SECONDS}
-    return {**primary_options, "pool_pre_ping": False, "connect_args": connect_args}
-
-
 def init_read_replica(app: Flask) -> None:
-    url = app.config.get("DATABASE_READ_URL")
-    if not url:
+    """Keep the replica's state when ``DATABASE_READ_URL`` made its engine (config.py, a bind no table uses)."""
+    if READ_REPLICA_BIND not in app.config.get("SQLALCHEMY_BINDS", {}):
         return
-    engine = create_engine(url, **replica_engine_options(app.config["SQLALCHEMY_ENGINE_OPTIONS"]))
+    with app.app_context():
+        engine = db.engines[READ_REPLICA_BIND]
     app.extensions["read_replica"] = ReadReplica(engine, app.config["DATABASE_READ_RETRY_SECONDS"])
 
 
@@ -96,7 +89,10 @@ def read_replica(app: Flask | None = None) -> ReadReplica | None:
 
 
 def read_history(read: Callable[[Engine], Read]) -> Read:
-    """``read(engine)`` on the replica when there is one in use, else (or when it fails there) on the primary."""
+    """``read(engine)`` on the replica when there is one in use, else (or when it fails there) on the primary.
+
+    Both engines run statements in autocommit mode (see ``extensions.run_statement``).
+    """
     replica = read_replica()
     if replica is not None and replica.in_use:
         try:
@@ -105,4 +101,4 @@ def read_history(read: Callable[[Engine], Read]) -> Read:
             if not _is_replica_failure(error):
                 raise
             replica.failed(error)
-    return read(db.engine)
+    return read(db.engines[STATEMENTS_BIND])
