@@ -49,7 +49,7 @@ import psycopg2
 import requests
 from sqlalchemy.engine import make_url
 
-from transactions_service.devdb import EmbeddedPostgres, bin_dir
+from transactions_service.devdb import EmbeddedPostgres, bin_dir, wait_for_replay
 from transactions_service.transactions.schemas import encode_cursor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -609,7 +609,61 @@ def prepare(stack: ExitStack, profile: Profile, pg_settings: tuple[str, ...] = P
     return Prepared(workdir, env, dsn, run_id, service, spenders, scripts, tokens, deep_cursor, seed)
 
 
-def run(profile: Profile) -> dict[str, Any]:
+class WithReplicaConditions(Conditions):
+    """Conditions that also count the replica and the service reading from it as this run's own CPU."""
+
+    def __init__(self, base: Conditions, also: list[int]) -> None:
+        super().__init__(base.dsn, base.service_pid, base.postmaster)
+        self.also = also
+
+    def snapshot(self) -> dict[str, Any]:
+        values = super().snapshot()
+        values["own"] += sum(tree_cpu_seconds(pid) for pid in self.also)
+        return values
+
+
+def replica_page(setup: Prepared, load: Load, conditions: Conditions, profile: Profile) -> tuple[dict, dict]:
+    """Scenario B served from a streaming replica of the bench database, against the primary in the same slices.
+
+    The replica is made after the other scenarios (so that it weighs on none of
+    them) and removed before the ledger check; a second gunicorn reads history
+    from it with DATABASE_READ_URL, the first keeps reading from the primary.
+    """
+    heavy = bearer(setup.tokens["heavy"])
+    with ExitStack() as stack:
+        log("B on a replica: pg_basebackup of the bench database, then catching up")
+        started = time.monotonic()
+        replica = EmbeddedPostgres(setup.workdir / "replica", settings=PG_SETTINGS)
+        stack.callback(replica.destroy)
+        replica.start_replica_of(setup.env["DATABASE_URL"])
+        replica_url = replica.url(make_url(setup.env["DATABASE_URL"]).database)
+        wait_for_replay(setup.env["DATABASE_URL"], replica_url, timeout=600)
+        ready_s = time.monotonic() - started
+        env = {**setup.env, "DATABASE_READ_URL": replica_url}
+        reader = stack.enter_context(gunicorn("wsgi:app", env, setup.workdir / "replica-service.log", "/readyz"))
+        if requests.get(reader.url + "/readyz", timeout=10).json().get("replica") != "ok":
+            raise RuntimeError("the service started with DATABASE_READ_URL does not reach the replica")
+        replica_dsn = make_url(replica_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        measured = WithReplicaConditions(conditions, [reader.process.pid, postmaster_pid(replica_dsn)])
+        primary_url = f"{setup.service.url}/api/transactions?limit={PAGE_SIZE}"
+        replica_url_page = f"{reader.url}/api/transactions?limit={PAGE_SIZE}"
+        load.wrk(replica_url_page, "get.lua", 3, counts=False, headers=heavy)  # the replica's cache, as B warmed the primary's
+        before = measured.snapshot()
+        page = paired(
+            profile.rounds,
+            lambda: load.wrk(primary_url, "get.lua", profile.seconds, counts=False, headers=heavy),
+            lambda: load.wrk(replica_url_page, "get.lua", profile.seconds, counts=False, headers=heavy),
+        )
+        scenario = {**measured.between(before, measured.snapshot()), **page.slices()}
+        fallbacks = sum(1 for line in (setup.workdir / "replica-service.log").read_text(errors="replace").splitlines()
+                        if "read replica unavailable" in line)
+    primary_rps, replica_rps = throughput(page.reference), throughput(page.subject)
+    return scenario, {"primary_page_rps": round(primary_rps, 1), "replica_page_rps": round(replica_rps, 1),
+                      "replica_page_ratio": round(replica_rps / primary_rps, 3), "replica_page_errors": page.errors,
+                      "replica_fallbacks_logged": fallbacks, "replica_ready_s": round(ready_s, 1)}
+
+
+def run(profile: Profile, replica: bool = True) -> dict[str, Any]:
     started = time.monotonic()
     results: dict[str, Any] = {"profile": profile.name,
                                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -724,6 +778,12 @@ def run(profile: Profile) -> dict[str, Any]:
             rss_requests=load.served,
         )
 
+        if replica and os.environ.get("BENCH_DATABASE_URL"):
+            log("B on a replica: skipped, BENCH_DATABASE_URL names a server this run cannot copy")
+        elif replica:
+            scenarios["B_replica"], measured = replica_page(setup, load, conditions, profile)
+            results.update(measured)
+
         sound = subprocess.run([FLASK, "--app", "wsgi", "bench", "check"], cwd=REPO, env=env,
                                capture_output=True, text=True)
         results["ledger_sound_after"] = sound.returncode == 0
@@ -779,8 +839,14 @@ def table(results: dict[str, Any]) -> str:
     if r.get("pgbench_prepared_tps"):
         text.append(f"A with pgbench -M prepared (not reachable through a transaction-mode pooler): "
                     f"{r['pgbench_prepared_tps']:,.0f} tps")
+    if "replica_page_rps" in r:
+        text.append(f"B from a streaming replica: {r['replica_page_rps']:,.0f} req/s against {r['primary_page_rps']:,.0f} "
+                    f"from the primary in the same slices (replica_page_ratio {r['replica_page_ratio']:g}); "
+                    f"replica made and caught up in {r['replica_ready_s']} s, "
+                    f"{r['replica_fallbacks_logged']} fallbacks to the primary")
     errors = {key: r[key] for key in ("post_errors", "pgbench_failed", "page_errors", "deep_errors",
-                                      "balance_errors", "mixed_errors", "service_errors_logged") if r[key]}
+                                      "balance_errors", "mixed_errors", "service_errors_logged",
+                                      "replica_page_errors") if r.get(key)}
     text.append(f"errors: {errors or 'none'}; ledger invariants after the run: "
                 f"{'hold' if r['ledger_sound_after'] else 'BROKEN'}")
     text.append("while measuring (neighbours' CPU in cores, checkpoints, autovacuum runs): " + "; ".join(
@@ -796,10 +862,12 @@ def table(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the benchmarks (see BENCHMARKS.md).")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    parser.add_argument("--no-replica", dest="replica", action="store_false",
+                        help="skip scenario B served from a streaming replica")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: `apt-get install -y wrk` (the make targets do it as root)")
-    results = run(PROFILES[args.profile])
+    results = run(PROFILES[args.profile], replica=args.replica)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     line = json.dumps(results, separators=(",", ":"), allow_nan=False)

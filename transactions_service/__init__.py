@@ -17,6 +17,7 @@ from .extensions import db, migrate
 from .http import init_http
 from .limits import init_limits
 from .observability import init_observability
+from .replica import init_read_replica
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -51,6 +52,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # keep fields in the documented order
 
     db.init_app(app)
+    init_read_replica(app)
     _end_transactions_quietly(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
     init_observability(app)

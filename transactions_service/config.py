@@ -14,6 +14,10 @@ SUPPORTED_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "E
 
 
 STATEMENTS_BIND = "statements"
+# The engine of the streaming replica that history is read from, when DATABASE_READ_URL is set.
+READ_REPLICA_BIND = "read_replica"
+# libpq's shortest: what a replica host that does not answer costs a history read, once per retry window.
+REPLICA_CONNECT_TIMEOUT_SECONDS = 2
 
 
 class ConfigError(RuntimeError):
@@ -57,6 +61,8 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     env = os.environ if env is None else env
     settings: dict[str, Any] = {
         "DATABASE_URL": env.get("DATABASE_URL"),
+        "DATABASE_READ_URL": env.get("DATABASE_READ_URL") or None,
+        "DATABASE_READ_RETRY_SECONDS": _int(env, "DATABASE_READ_RETRY_SECONDS", 5),
         "JWT_SECRET_KEY": env.get("JWT_SECRET_KEY") or None,
         "JWT_PUBLIC_KEY": env.get("JWT_PUBLIC_KEY") or None,
         "JWT_PRIVATE_KEY": env.get("JWT_PRIVATE_KEY") or None,
@@ -125,6 +131,20 @@ def finalise(config: dict[str, Any]) -> None:
         # Nothing to roll back on an autocommit connection, so none is sent when it is returned.
         {"url": url, **engine_options, "isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None},
     )
+    read_url = config.get("DATABASE_READ_URL")
+    if read_url:
+        read_url = normalise_database_url(read_url)
+        if not read_url.startswith("postgresql"):
+            raise ConfigError("DATABASE_READ_URL must be a PostgreSQL URL (a streaming replica of DATABASE_URL)")
+        config["DATABASE_READ_URL"] = read_url
+        # History's replica (replica.py): single statements in autocommit mode like the primary's, a short
+        # connect timeout, and no ping, because a failed read falls back to the primary instead.
+        connect_args = {**engine_options.get("connect_args", {}), "connect_timeout": REPLICA_CONNECT_TIMEOUT_SECONDS}
+        config["SQLALCHEMY_BINDS"].setdefault(
+            READ_REPLICA_BIND,
+            {"url": read_url, **engine_options, "pool_pre_ping": False, "connect_args": connect_args,
+             "isolation_level": "AUTOCOMMIT"},
+        )
 
     if config["LOG_FORMAT"] not in ("json", "text"):
         raise ConfigError("LOG_FORMAT must be 'json' or 'text'")

@@ -100,13 +100,18 @@ class EmbeddedPostgres:
             **_run_as_owner(),
         )
 
-    def init(self) -> None:
+    def _make_data_dir(self) -> dict:
+        """Create the directory for the owner; returns the subprocess arguments that run as the owner."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         owner = _run_as_owner()
         if owner:
             _make_traversable(self.data_dir)
             _make_traversable(bin_dir())
             shutil.chown(self.data_dir, user=SYSTEM_USER, group=owner["group"])
+        return owner
+
+    def init(self) -> None:
+        owner = self._make_data_dir()
         if (self.pgdata / "PG_VERSION").exists():
             return
         subprocess.run(
@@ -146,6 +151,33 @@ class EmbeddedPostgres:
         self._port_file.write_text(str(self.port))
         return self
 
+    def start_replica_of(self, primary_url: str) -> "EmbeddedPostgres":
+        """Start this cluster as a streaming replica (hot standby) of the server at ``primary_url``.
+
+        The first start copies the primary with ``pg_basebackup -R``, which
+        writes ``standby.signal`` and ``primary_conninfo``; from then on the
+        server follows the primary's WAL. The primary needs a replication entry
+        in ``pg_hba.conf``, which initdb makes for loopback connections.
+        """
+        owner = self._make_data_dir()
+        if not (self.pgdata / "PG_VERSION").exists():
+            backup = subprocess.run(
+                [
+                    str(bin_dir() / "pg_basebackup"),
+                    "-D", str(self.pgdata),
+                    "-d", _libpq_url(primary_url),
+                    "--write-recovery-conf",
+                    "--wal-method=stream",
+                    "--checkpoint=fast",  # the default spread checkpoint can take minutes
+                ],
+                capture_output=True,
+                text=True,
+                **owner,
+            )
+            if backup.returncode != 0:
+                raise RuntimeError(f"pg_basebackup failed:\n{backup.stderr}")
+        return self.start()
+
     def stop(self, mode: str = "fast") -> None:
         if self.pgdata.exists() and self.is_running():
             self._ctl("-w", "-t", "60", "-m", mode, "stop", check=False)
@@ -164,6 +196,43 @@ class EmbeddedPostgres:
         if not exists:
             subprocess.run([*psql, "-c", f'CREATE DATABASE "{name}"'], check=True, capture_output=True, text=True)
         return self.url(name)
+
+
+def _libpq_url(url: str) -> str:
+    return url.replace("+psycopg2", "")
+
+
+def wait_for_replay(primary_url: str, replica_url: str, timeout: float = 30.0) -> float:
+    """Wait until the replica has replayed all the WAL the primary had written; returns the seconds waited.
+
+    The target is a message written to the WAL for the purpose (no table
+    changes): the primary's bare insert position can lie past its last record
+    (after a segment switch), and an idle primary would not reach it for seconds.
+    """
+    import psycopg2
+
+    started = time.monotonic()
+    primary = psycopg2.connect(_libpq_url(primary_url), connect_timeout=5)
+    try:
+        with primary.cursor() as cursor:
+            # Flushed, so that it is sent at once even with synchronous_commit=off.
+            cursor.execute("SELECT pg_logical_emit_message(false, 'replica-caught-up', '', true)")
+            target = cursor.fetchone()[0]
+    finally:
+        primary.close()
+    replica = psycopg2.connect(_libpq_url(replica_url), connect_timeout=5)
+    replica.autocommit = True
+    try:
+        with replica.cursor() as cursor:
+            while True:
+                cursor.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,))
+                if cursor.fetchone()[0]:
+                    return time.monotonic() - started
+                if time.monotonic() - started > timeout:
+                    raise TimeoutError(f"the replica did not replay up to {target} within {timeout} s")
+                time.sleep(0.02)
+    finally:
+        replica.close()
 
 
 def wait_until_ready(url: str, timeout: float = 30.0) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from .errors import ApiError, database_unavailable
 from .extensions import db
 from .observability import metrics_payload
+from .replica import read_replica
 
 bp = Blueprint("health", __name__)
 
@@ -31,7 +32,11 @@ def readyz() -> Response:
         raise database_unavailable() from exc
     finally:
         db.session.rollback()
-    return jsonify(status="ok", database="ok")
+    replica = read_replica()
+    if replica is None:
+        return jsonify(status="ok", database="ok")
+    # History falls back to the primary, so a replica that is down does not make the instance unready.
+    return jsonify(status="ok", database="ok", replica=replica.status())
 
 
 @bp.get("/metrics")

@@ -28,6 +28,7 @@ from ..errors import ApiError, validation_error
 from ..extensions import db, run_statement
 from ..ids import utcnow, uuid7
 from ..observability import LEDGER_HOLDS, LEDGER_REFUSED_SPENDS, LEDGER_REPLAYS, LEDGER_TRANSACTIONS
+from ..replica import read_history
 from ..users.models import User
 from .models import HOLD_EXPIRED, TransactionStatus, TransactionType, UserBalance, UserTransaction
 from . import sql
@@ -424,7 +425,7 @@ def list_history(
         after_created_at, after_id = decode_cursor(cursor)
         params.update(after_created_at=after_created_at, after_id=str(after_id))
     statement = sql.history_page(by_type=kind is not None, by_status=status is not None, after=cursor is not None)
-    rows = run_statement(statement, params)
+    rows = read_history(lambda engine: run_statement(statement, params, engine))
     has_more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1][7], rows[-1][0]) if has_more else None

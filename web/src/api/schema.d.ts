@@ -26,6 +26,13 @@ export interface paths {
          *
          *     A user the ledger has never heard of simply has an empty history (`200`
          *     with `data: []`).
+         *
+         *     **Freshness.** Where the service reads history from a streaming replica,
+         *     a transaction written or settled moments ago may be missing from the
+         *     page, or show its previous status, for as long as the replica lags
+         *     (normally well under a second). To read back a write at once, use
+         *     `GET /api/transactions/{transaction_id}` and `GET /api/balance`, which always read
+         *     the primary.
          */
         get: operations["listTransactions"];
         put?: never;
@@ -222,6 +229,8 @@ export interface paths {
         /**
          * Readiness
          * @description The service can reach its database (it runs `SELECT 1`). Take the instance out of rotation while this answers 503.
+         *     With a read replica configured, `replica` says whether history is read from it; a replica that is down
+         *     does not make the instance unready, because history is then read from the primary.
          */
         get: operations["readyz"];
         put?: never;
@@ -455,6 +464,11 @@ export interface components {
              * @constant
              */
             database?: "ok";
+            /**
+             * @description Present on `/readyz` only, when history is read from a replica (`DATABASE_READ_URL`).
+             * @enum {string}
+             */
+            replica?: "ok" | "unavailable";
         };
         /** @description Readiness - the service and its database are up. */
         Readiness: components["schemas"]["Health"] & unknown;
