@@ -17,6 +17,7 @@ from .extensions import db, migrate
 from .http import init_http
 from .limits import init_limits
 from .observability import init_observability
+from .pooling import init_pooling
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -50,6 +51,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     db.init_app(app)
     _end_transactions_quietly(app)
+    init_pooling(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
     init_observability(app)
     init_auth(app)

@@ -38,6 +38,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.lower() not in ("0", "false", "no", "off")
+
+
 def _list(env: Mapping[str, str], name: str) -> list[str]:
     return [item.strip() for item in env.get(name, "").split(",") if item.strip()]
 
@@ -65,6 +72,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "DATABASE_POOL_TIMEOUT": _int(env, "DATABASE_POOL_TIMEOUT", 10),
         "DATABASE_STATEMENT_TIMEOUT_MS": _int(env, "DATABASE_STATEMENT_TIMEOUT_MS", 10_000),
         "DATABASE_LOCK_TIMEOUT_MS": _int(env, "DATABASE_LOCK_TIMEOUT_MS", 5_000),
+        "DATABASE_CONNECT_OPTIONS": _bool(env, "DATABASE_CONNECT_OPTIONS", True),
         "HOLD_TTL_SECONDS": _int(env, "HOLD_TTL_SECONDS", 3600),
         "LOG_FORMAT": env.get("LOG_FORMAT") or "json",
         "LOG_LEVEL": (env.get("LOG_LEVEL") or "INFO").upper(),
@@ -89,16 +97,20 @@ def finalise(config: dict[str, Any]) -> None:
     if not url.startswith("postgresql"):
         raise ConfigError("DATABASE_URL must be a PostgreSQL URL; no other database is supported")
     config["SQLALCHEMY_DATABASE_URI"] = url
-    connect_options = (
-        f"-c statement_timeout={config['DATABASE_STATEMENT_TIMEOUT_MS']} "
-        f"-c lock_timeout={config['DATABASE_LOCK_TIMEOUT_MS']}"
-    )
+    connect_args: dict[str, Any] = {"connect_timeout": 5}
+    # Behind PgBouncer, which refuses the `options` startup parameter, the
+    # timeouts are the role's settings instead (README: PgBouncer).
+    if config.get("DATABASE_CONNECT_OPTIONS", True):
+        connect_args["options"] = (
+            f"-c statement_timeout={config['DATABASE_STATEMENT_TIMEOUT_MS']} "
+            f"-c lock_timeout={config['DATABASE_LOCK_TIMEOUT_MS']}"
+        )
     config["SQLALCHEMY_ENGINE_OPTIONS"] = {
         "pool_size": config["DATABASE_POOL_SIZE"],
         "max_overflow": config["DATABASE_MAX_OVERFLOW"],
         "pool_timeout": config["DATABASE_POOL_TIMEOUT"],
         "pool_pre_ping": True,
-        "connect_args": {"options": connect_options, "connect_timeout": 5},
+        "connect_args": connect_args,
         **config.get("SQLALCHEMY_ENGINE_OPTIONS", {}),
     }
 
