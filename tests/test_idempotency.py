@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from sqlalchemy import func, select
 
+from transactions_service.extensions import db
 from transactions_service.transactions.models import IdempotencyRecord, UserTransaction
+
+from .conftest import make_app
+from .helpers import Api
 
 
 def rows(db_session, model=UserTransaction) -> int:
@@ -135,3 +141,23 @@ def test_prune_deletes_only_old_keys(app, api, db_session):
     with app.app_context():
         assert prune(utcnow() - timedelta(days=90)) == 1
     assert db_session.scalars(select(IdempotencyRecord.key)).all() == ["evt_new"]
+
+
+def test_a_key_whose_first_request_is_still_running_is_409_after_the_lock_timeout(api, database_url, db_session):
+    """Behind PgBouncer the lock timeout is the role's (5 s in make test-pooled), not this app's 200 ms."""
+    user_id = api.register()
+    impatient = make_app(database_url, DATABASE_LOCK_TIMEOUT_MS=200)
+    # The first request, still in flight: its record is inserted and not yet committed.
+    db_session.execute(IdempotencyRecord.__table__.insert().values(
+        caller="ledger-admin", key="evt_in_flight", request_hash="first", status_code=201, response_body="{}",
+        transaction_id=uuid.uuid4(),
+    ))
+    try:
+        second = Api(impatient.test_client(), api.admin_token, api.user_token).purchase(user_id, key="evt_in_flight")
+    finally:
+        db_session.rollback()
+        with impatient.app_context():
+            db.engine.dispose()
+    assert second.status_code == 409
+    assert second.json["code"] == "idempotency_key_in_use"
+    assert rows(db_session) == 0
