@@ -91,10 +91,10 @@ fuzz: install
 	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-400} $(BIN)/python -m pytest tests/test_fuzz.py
 
 # Benchmarks (BENCHMARKS.md): minutes of load on loopback, never part of `make test`.
-bench: install wrk
+bench: install wrk pgbouncer
 	$(BIN)/python -m bench.run --profile full
 
-bench-quick: install wrk
+bench-quick: install wrk pgbouncer
 	$(BIN)/python -m bench.run --profile quick
 
 # Where the time goes on the hot paths (py-spy, pg_stat_statements, EXPLAIN); installs py-spy into the venv.
