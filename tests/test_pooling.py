@@ -26,7 +26,7 @@ from transactions_service.devpooler import PgBouncer, pgbouncer_binary
 from transactions_service.extensions import db
 
 from .conftest import PostgresServer, make_app, migrate_database
-from .helpers import Api
+from .helpers import Api, bearer
 
 STATEMENT_TIMEOUT_MS = 10_000
 LOCK_TIMEOUT_MS = 300  # short, so that the 409 below comes quickly
@@ -52,7 +52,9 @@ def pooled_database(postgres: PostgresServer) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def pooler(postgres: PostgresServer, pooled_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgBouncer]:
+def pooler(
+    postgres: PostgresServer, pooled_database: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PgBouncer]:
     bouncer = PgBouncer(tmp_path_factory.mktemp("pgbouncer"), postgres.admin_url.render_as_string(hide_password=False),
                         pool_size=1).start()
     try:
@@ -72,13 +74,12 @@ def pooled_app(pooler: PgBouncer, pooled_database: str) -> Iterator[Flask]:
 
 @pytest.fixture
 def pooled_api(pooled_app: Flask) -> Api:
+    def user_token(user_id: uuid.UUID | str) -> str:
+        with pooled_app.app_context():
+            return issue_token(str(user_id))
+
     with pooled_app.app_context():
         admin = issue_token("ledger-admin", scopes=sorted(SERVICE_SCOPES))
-
-        def user_token(user_id: uuid.UUID | str) -> str:
-            with pooled_app.app_context():
-                return issue_token(str(user_id))
-
     return Api(pooled_app.test_client(), admin, user_token)
 
 
@@ -140,14 +141,24 @@ def test_what_one_client_leaves_on_the_server_connection_the_next_one_gets(poole
     assert without_pid(session_state(url)) == CLEAN
 
 
-def test_the_service_leaves_no_session_state_on_a_shared_server_connection(pooler, pooled_database, pooled_app, pooled_api):
+HOUSEKEEPING = (
+    ["transactions", "expire-holds"],
+    ["idempotency", "prune", "--older-than", "30d"],
+    ["bench", "check"],
+    ["demo", "seed"],
+)
+
+
+def test_the_service_leaves_no_session_state_on_a_shared_server_connection(pooler, pooled_database, pooled_app,
+                                                                           pooled_api):
     before = session_state(dsn(pooler.url(pooled_database)))
     api = pooled_api
     assert api.client.get("/readyz").status_code == 200
     user_id = api.register()
     purchase = api.purchase(user_id, credits=100, key="evt_pooled", status="pending")
     assert purchase.status_code == 201
-    assert api.purchase(user_id, credits=100, key="evt_pooled", status="pending").headers["Idempotent-Replayed"] == "true"
+    replay = api.purchase(user_id, credits=100, key="evt_pooled", status="pending")
+    assert replay.headers["Idempotent-Replayed"] == "true"
     assert api.settle(purchase.json["id"], "completed").status_code == 200
     hold = api.usage(user_id, credits=-30, status="pending", key="job_pooled")
     assert hold.status_code == 201
@@ -156,12 +167,12 @@ def test_the_service_leaves_no_session_state_on_a_shared_server_connection(poole
     assert api.usage(user_id, credits=-40).status_code == 201
     assert api.balance(user_id) == {"user_id": str(user_id), "balance": 60, "held": 0, "available": 60}
     assert len(api.all_history(user_id, limit=1)) == 3
-    own = api.client.get("/api/transactions", headers={"Authorization": f"Bearer {api.user_token(user_id)}"})
+    own = api.client.get("/api/transactions", headers=bearer(api.user_token(user_id)))
     assert len(own.json["data"]) == 3
-    assert api.client.get(f"/api/transactions/{hold.json['id']}", headers={"Authorization": f"Bearer {api.admin_token}"}).json["status"] == "failed"
+    released = api.client.get(f"/api/transactions/{hold.json['id']}", headers=bearer(api.admin_token))
+    assert released.json["status"] == "failed"
     runner = pooled_app.test_cli_runner()
-    for command in (["transactions", "expire-holds"], ["idempotency", "prune", "--older-than", "30d"], ["bench", "check"],
-                    ["demo", "seed"]):
+    for command in HOUSEKEEPING:
         result = runner.invoke(args=command)
         assert result.exit_code == 0, result.output
 
