@@ -72,7 +72,8 @@ def post_fork(server, worker):
     app = getattr(server.app, "wsgi", lambda: None)()
     if app is not None:
         with app.app_context():
-            db.engine.dispose(close=False)
+            for engine in db.engines.values():
+                engine.dispose(close=False)
 
 
 def child_exit(server, worker):

@@ -565,13 +565,13 @@ def prepare(stack: ExitStack, profile: Profile, pg_settings: tuple[str, ...] = P
         )
         mixed_users = [row[0] for row in cursor.fetchall()]
         cursor.execute(
-            "SELECT created_at, id FROM user_transactions WHERE user_id = %s "
+            "SELECT (created_at AT TIME ZONE 'UTC')::text, id::text FROM user_transactions WHERE user_id = %s "
             "ORDER BY created_at DESC, id DESC OFFSET %s LIMIT 2",
             (str(HEAVY_USER), (DEEP_PAGE - 1) * PAGE_SIZE - 1),
         )
         (last_created, last_id), (_, deep_first_id) = cursor.fetchall()
     connection.close()
-    deep_cursor = encode_cursor(last_created, uuid.UUID(str(last_id)))
+    deep_cursor = encode_cursor(last_created, last_id)
 
     tokens = {
         "generation": token(secret, "generation-service", "usage:write transactions:read"),

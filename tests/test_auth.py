@@ -27,7 +27,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask
 
 from transactions_service import create_app
-from transactions_service.auth import READ_TRANSACTIONS, SERVICE_SCOPES, WRITE_PURCHASES, WRITE_USAGE, WRITE_USERS
+from transactions_service.auth import (
+    READ_TRANSACTIONS,
+    SERVICE_SCOPES,
+    WRITE_PURCHASES,
+    WRITE_USAGE,
+    WRITE_USERS,
+    Caller,
+    VerifiedTokens,
+)
 from transactions_service.config import ConfigError
 from transactions_service.extensions import db
 
@@ -916,3 +924,45 @@ def test_startup_refuses_unsound_key_configuration_from_the_environment(
 
     with pytest.raises(ConfigError, match=message):
         create_app({"DATABASE_URL": UNUSED_DATABASE_URL, **config})
+
+
+# --- the verified-token cache ------------------------------------------------------------------
+
+
+def test_a_token_verified_before_is_still_refused_once_it_expires(client):
+    subject = str(uuid.uuid4())
+    expires = int(time.time()) + 2
+    token = sign({"sub": subject, "iat": int(time.time()), "exp": expires})
+    assert client.get("/api/balance", headers=bearer(token)).status_code == 200
+    assert client.get("/api/balance", headers=bearer(token)).status_code == 200  # now answered from the cache
+    time.sleep(max(0.0, expires - time.time()) + 0.05)
+    response = client.get("/api/balance", headers=bearer(token))
+    assert response.status_code == 401
+    assert response.json["code"] == "invalid_token"
+
+
+def test_a_token_verified_by_one_configuration_is_not_trusted_by_another(database_url):
+    token = sign(claims(str(uuid.uuid4())))
+    trusting = make_app(database_url)
+    assert trusting.test_client().get("/api/balance", headers=bearer(token)).status_code == 200
+    other = make_app(database_url, JWT_SECRET_KEY=secrets.token_hex(32))
+    assert other.test_client().get("/api/balance", headers=bearer(token)).status_code == 401
+
+
+def test_verified_tokens_are_forgotten_oldest_first_and_after_their_time():
+    cache = VerifiedTokens(size=2, ttl=300)
+    callers = {name: Caller(name=name) for name in "abc"}
+    far = time.time() + 600
+    for name in "abc":
+        cache.put(name, callers[name], far)
+    assert cache.get("a") is None
+    assert cache.get("b") is callers["b"] and cache.get("c") is callers["c"]
+
+    cache.put("past", callers["a"], time.time() - 1)
+    assert cache.get("past") is None
+    short = VerifiedTokens(size=10, ttl=0)
+    short.put("a", callers["a"], far)
+    assert short.get("a") is None
+    disabled = VerifiedTokens(size=0, ttl=300)
+    disabled.put("a", callers["a"], far)
+    assert disabled.get("a") is None

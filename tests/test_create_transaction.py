@@ -240,3 +240,16 @@ def test_body_over_one_mebibyte_is_413(api, db_session):
 def test_status_is_optional_and_defaults_to_completed(api):
     response = api.purchase(api.register())
     assert response.json["status"] == "completed"
+
+
+def test_a_description_needing_json_escapes_reads_back_the_same_everywhere(api):
+    description = 'Quote " backslash \\ tab\tnewline\nreturn\r slash / é 🚀 \u2028'
+    user_id = api.register()
+    created = api.purchase(user_id, description=description, key="evt_escapes")
+    assert created.status_code == 201
+    assert created.json["description"] == description
+    fetched = api.client.get(created.headers["Location"], headers=bearer(api.admin_token))
+    assert fetched.json == created.json
+    assert api.history(user_id).json["data"] == [created.json]
+    replay = api.purchase(user_id, description=description, key="evt_escapes")
+    assert replay.data == created.data

@@ -177,3 +177,25 @@ def test_history_query_walks_the_index_without_sorting_or_offset(app, api):
     assert "ix_user_transactions_history" in plan
     assert "Index Cond" in plan and "created_at" in plan.split("Index Cond")[1]
     assert "Sort" not in plan
+
+
+@pytest.mark.parametrize(
+    "stored, shown",
+    [
+        ("2026-01-02 03:04:05+00", "2026-01-02T03:04:05.000000Z"),
+        ("2026-01-02 03:04:05.12+00", "2026-01-02T03:04:05.120000Z"),
+        ("2026-01-02 05:04:05.000001+02", "2026-01-02T03:04:05.000001Z"),
+    ],
+)
+def test_times_read_back_in_utc_with_six_fraction_digits_however_they_were_stored(api, db_session, stored, shown):
+    user_id = api.register()
+    created = api.purchase(user_id).json
+    db_session.execute(
+        text("UPDATE user_transactions SET created_at = :at, updated_at = :at, hold_expires_at = NULL WHERE id = :id"),
+        {"at": stored, "id": created["id"]},
+    )
+    db_session.commit()
+    listed = api.history(user_id).json["data"][0]
+    assert listed["created_at"] == listed["updated_at"] == shown
+    fetched = api.client.get(f"/api/transactions/{created['id']}", headers=bearer(api.admin_token)).json
+    assert fetched["created_at"] == shown

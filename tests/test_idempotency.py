@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
-from transactions_service.extensions import db
 from transactions_service.transactions.models import IdempotencyRecord, UserTransaction
 
-from .conftest import make_app
-from .helpers import Api
+from .conftest import ContractClient, make_app
+from .helpers import bearer
 
 
 def rows(db_session, model=UserTransaction) -> int:
@@ -143,21 +140,63 @@ def test_prune_deletes_only_old_keys(app, api, db_session):
     assert db_session.scalars(select(IdempotencyRecord.key)).all() == ["evt_new"]
 
 
-def test_a_key_whose_first_request_is_still_running_is_409_after_the_lock_timeout(api, database_url, db_session):
-    """Behind PgBouncer the lock timeout is the role's (5 s in make test-pooled), not this app's 200 ms."""
-    user_id = api.register()
-    impatient = make_app(database_url, DATABASE_LOCK_TIMEOUT_MS=200)
-    # The first request, still in flight: its record is inserted and not yet committed.
-    db_session.execute(IdempotencyRecord.__table__.insert().values(
-        caller="ledger-admin", key="evt_in_flight", request_hash="first", status_code=201, response_body="{}",
-        transaction_id=uuid.uuid4(),
-    ))
-    try:
-        second = Api(impatient.test_client(), api.admin_token, api.user_token).purchase(user_id, key="evt_in_flight")
-    finally:
-        db_session.rollback()
-        with impatient.app_context():
-            db.engine.dispose()
-    assert second.status_code == 409
-    assert second.json["code"] == "idempotency_key_in_use"
-    assert rows(db_session) == 0
+def test_replay_of_a_spend_answers_the_first_response_even_once_the_credits_are_gone(api, db_session):
+    user_id = api.funded_user(credits=100)
+    first = api.usage(user_id, credits=-100, key="gen_all")
+    assert first.status_code == 201
+    again = api.usage(user_id, credits=-100, key="gen_all")
+    assert again.status_code == 201
+    assert again.data == first.data
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert api.balance(user_id)["available"] == 0
+    assert rows(db_session) == 2
+
+
+def test_a_refused_spend_leaves_no_record_so_the_key_works_once_credits_arrive(api, db_session):
+    user_id = api.funded_user(credits=10)
+    assert api.usage(user_id, credits=-50, key="gen_retry").status_code == 409
+    assert rows(db_session, IdempotencyRecord) == 0
+    assert api.purchase(user_id, credits=100).status_code == 201
+    retried = api.usage(user_id, credits=-50, key="gen_retry")
+    assert retried.status_code == 201
+    assert "Idempotent-Replayed" not in retried.headers
+
+
+def _slow_app(database_url, contract):
+    """The service with a short lock timeout, so that waiting on another request gives up quickly."""
+    application = make_app(database_url, DATABASE_LOCK_TIMEOUT_MS=300)
+    ContractClient.contract = contract
+    application.test_client_class = ContractClient
+    return application
+
+
+def test_key_held_by_a_request_still_in_flight_is_409_in_use(api, engine, database_url, contract):
+    user_id = api.funded_user(credits=100)
+    body = {"user_id": str(user_id), "type": "usage", "amount": "0", "credits": -1, "description": "Image"}
+    headers = {**bearer(api.admin_token), "Idempotency-Key": "gen_in_flight"}
+    with engine.connect() as in_flight:  # another request has claimed the key and not committed yet
+        in_flight.execute(
+            text(
+                "INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body, transaction_id)"
+                " VALUES ('ledger-admin', 'gen_in_flight', 'x', 201, '{}', gen_random_uuid())"
+            )
+        )
+        response = _slow_app(database_url, contract).test_client().post("/api/transactions", json=body, headers=headers)
+        in_flight.rollback()
+    assert response.status_code == 409
+    assert response.json["code"] == "idempotency_key_in_use"
+    assert response.headers["Retry-After"] == "1"
+    # The first attempt rolled back, so the same request now goes through as the first.
+    assert api.create(key="gen_in_flight", **body).status_code == 201
+
+
+def test_waiting_on_a_busy_balance_is_not_mistaken_for_a_busy_key(api, engine, database_url, contract):
+    user_id = api.funded_user(credits=100)
+    body = {"user_id": str(user_id), "type": "usage", "amount": "0", "credits": -1, "description": "Image"}
+    headers = {**bearer(api.admin_token), "Idempotency-Key": "gen_busy_balance"}
+    with engine.connect() as other:  # another spend of this user's holds the balance row
+        other.execute(text("SELECT 1 FROM user_balances WHERE user_id = :id FOR UPDATE"), {"id": user_id})
+        response = _slow_app(database_url, contract).test_client().post("/api/transactions", json=body, headers=headers)
+        other.rollback()
+    assert response.status_code == 503
+    assert response.json["code"] == "database_unavailable"

@@ -123,8 +123,18 @@ def test_fourth_request_of_a_user_is_429_with_retry_after(limited, user_token):
     assert response.status_code == 429
     assert response.content_type == "application/problem+json"
     assert response.json["code"] == "rate_limited"
-    assert 1 <= int(response.headers["Retry-After"]) <= 60
+    # The window is a minute; its reset time is a whole second, rounded up.
+    assert 1 <= int(response.headers["Retry-After"]) <= 61
     assert response.headers["X-RateLimit-Limit"] == "3"
+
+
+def test_only_a_429_tells_the_client_when_to_retry(limited, user_token):
+    response = limited.get("/api/balance", headers=bearer(user_token(uuid.uuid4())))
+    assert response.status_code == 200
+    assert response.headers["X-RateLimit-Limit"] == "3"
+    assert response.headers["X-RateLimit-Remaining"] == "2"
+    assert int(response.headers["X-RateLimit-Reset"]) > 0
+    assert "Retry-After" not in response.headers
 
 
 def test_limits_are_per_identity(limited, user_token):

@@ -198,6 +198,7 @@ def test_a_key_held_by_an_unfinished_request_is_409_after_the_roles_lock_timeout
         first.close()
     assert response.status_code == 409
     assert response.json["code"] == "idempotency_key_in_use"
+    assert response.headers["Retry-After"] == "1"
 
 
 def test_a_timeout_the_server_does_not_apply_is_logged(pooler, pooled_database, capsys):

@@ -33,6 +33,8 @@ def _end_transactions_quietly(app: Flask) -> None:
 
     @app.teardown_appcontext
     def end_transaction(_error: BaseException | None) -> None:
+        if not db.session.registry.has():  # this request never opened a session
+            return
         try:
             db.session.rollback()
         except DBAPIError as error:

@@ -10,6 +10,7 @@ providers put on user tokens) does not make a service.
 from __future__ import annotations
 
 import functools
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -117,13 +118,57 @@ def verified_caller() -> Caller | None:
     return request.environ.get(_CALLER_KEY)
 
 
+class VerifiedTokens:
+    """Tokens verified recently, so that a token sent again skips decoding and the signature check.
+
+    A browser or a service sends the same token with every request until it
+    expires; verifying it once per process instead of once per request saves
+    most of what authentication costs. An entry lasts until the token's
+    ``exp`` or ``ttl`` seconds, whichever is first (so a key withdrawn from the
+    identity provider's JWKS stops being honoured within ``ttl``); the oldest
+    entries make room when ``size`` are held. Only tokens that passed every
+    check are kept: a refused token is checked again each time.
+    """
+
+    def __init__(self, size: int, ttl: int) -> None:
+        self.size = size
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, Caller]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token: str) -> Caller | None:
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        if entry[0] <= time.time():
+            with self._lock:
+                self._entries.pop(token, None)
+            return None
+        return entry[1]
+
+    def put(self, token: str, caller: Caller, expires_at: float) -> None:
+        if self.size <= 0:
+            return
+        with self._lock:
+            while len(self._entries) >= self.size:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[token] = (min(expires_at, time.time() + self.ttl), caller)
+
+
 def current_caller() -> Caller:
-    """The caller of this request, verified once per request."""
+    """The caller of this request, verified once per request (and once per process, see VerifiedTokens)."""
     caller = request.environ.get(_CALLER_KEY)
+    if caller is not None:
+        return caller
+    authorization = request.headers.get("Authorization")
+    verified: VerifiedTokens = current_app.extensions["transactions_verified_tokens"]
+    caller = verified.get(authorization) if authorization else None
     if caller is None:
         verify_jwt_in_request()
-        caller = caller_from_claims(get_jwt())
-        request.environ[_CALLER_KEY] = caller
+        claims = get_jwt()
+        caller = caller_from_claims(claims)
+        verified.put(authorization, caller, float(claims["exp"]))
+    request.environ[_CALLER_KEY] = caller
     return caller
 
 
@@ -191,6 +236,9 @@ def init_auth(app: Flask) -> None:
     jwt.init_app(app)
     # The JWTManager is shared by every app in the process; the key source is per app.
     app.extensions["transactions_key_resolver"] = _KeyResolver(app)
+    app.extensions["transactions_verified_tokens"] = VerifiedTokens(
+        app.config["TOKEN_CACHE_SIZE"], app.config["TOKEN_CACHE_SECONDS"]
+    )
     jwt.decode_key_loader(lambda header, claims: current_app.extensions["transactions_key_resolver"](header, claims))
 
     @jwt.token_verification_loader

@@ -13,6 +13,9 @@ from typing import Any
 SUPPORTED_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
 
 
+STATEMENTS_BIND = "statements"
+
+
 class ConfigError(RuntimeError):
     """The service cannot start with this configuration."""
 
@@ -63,6 +66,8 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "JWT_DECODE_ISSUER": env.get("JWT_DECODE_ISSUER") or None,
         "JWT_JWKS_CACHE_SECONDS": _int(env, "JWT_JWKS_CACHE_SECONDS", 300),
         "JWT_JWKS_REFRESH_COOLDOWN_SECONDS": _int(env, "JWT_JWKS_REFRESH_COOLDOWN_SECONDS", 30),
+        "TOKEN_CACHE_SIZE": _int(env, "TOKEN_CACHE_SIZE", 4096),
+        "TOKEN_CACHE_SECONDS": _int(env, "TOKEN_CACHE_SECONDS", 300),
         # Named so as not to collide with flask-jwt-extended's own setting,
         # which must stay "sub" so that service tokens keep working.
         "USER_IDENTITY_CLAIM": env.get("JWT_IDENTITY_CLAIM") or "sub",
@@ -70,6 +75,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "DATABASE_POOL_SIZE": _int(env, "DATABASE_POOL_SIZE", 5),
         "DATABASE_MAX_OVERFLOW": _int(env, "DATABASE_MAX_OVERFLOW", 5),
         "DATABASE_POOL_TIMEOUT": _int(env, "DATABASE_POOL_TIMEOUT", 10),
+        "DATABASE_POOL_PRE_PING": _bool(env, "DATABASE_POOL_PRE_PING", False),
         "DATABASE_STATEMENT_TIMEOUT_MS": _int(env, "DATABASE_STATEMENT_TIMEOUT_MS", 10_000),
         "DATABASE_LOCK_TIMEOUT_MS": _int(env, "DATABASE_LOCK_TIMEOUT_MS", 5_000),
         "DATABASE_CONNECT_OPTIONS": _bool(env, "DATABASE_CONNECT_OPTIONS", True),
@@ -77,7 +83,8 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "LOG_FORMAT": env.get("LOG_FORMAT") or "json",
         "LOG_LEVEL": (env.get("LOG_LEVEL") or "INFO").upper(),
         "METRICS_TOKEN": env.get("METRICS_TOKEN") or None,
-        "RATELIMIT_ENABLED": env.get("RATELIMIT_ENABLED", "true").lower() not in ("0", "false", "no", "off"),
+        "RATELIMIT_ENABLED": _bool(env, "RATELIMIT_ENABLED", True),
+        "RATELIMIT_HEADERS_ENABLED": _bool(env, "RATELIMIT_HEADERS_ENABLED", True),
         "RATELIMIT_DEFAULT": env.get("RATELIMIT_DEFAULT") or "300 per minute",
         "RATELIMIT_SERVICE_DEFAULT": env.get("RATELIMIT_SERVICE_DEFAULT") or "20000 per minute",
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI") or "memory://",
@@ -99,20 +106,28 @@ def finalise(config: dict[str, Any]) -> None:
     config["SQLALCHEMY_DATABASE_URI"] = url
     connect_args: dict[str, Any] = {"connect_timeout": 5}
     # Behind PgBouncer, which refuses the `options` startup parameter, the
-    # timeouts are the role's settings instead (README: PgBouncer).
+    # timeouts are the role's settings instead (README: Behind PgBouncer).
     if config.get("DATABASE_CONNECT_OPTIONS", True):
         connect_args["options"] = (
             f"-c statement_timeout={config['DATABASE_STATEMENT_TIMEOUT_MS']} "
             f"-c lock_timeout={config['DATABASE_LOCK_TIMEOUT_MS']}"
         )
-    config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+    engine_options = {
         "pool_size": config["DATABASE_POOL_SIZE"],
         "max_overflow": config["DATABASE_MAX_OVERFLOW"],
         "pool_timeout": config["DATABASE_POOL_TIMEOUT"],
-        "pool_pre_ping": True,
+        "pool_pre_ping": config["DATABASE_POOL_PRE_PING"],
         "connect_args": connect_args,
         **config.get("SQLALCHEMY_ENGINE_OPTIONS", {}),
     }
+    config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options
+    # The hot paths' single statements run on connections that stay in autocommit
+    # mode (extensions.run_statement); a pool of their own, so that no connection
+    # switches modes (psycopg2 would send a SET each way).
+    config.setdefault("SQLALCHEMY_BINDS", {})
+    config["SQLALCHEMY_BINDS"].setdefault(
+        STATEMENTS_BIND, {"url": url, **engine_options, "isolation_level": "AUTOCOMMIT"}
+    )
 
     if config["LOG_FORMAT"] not in ("json", "text"):
         raise ConfigError("LOG_FORMAT must be 'json' or 'text'")

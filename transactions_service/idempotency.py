@@ -1,31 +1,31 @@
 """Idempotency keys: a retried write replays its first response.
 
-A key is claimed by inserting its record in the same database transaction as
-the write it protects, so the record exists exactly when the write does. A
-concurrent request with the same key blocks on the uncommitted record, then
-replays it (or, if the first attempt rolled back, proceeds as the first).
-Only successful writes are recorded: a refused request (409, 422) leaves no
-record, so the caller may retry it once the cause is gone.
+A key is claimed by inserting its record in the same statement as the write
+it protects (``transactions.sql.record``), so the record exists exactly when
+the write does. A concurrent request with the same key waits on the
+uncommitted record, then fails on its primary key and replays it (or, if the
+first attempt rolled back, proceeds as the first). Only successful writes are
+recorded: a refused request (409, 422) leaves no record, so the caller may
+retry it once the cause is gone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, select
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from .errors import ApiError
 from .extensions import db
 from .transactions.models import IdempotencyRecord
 
 _LOCK_NOT_AVAILABLE = "55P03"
+_PRIMARY_KEY = f"pk_{IdempotencyRecord.__tablename__}"
 
 
 @dataclass(frozen=True)
@@ -40,53 +40,43 @@ def fingerprint(method: str, route: str, payload: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def claim(
-    caller: str,
-    key: str,
-    request_hash: str,
-    *,
-    status_code: int,
-    body: str,
-    transaction_id: uuid.UUID,
-) -> StoredResponse | None:
-    """Record this request's response under ``key``, in the current transaction.
+def is_key_taken(error: IntegrityError) -> bool:
+    """Whether a write failed because its key's record already exists."""
+    return getattr(getattr(error.orig, "diag", None), "constraint_name", None) == _PRIMARY_KEY
 
-    Returns None when the key is new (the caller goes on to write), or the
-    first response when the key was used before with the same request.
-    """
-    statement = (
-        insert(IdempotencyRecord)
-        .values(
-            caller=caller,
-            key=key,
-            request_hash=request_hash,
-            status_code=status_code,
-            response_body=body,
-            transaction_id=transaction_id,
-        )
-        .on_conflict_do_nothing(index_elements=["caller", "key"])
-        .returning(IdempotencyRecord.key)
+
+def is_key_busy(error: OperationalError) -> bool:
+    """Whether a write gave up waiting for another request that holds its key (the lock timeout)."""
+    orig = error.orig
+    if getattr(orig, "pgcode", None) != _LOCK_NOT_AVAILABLE:
+        return False
+    # PostgreSQL names what it was waiting for only in the error's context line:
+    # 'while inserting index tuple (0,2) in relation "pk_idempotency_keys"'. A wait on
+    # anything else (the user's balance row) stays a plain lock timeout.
+    context = getattr(getattr(orig, "diag", None), "context", None) or ""
+    return f'relation "{_PRIMARY_KEY}"' in context
+
+
+def key_in_use() -> ApiError:
+    return ApiError(
+        409,
+        "idempotency_key_in_use",
+        "Another request with this Idempotency-Key is still being processed; retry shortly.",
+        title="Idempotency key in use",
+        headers={"Retry-After": "1"},
     )
-    try:
-        claimed = db.session.execute(statement).first()
-    except OperationalError as exc:
-        if getattr(exc.orig, "pgcode", None) == _LOCK_NOT_AVAILABLE:
-            db.session.rollback()
-            raise ApiError(
-                409,
-                "idempotency_key_in_use",
-                "Another request with this Idempotency-Key is still being processed; retry shortly.",
-                title="Idempotency key in use",
-                headers={"Retry-After": "1"},
-            ) from exc
-        raise
-    if claimed is not None:
-        return None
+
+
+def find_response(caller: str, key: str, request_hash: str) -> StoredResponse | None:
+    """The response recorded under ``key``, if any; a key used with another request is refused."""
     previous = db.session.execute(
         select(IdempotencyRecord.request_hash, IdempotencyRecord.status_code, IdempotencyRecord.response_body).where(
             IdempotencyRecord.caller == caller, IdempotencyRecord.key == key
         )
-    ).one()
+    ).first()
+    db.session.rollback()
+    if previous is None:
+        return None
     if previous.request_hash != request_hash:
         raise ApiError(
             422,
@@ -95,6 +85,14 @@ def claim(
             title="Idempotency key reused",
         )
     return StoredResponse(previous.status_code, previous.response_body)
+
+
+def previous_response(caller: str, key: str, request_hash: str) -> StoredResponse:
+    """The response recorded under ``key``, known to exist."""
+    previous = find_response(caller, key, request_hash)
+    if previous is None:  # records are only deleted by pruning, long after any retry
+        raise RuntimeError(f"the idempotency record {caller}/{key} vanished")
+    return previous
 
 
 def prune(older_than: datetime) -> int:

@@ -37,11 +37,24 @@ def _limit_for_caller() -> str:
 
 
 def init_limits(app: Flask, unlimited: list[Blueprint]) -> Limiter:
-    app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    # Flask-Limiter's own headers would put its window's reset time in Retry-After on every
+    # response, over the service's own (503 database_unavailable, 409 idempotency_key_in_use);
+    # so the service writes the X-RateLimit-* headers itself and Retry-After only where it means it.
+    send_headers = app.config["RATELIMIT_HEADERS_ENABLED"]
+    app.config["RATELIMIT_HEADERS_ENABLED"] = False
     limiter = Limiter(key_func=caller_key, default_limits=[_limit_for_caller])
     limiter.init_app(app)
     for blueprint in unlimited:
         limiter.exempt(blueprint)
+
+    @app.after_request
+    def add_limit_headers(response: Response) -> Response:
+        current = limiter.current_limit if send_headers else None
+        if current is not None:
+            response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
+            response.headers["X-RateLimit-Remaining"] = str(current.remaining)
+            response.headers["X-RateLimit-Reset"] = str(current.reset_at)
+        return response
 
     @app.errorhandler(RateLimitExceeded)
     def too_many_requests(error: RateLimitExceeded) -> Response:

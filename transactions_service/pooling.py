@@ -27,13 +27,12 @@ def init_pooling(app: Flask) -> None:
         return
     expected = {name: int(app.config[setting]) for name, setting in _TIMEOUTS.items()}
     with app.app_context():
-        engine = db.engine
+        engines = list(db.engines.values())
     checked = False
 
-    @event.listens_for(engine, "connect")
     def compare_server_timeouts(dbapi_connection, _record) -> None:
         nonlocal checked
-        if checked:
+        if checked:  # the role's settings are the same on every connection: once per process is enough
             return
         checked = True
         with dbapi_connection.cursor() as cursor:
@@ -48,3 +47,7 @@ def init_pooling(app: Flask) -> None:
                     "setting applies; set it on the service's role (ALTER ROLE ... IN DATABASE ... SET %s = '%sms')",
                     name, actual.get(name), _TIMEOUTS[name], value, name, value,
                 )
+
+    # Every pool: a worker that only serves the hot paths may never open the default one.
+    for engine in engines:
+        event.listen(engine, "connect", compare_server_timeouts)

@@ -20,6 +20,11 @@ _user_query = UserQuerySchema()
 _balance = BalanceSchema()
 
 
+def _json(body: str, status: int = 200) -> Response:
+    """A response whose JSON was rendered already (``schemas.transaction_json``)."""
+    return Response(body, status=status, mimetype="application/json")
+
+
 @bp.get("/transactions")
 @authenticated
 def list_transactions() -> Response:
@@ -28,7 +33,7 @@ def list_transactions() -> Response:
     page = service.list_history(
         user_id, limit=query["limit"], cursor=query["cursor"], kind=query["type"], status=query["status"]
     )
-    return jsonify(data=page.data, has_more=page.has_more, next_cursor=page.next_cursor)
+    return _json(page.to_json())
 
 
 @bp.post("/transactions")
@@ -37,7 +42,7 @@ def create_transaction() -> Response:
     caller = current_caller()
     caller.require_any_scope([WRITE_PURCHASES, WRITE_USAGE])
     recorded = service.record_transaction(caller, load_body(_new_transaction), idempotency_key())
-    response = Response(recorded.body, status=recorded.status_code, mimetype="application/json")
+    response = _json(recorded.body, recorded.status_code)
     response.headers["Location"] = url_for(".get_transaction", transaction_id=recorded.transaction_id)
     if recorded.replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -47,7 +52,7 @@ def create_transaction() -> Response:
 @bp.get("/transactions/<uuid:transaction_id>")
 @authenticated
 def get_transaction(transaction_id: uuid.UUID) -> Response:
-    return jsonify(service.get_transaction(current_caller(), transaction_id))
+    return _json(service.get_transaction(current_caller(), transaction_id))
 
 
 @bp.patch("/transactions/<uuid:transaction_id>")
@@ -56,7 +61,7 @@ def settle_transaction(transaction_id: uuid.UUID) -> Response:
     caller = current_caller()
     caller.require_any_scope([WRITE_PURCHASES, WRITE_USAGE])
     status = load_body(_settle)["status"]
-    return jsonify(service.settle_transaction(caller, transaction_id, status))
+    return _json(service.settle_transaction(caller, transaction_id, status))
 
 
 @bp.get("/balance")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
+from json.encoder import encode_basestring_ascii as _json_string
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -103,25 +105,54 @@ class StrictSchema(Schema):
         unknown = RAISE
 
 
-def transaction_json(row: Any) -> dict[str, Any]:
-    """A transaction as every endpoint returns it (``Transaction`` in openapi.yaml).
+def _utc_text_to_rfc3339(text: str) -> str:
+    """PostgreSQL's UTC timestamp text ("2026-11-26 10:17:45.12") as RFC 3339 with microseconds and a Z.
 
-    A plain function rather than a marshmallow schema: a history page shapes
-    twenty rows per request, and a schema's per-field dispatch was a third of
-    that request's CPU (BENCHMARKS.md). The contract tests check every shape.
+    PostgreSQL leaves out trailing zeros of the fraction (and the fraction
+    itself when it is zero); the API always shows six digits.
     """
-    return {
-        "id": str(row.id),
-        "user_id": str(row.user_id),
-        "type": row.type.value,
-        "amount": f"{row.amount:.2f}",
-        "credits": row.credits,
-        "description": row.description,
-        "status": row.status.value,
-        "created_at": rfc3339(row.created_at),
-        "updated_at": rfc3339(row.updated_at),
-        "hold_expires_at": None if row.hold_expires_at is None else rfc3339(row.hold_expires_at),
-    }
+    fraction = text[20:26] if len(text) > 19 else ""
+    return f"{text[:10]}T{text[11:19]}.{fraction:0<6}Z"
+
+
+def transaction_json(values: Sequence[Any]) -> str:
+    """A transaction as every endpoint returns it (``Transaction`` in openapi.yaml), as compact JSON text.
+
+    ``values`` are a row read as ``sql.TRANSACTION_COLUMNS`` (or the same
+    values of a row about to be written, see :func:`new_transaction_values`),
+    mostly text already, so nothing is parsed into Python types only to be
+    formatted back: a history page shapes twenty rows per request, and this
+    was most of its CPU (BENCHMARKS.md). The contract tests check every shape.
+    """
+    id_, user_id, kind, amount, credits, description, status, created_at, updated_at, hold_expires_at = values
+    hold = "null" if hold_expires_at is None else f'"{_utc_text_to_rfc3339(hold_expires_at)}"'
+    return (
+        f'{{"id":"{id_}","user_id":"{user_id}","type":"{kind}","amount":"{amount}","credits":{credits},'
+        f'"description":{_json_string(description)},"status":"{status}",'
+        f'"created_at":"{_utc_text_to_rfc3339(created_at)}","updated_at":"{_utc_text_to_rfc3339(updated_at)}",'
+        f'"hold_expires_at":{hold}}}'
+    )
+
+
+def _utc_text(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(sep=" ", timespec="microseconds")[:26]
+
+
+def new_transaction_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    """The ``sql.TRANSACTION_COLUMNS`` of a row about to be inserted, as PostgreSQL will return them."""
+    hold = row["hold_expires_at"]
+    return (
+        str(row["id"]),
+        str(row["user_id"]),
+        row["type"].value,
+        f"{row['amount']:.2f}",
+        row["credits"],
+        row["description"],
+        row["status"].value,
+        _utc_text(row["created_at"]),
+        _utc_text(row["created_at"]),
+        None if hold is None else _utc_text(hold),
+    )
 
 
 class NewTransactionSchema(StrictSchema):
@@ -183,17 +214,20 @@ _CURSOR = re.compile(r"([0-9]{1,16})-([0-9a-f]{32})")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def encode_cursor(created_at: datetime, transaction_id: uuid.UUID) -> str:
+def encode_cursor(created_at_utc_text: str, transaction_id: str) -> str:
     """An opaque position in a newest-first history: the last row a page showed.
 
-    Microseconds since the epoch and the row id: every string of this shape is
-    a position, so a cursor is either well-formed or refused, never half-read.
+    Microseconds since the epoch and the row id (both as ``sql.TRANSACTION_COLUMNS``
+    reads them): every string of this shape is a position, so a cursor is
+    either well-formed or refused, never half-read.
     """
+    created_at = datetime.fromisoformat(created_at_utc_text).replace(tzinfo=timezone.utc)
     micros = (created_at - _EPOCH) // timedelta(microseconds=1)
-    return f"{micros}-{transaction_id.hex}"
+    return f"{micros}-{transaction_id.replace('-', '')}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The position a cursor names (see :func:`encode_cursor`)."""
     match = _CURSOR.fullmatch(cursor)
     if match is None:
         raise ApiError(

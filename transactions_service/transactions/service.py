@@ -14,29 +14,32 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import SimpleNamespace
 from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import ColumnElement, exists, func, insert, select, true, tuple_, update
+from sqlalchemy import ColumnElement, exists, func, literal_column, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from .. import idempotency
 from ..auth import WRITE_PURCHASES, WRITE_USAGE, Caller
 from ..errors import ApiError, validation_error
-from ..extensions import db
+from ..extensions import db, run_statement
 from ..ids import utcnow, uuid7
 from ..observability import LEDGER_HOLDS, LEDGER_REFUSED_SPENDS, LEDGER_REPLAYS, LEDGER_TRANSACTIONS
 from ..users.models import User
 from .models import HOLD_EXPIRED, TransactionStatus, TransactionType, UserBalance, UserTransaction
-from .schemas import decode_cursor, encode_cursor, transaction_json
+from . import sql
+from .schemas import decode_cursor, encode_cursor, new_transaction_values, transaction_json
 
 WRITE_SCOPE = {TransactionType.PURCHASE: WRITE_PURCHASES, TransactionType.USAGE: WRITE_USAGE}
 
 _transactions = UserTransaction.__table__
 _balances = UserBalance.__table__
+# A transaction's values for transaction_json, as the last columns of a statement built with SQLAlchemy.
+_AS_TEXT = [literal_column(column).label(f"text_{i}") for i, column in enumerate(sql.TRANSACTION_COLUMN_LIST)]
+_TEXT_COUNT = len(_AS_TEXT)
 
 _UNKNOWN_USER_CONSTRAINTS = {
     "fk_user_transactions_user_id_users",
@@ -68,9 +71,16 @@ class Balance:
 
 @dataclass(frozen=True)
 class HistoryPage:
-    data: list[dict[str, Any]]
+    """A page of history; ``data`` holds each transaction's JSON text (``schemas.transaction_json``)."""
+
+    data: list[str]
     has_more: bool
     next_cursor: str | None
+
+    def to_json(self) -> str:
+        cursor = "null" if self.next_cursor is None else json.dumps(self.next_cursor)
+        more = "true" if self.has_more else "false"
+        return f'{{"data":[{",".join(self.data)}],"has_more":{more},"next_cursor":{cursor}}}'
 
 
 def _unknown_user(user_id: uuid.UUID) -> ApiError:
@@ -107,29 +117,6 @@ def _add_to_balance(user_id: uuid.UUID, credits: int) -> None:
     )
 
 
-def _take_from_available(user_id: uuid.UUID, credits: int, *, hold: bool, now: datetime) -> None:
-    """Spend (or hold, for pending usage) ``-credits`` if the user has them available.
-
-    Holds that have lapsed but not yet been expired still count in ``held``;
-    when they stand in the way of a spend they are expired here and the spend
-    is tried once more, so a lapsed hold never refuses a generation.
-    """
-    needed = -credits
-    change = {"held": _balances.c.held + needed} if hold else {"balance": _balances.c.balance - needed}
-    take = (
-        update(_balances)
-        .where(_balances.c.user_id == user_id, _balances.c.balance - _balances.c.held >= needed)
-        .values(**change, updated_at=func.now())
-        .returning(_balances.c.user_id)
-    )
-    if db.session.execute(take).first() is not None:
-        return
-    if _expire_holds(_transactions.c.user_id == user_id, now, skip_locked=True) and db.session.execute(take).first():
-        return
-    user_known = db.session.scalar(select(exists().where(User.id == user_id)))
-    raise _insufficient_credits(user_id, needed) if user_known else _unknown_user(user_id)
-
-
 def _settle_hold(user_id: uuid.UUID, credits: int, *, consume: bool) -> None:
     """Release a pending usage's hold, consuming its credits when it completed."""
     change = {"held": _balances.c.held + credits}
@@ -138,18 +125,6 @@ def _settle_hold(user_id: uuid.UUID, credits: int, *, consume: bool) -> None:
     db.session.execute(
         update(_balances).where(_balances.c.user_id == user_id).values(**change, updated_at=func.now())
     )
-
-
-def _apply_new(row: dict[str, Any]) -> None:
-    """The balance effect of a new ledger row."""
-    kind, status, user_id, credits = row["type"], row["status"], row["user_id"], row["credits"]
-    if status is TransactionStatus.FAILED:
-        return
-    if kind is TransactionType.PURCHASE:
-        if status is TransactionStatus.COMPLETED:
-            _add_to_balance(user_id, credits)
-        return
-    _take_from_available(user_id, credits, hold=status is TransactionStatus.PENDING, now=row["created_at"])
 
 
 def _is_live_hold(now: datetime) -> ColumnElement[bool]:
@@ -245,49 +220,105 @@ def _hold_lifetime(requested_seconds: int | None) -> timedelta:
     return timedelta(seconds=requested_seconds or limit)
 
 
-def record_transaction(caller: Caller, payload: dict[str, Any], idempotency_key: str | None) -> Recorded:
-    """Record a purchase or usage with its balance effect, at most once per idempotency key."""
-    kind: TransactionType = payload["type"]
-    caller.require_scope(WRITE_SCOPE[kind])
-    now = utcnow()
-    fields = {name: value for name, value in payload.items() if name != "hold_expires_in"}
-    row = {**fields, "id": uuid7(), "created_at": now, "updated_at": now, "hold_expires_at": None}
-    if kind is TransactionType.USAGE and payload["status"] is TransactionStatus.PENDING:
-        row["hold_expires_at"] = now + _hold_lifetime(payload.get("hold_expires_in"))
-    body = json.dumps(transaction_json(SimpleNamespace(**row)), separators=(",", ":"))
+def _effect(kind: TransactionType, status: TransactionStatus) -> str | None:
+    """Which balance effect a new row has (see ``sql.EFFECTS``); failed rows and pending purchases have none."""
+    if status is TransactionStatus.FAILED:
+        return None
+    if kind is TransactionType.PURCHASE:
+        return "credit" if status is TransactionStatus.COMPLETED else None
+    return "hold" if status is TransactionStatus.PENDING else "spend"
+
+
+def _why_not_available(user_id: uuid.UUID, needed: int) -> ApiError:
+    user_known = db.session.scalar(select(exists().where(User.id == user_id)))
+    db.session.rollback()
+    return _insufficient_credits(user_id, needed) if user_known else _unknown_user(user_id)
+
+
+def _expire_lapsed_holds_of(user_id: uuid.UUID, now: datetime) -> int:
+    """Release the user's lapsed holds now, in a transaction of their own, as the expiry job would."""
     try:
-        if idempotency_key is not None:
-            previous = idempotency.claim(
-                caller.name,
-                idempotency_key,
-                idempotency.fingerprint("POST", "/api/transactions", _comparable(payload)),
-                status_code=201,
-                body=body,
-                transaction_id=row["id"],
-            )
-            if previous is not None:
-                db.session.rollback()
-                LEDGER_REPLAYS.inc()
-                replayed_id = uuid.UUID(json.loads(previous.body)["id"])
-                return Recorded(replayed_id, previous.status_code, previous.body, replayed=True)
-        _apply_new(row)
-        db.session.execute(insert(_transactions).values(**row))
+        expired = _expire_holds(_transactions.c.user_id == user_id, now, skip_locked=True)
         db.session.commit()
-    except IntegrityError as error:
-        db.session.rollback()
-        translated = _translate_integrity_error(error, payload["user_id"], payload["credits"])
-        if translated is None:
-            raise
-        raise translated from error
     except BaseException:
         db.session.rollback()
         raise
-    LEDGER_TRANSACTIONS.labels(kind.value, row["status"].value).inc()
-    return Recorded(row["id"], 201, body, replayed=False)
+    return expired
 
 
-def settle_transaction(caller: Caller, transaction_id: uuid.UUID, status: TransactionStatus) -> dict[str, Any]:
-    """Move a pending transaction to completed or failed, once.
+def _replay(previous: idempotency.StoredResponse) -> Recorded:
+    LEDGER_REPLAYS.inc()
+    return Recorded(uuid.UUID(json.loads(previous.body)["id"]), previous.status_code, previous.body, replayed=True)
+
+
+def record_transaction(caller: Caller, payload: dict[str, Any], idempotency_key: str | None) -> Recorded:
+    """Record a purchase or usage with its balance effect, at most once per idempotency key.
+
+    One statement does it all (``sql.record``). When it records nothing, the
+    credits were not available: the request may be a replay of one that was
+    recorded, lapsed holds may stand in the way (they are released and the
+    spend tried once more, so a lapsed hold never refuses a generation), or
+    the user is short of credits or unknown.
+    """
+    kind: TransactionType = payload["type"]
+    status: TransactionStatus = payload["status"]
+    caller.require_scope(WRITE_SCOPE[kind])
+    now = utcnow()
+    hold_expires_at = None
+    if kind is TransactionType.USAGE and status is TransactionStatus.PENDING:
+        hold_expires_at = now + _hold_lifetime(payload.get("hold_expires_in"))
+    user_id: uuid.UUID = payload["user_id"]
+    row = {**payload, "id": uuid7(), "created_at": now, "hold_expires_at": hold_expires_at}
+    body = transaction_json(new_transaction_values(row))
+    params: dict[str, Any] = {
+        "id": str(row["id"]),
+        "user_id": str(user_id),
+        "type": kind.value,
+        "amount": payload["amount"],
+        "credits": payload["credits"],
+        "needed": -payload["credits"],
+        "description": payload["description"],
+        "status": status.value,
+        "created_at": now,
+        "hold_expires_at": hold_expires_at,
+        "body": body,
+    }
+    request_hash = None
+    if idempotency_key is not None:
+        request_hash = idempotency.fingerprint("POST", "/api/transactions", _comparable(payload))
+        params.update(caller=caller.name, key=idempotency_key, request_hash=request_hash)
+    effect = _effect(kind, status)
+    statement = sql.record(effect, keyed=idempotency_key is not None)
+
+    for attempt in range(2):
+        try:
+            rows = run_statement(statement, params)
+        except IntegrityError as error:
+            if idempotency_key is not None and idempotency.is_key_taken(error):
+                return _replay(idempotency.previous_response(caller.name, idempotency_key, request_hash))
+            translated = _translate_integrity_error(error, user_id, payload["credits"])
+            if translated is None:
+                raise
+            raise translated from error
+        except OperationalError as error:
+            if idempotency_key is not None and idempotency.is_key_busy(error):
+                raise idempotency.key_in_use() from error
+            raise
+        if rows:
+            LEDGER_TRANSACTIONS.labels(kind.value, status.value).inc()
+            return Recorded(row["id"], 201, body, replayed=False)
+        # The effect did not apply: the credits were not available.
+        if idempotency_key is not None:
+            previous = idempotency.find_response(caller.name, idempotency_key, request_hash)
+            if previous is not None:
+                return _replay(previous)
+        if attempt == 0 and not _expire_lapsed_holds_of(user_id, now):
+            break
+    raise _why_not_available(user_id, params["needed"])
+
+
+def settle_transaction(caller: Caller, transaction_id: uuid.UUID, status: TransactionStatus) -> str:
+    """Move a pending transaction to completed or failed, once; returns its JSON.
 
     Asking for the status a transaction already has changes nothing, so
     webhook retries are harmless; any other move is refused. A hold that has
@@ -303,7 +334,7 @@ def settle_transaction(caller: Caller, transaction_id: uuid.UUID, status: Transa
                 _is_live_hold(now),
             )
             .values(status=status, updated_at=func.greatest(now, _transactions.c.created_at))
-            .returning(*_transactions.c)
+            .returning(_transactions.c.type, _transactions.c.user_id, _transactions.c.credits, *_AS_TEXT)
         ).first()
         if moved is not None:
             caller.require_scope(WRITE_SCOPE[moved.type])
@@ -311,7 +342,7 @@ def settle_transaction(caller: Caller, transaction_id: uuid.UUID, status: Transa
             db.session.commit()
             if moved.type is TransactionType.USAGE:
                 LEDGER_HOLDS.labels("settled" if status is TransactionStatus.COMPLETED else "released").inc()
-            return transaction_json(moved)
+            return transaction_json(moved[-_TEXT_COUNT:])
         current = _read(transaction_id)
         if current is None:
             raise _not_found(transaction_id)
@@ -324,14 +355,23 @@ def settle_transaction(caller: Caller, transaction_id: uuid.UUID, status: Transa
         if current.status != status:
             raise _refused_move(current, status)
         db.session.rollback()
-        return transaction_json(current)
+        return transaction_json(current[-_TEXT_COUNT:])
     except BaseException:
         db.session.rollback()
         raise
 
 
 def _read(transaction_id: uuid.UUID) -> Any:
-    return db.session.execute(select(_transactions).where(_transactions.c.id == transaction_id)).first()
+    return db.session.execute(
+        select(
+            _transactions.c.type,
+            _transactions.c.user_id,
+            _transactions.c.status,
+            _transactions.c.failure_reason,
+            _transactions.c.hold_expires_at,
+            *_AS_TEXT,
+        ).where(_transactions.c.id == transaction_id)
+    ).first()
 
 
 def _refused_move(current: Any, requested: TransactionStatus) -> ApiError:
@@ -355,13 +395,15 @@ def _not_found(transaction_id: uuid.UUID) -> ApiError:
     return ApiError(404, "not_found", f"No transaction {transaction_id}.", title="Not Found")
 
 
-def get_transaction(caller: Caller, transaction_id: uuid.UUID) -> dict[str, Any]:
+def get_transaction(caller: Caller, transaction_id: uuid.UUID) -> str:
+    """One transaction's JSON, for its owner or a reading service."""
     caller.require_read()
     row = _read(transaction_id)
+    db.session.rollback()
     # Another user's transaction is reported exactly like a missing one.
     if row is None or not caller.can_read(row.user_id):
         raise _not_found(transaction_id)
-    return transaction_json(row)
+    return transaction_json(row[-_TEXT_COUNT:])
 
 
 def list_history(
@@ -373,21 +415,19 @@ def list_history(
     status: TransactionStatus | None = None,
 ) -> HistoryPage:
     """One page of a user's history, newest first, by keyset on (created_at, id)."""
-    query = select(_transactions).where(_transactions.c.user_id == user_id)
+    params: dict[str, Any] = {"user_id": str(user_id), "limit": limit + 1}
     if kind is not None:
-        query = query.where(_transactions.c.type == kind)
+        params["type"] = kind.value
     if status is not None:
-        query = query.where(_transactions.c.status == status)
+        params["status"] = status.value
     if cursor is not None:
-        created_at, last_id = decode_cursor(cursor)
-        query = query.where(
-            tuple_(_transactions.c.created_at, _transactions.c.id) < tuple_(created_at, last_id)
-        )
-    query = query.order_by(_transactions.c.created_at.desc(), _transactions.c.id.desc()).limit(limit + 1)
-    rows = db.session.execute(query).all()
+        after_created_at, after_id = decode_cursor(cursor)
+        params.update(after_created_at=after_created_at, after_id=str(after_id))
+    statement = sql.history_page(by_type=kind is not None, by_status=status is not None, after=cursor is not None)
+    rows = run_statement(statement, params)
     has_more = len(rows) > limit
     rows = rows[:limit]
-    next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if has_more else None
+    next_cursor = encode_cursor(rows[-1][7], rows[-1][0]) if has_more else None
     return HistoryPage([transaction_json(row) for row in rows], has_more, next_cursor)
 
 
