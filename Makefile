@@ -13,7 +13,7 @@ API_URL ?= http://127.0.0.1:5000
 export NEXT_TELEMETRY_DISABLED := 1
 export NPM_CONFIG_UPDATE_NOTIFIER := false
 
-.PHONY: install web-install run web test test-python test-web faults migrate fuzz bench bench-quick bench-profile wrk clean
+.PHONY: install web-install run web test test-python test-pooled test-web faults migrate fuzz bench bench-quick bench-profile wrk pgbouncer clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is required (found " + sys.version.split()[0] + ")") if sys.version_info < (3, 11) else None'
@@ -51,6 +51,11 @@ test: install
 test-python: install
 	$(BIN)/python -m pytest
 
+# The Python suite with the app (and every gunicorn it starts) behind a real
+# PgBouncer in transaction mode; migrations and admin statements go direct.
+test-pooled: install pgbouncer
+	TEST_POOLED=1 $(BIN)/python -m pytest
+
 # The banner `make test` prints when the browser tests cannot run.
 SKIPPED_BROWSER_TESTS = printf '\n%s\n%s\n%s\n%s\n%s\n%s\n\n' \
 	"========================================================================" \
@@ -86,10 +91,10 @@ fuzz: install
 	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-400} $(BIN)/python -m pytest tests/test_fuzz.py
 
 # Benchmarks (BENCHMARKS.md): minutes of load on loopback, never part of `make test`.
-bench: install wrk
+bench: install wrk pgbouncer
 	$(BIN)/python -m bench.run --profile full
 
-bench-quick: install wrk
+bench-quick: install wrk pgbouncer
 	$(BIN)/python -m bench.run --profile quick
 
 # Where the time goes on the hot paths (py-spy, pg_stat_statements, EXPLAIN); installs py-spy into the venv.
@@ -103,6 +108,13 @@ wrk:
 	  if [ "$$(id -u)" != 0 ]; then echo "wrk is missing: run 'apt-get install -y wrk' as root" >&2; exit 1; fi; \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get install -y -q wrk || { apt-get update -q && apt-get install -y -q wrk; }; }
+
+# The connection pooler of `make test-pooled` and the benchmarks, from Debian's packages.
+pgbouncer:
+	@command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "pgbouncer is missing: run 'apt-get install -y pgbouncer' as root" >&2; exit 1; fi; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q pgbouncer || { apt-get update -q && apt-get install -y -q pgbouncer; }; }
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache $(WEB)/node_modules $(WEB)/.next $(WEB)/test-artifacts

@@ -13,6 +13,9 @@ One run, one machine, every number next to its reference:
 4. a warm-up, then scenarios A to F, each measured with its reference in the
    same run: wrk (Lua scripts in ``bench/lua``) for HTTP, pgbench for the
    database's own limit, ``bench/openloop.py`` for latency at a fixed rate;
+   then G: A and B again through PgBouncer in transaction mode (a second
+   gunicorn, as a fleet behind a pooler is configured) beside the direct
+   service, in alternating slices;
 5. a table, and one JSON object on the last line, also written to ``bench/results/``.
 
 Everything listens on 127.0.0.1, every load is bounded in time, and every
@@ -50,6 +53,7 @@ import requests
 from sqlalchemy.engine import make_url
 
 from transactions_service.devdb import EmbeddedPostgres, bin_dir, wait_for_replay
+from transactions_service.devpooler import PgBouncer, pgbouncer_binary
 from transactions_service.transactions.schemas import encode_cursor
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,6 +71,12 @@ MIXED_USERS = 2_000
 TOP_UP_CREDITS = 1_000_000
 # Embedded PostgreSQL: production durability; a buffer cache that holds the working set, as a tuned server's would.
 PG_SETTINGS = ("shared_buffers=512MB", "max_connections=200")
+
+# Scenario G: PgBouncer's server connections for the pooled service; fewer than the 8 concurrent
+# requests, so that transactions really share them, as a fleet's do.
+POOLER_POOL_SIZE = 4
+# The timeouts the service sends as startup options when direct, set on the role for the pooled service.
+STATEMENT_TIMEOUT_MS, LOCK_TIMEOUT_MS = 10_000, 5_000
 
 # The targets, as (key, comparison, bound).
 TARGETS = [
@@ -784,6 +794,8 @@ def run(profile: Profile, replica: bool = True) -> dict[str, Any]:
             scenarios["B_replica"], measured = replica_page(setup, load, conditions, profile)
             results.update(measured)
 
+        results.update(pooled_vs_direct(setup, load, profile, conditions, scenarios))
+
         sound = subprocess.run([FLASK, "--app", "wsgi", "bench", "check"], cwd=REPO, env=env,
                                capture_output=True, text=True)
         results["ledger_sound_after"] = sound.returncode == 0
@@ -797,6 +809,65 @@ def run(profile: Profile, replica: bool = True) -> dict[str, Any]:
     results["targets"] = {key: verdict(results[key], comparison, bound) for key, comparison, bound in TARGETS}
     results["total_s"] = round(time.monotonic() - started, 1)
     return results
+
+
+def pooled_vs_direct(setup: Prepared, load: Load, profile: Profile, conditions: Conditions,
+                     scenarios: dict[str, Any]) -> dict[str, Any]:
+    """G: scenarios A and B served through PgBouncer (transaction mode) beside the direct service.
+
+    A second gunicorn, configured as a fleet behind the pooler is (``DATABASE_CONNECT_OPTIONS=false``,
+    the timeouts on the role), reaches the same database through a PgBouncer with a pool smaller than
+    the load's connections; the direct service is measured again in alternating slices.
+    """
+    rounds = max(2, profile.rounds // 2)
+    role, database_name = make_url(setup.dsn).username or "postgres", make_url(setup.dsn).database
+    with psycopg2.connect(setup.dsn) as connection, connection.cursor() as cursor:
+        for setting, value in (("statement_timeout", STATEMENT_TIMEOUT_MS), ("lock_timeout", LOCK_TIMEOUT_MS)):
+            cursor.execute(f'ALTER ROLE "{role}" IN DATABASE "{database_name}" SET {setting} = \'{value}ms\'')
+    connection.close()
+    pooler = PgBouncer(setup.workdir / "pgbouncer", setup.dsn, pool_size=POOLER_POOL_SIZE).start()
+    try:
+        (setup.workdir / "metrics-pooled").mkdir()
+        pooled_env = {**setup.env, "DATABASE_URL": pooler.url(setup.env["DATABASE_URL"]),
+                      "DATABASE_CONNECT_OPTIONS": "false",
+                      "PROMETHEUS_MULTIPROC_DIR": str(setup.workdir / "metrics-pooled")}
+        log(f"G: A and B through PgBouncer (transaction mode, {POOLER_POOL_SIZE} server connections) vs direct")
+        with gunicorn("wsgi:app", pooled_env, setup.workdir / "pooled.log", "/readyz") as pooled:
+            heavy = bearer(setup.tokens["heavy"])
+            load.wrk(pooled.url, "mixed.lua", 3, counts=False)
+            before = conditions.snapshot()
+            spend = paired(
+                rounds,
+                lambda: load.wrk(setup.service.url + "/api/transactions", "spend.lua", profile.seconds),
+                lambda: load.wrk(pooled.url + "/api/transactions", "spend.lua", profile.seconds, counts=False),
+            )
+            page = paired(
+                rounds,
+                lambda: load.wrk(f"{setup.service.url}/api/transactions?limit={PAGE_SIZE}", "get.lua",
+                                 profile.seconds, headers=heavy),
+                lambda: load.wrk(f"{pooled.url}/api/transactions?limit={PAGE_SIZE}", "get.lua", profile.seconds,
+                                 headers=heavy, counts=False),
+            )
+            scenarios["G"] = {**conditions.between(before, conditions.snapshot()),
+                              "post": spend.slices(), "page": page.slices()}
+        errors_logged = sum(1 for line in (setup.workdir / "pooled.log").read_text(errors="replace").splitlines()
+                            if '"level": "ERROR"' in line)
+    finally:
+        pooler.stop()
+    pooled_post, direct_post = throughput(spend.subject), throughput(spend.reference)
+    pooled_page, direct_page = throughput(page.subject), throughput(page.reference)
+    return {
+        "pooled_post_rps": round(pooled_post, 1), "pooled_direct_post_rps": round(direct_post, 1),
+        "pooled_post_ratio": round(pooled_post / direct_post, 3),
+        "pooled_post_p50_ms": round(median_latency(spend.subject), 2),
+        "pooled_direct_post_p50_ms": round(median_latency(spend.reference), 2),
+        "pooled_page_rps": round(pooled_page, 1), "pooled_direct_page_rps": round(direct_page, 1),
+        "pooled_page_ratio": round(pooled_page / direct_page, 3),
+        "pooled_page_p50_ms": round(median_latency(page.subject), 2),
+        "pooled_direct_page_p50_ms": round(median_latency(page.reference), 2),
+        "pooled_errors": spend.errors + page.errors, "pooled_service_errors_logged": errors_logged,
+        "pooled_pool_size": POOLER_POOL_SIZE,
+    }
 
 
 def verdict(value: float, comparison: str, bound: float) -> bool:
@@ -836,6 +907,14 @@ def table(results: dict[str, Any]) -> str:
         f"p99 {r['mixed_p99_ms']} ms (generator lag p99 {r['openloop_lag_p99_ms']} ms, "
         f"generator CPU {r['openloop_cpu_share']:.0%} of a core)"
     )
+    if r.get("pooled_post_rps") is not None:
+        text.append(
+            f"G through PgBouncer, transaction mode, {r['pooled_pool_size']} server connections (vs direct, same slices): "
+            f"A {r['pooled_post_rps']:,.0f} req/s vs {r['pooled_direct_post_rps']:,.0f} ({r['pooled_post_ratio']:g}), "
+            f"p50 {r['pooled_post_p50_ms']} vs {r['pooled_direct_post_p50_ms']} ms; "
+            f"B {r['pooled_page_rps']:,.0f} req/s vs {r['pooled_direct_page_rps']:,.0f} ({r['pooled_page_ratio']:g}), "
+            f"p50 {r['pooled_page_p50_ms']} vs {r['pooled_direct_page_p50_ms']} ms"
+        )
     if r.get("pgbench_prepared_tps"):
         text.append(f"A with pgbench -M prepared (not reachable through a transaction-mode pooler): "
                     f"{r['pgbench_prepared_tps']:,.0f} tps")
@@ -846,13 +925,16 @@ def table(results: dict[str, Any]) -> str:
                     f"{r['replica_fallbacks_logged']} fallbacks to the primary")
     errors = {key: r[key] for key in ("post_errors", "pgbench_failed", "page_errors", "deep_errors",
                                       "balance_errors", "mixed_errors", "service_errors_logged",
-                                      "replica_page_errors") if r.get(key)}
+                                      "replica_page_errors", "pooled_errors", "pooled_service_errors_logged")
+              if r.get(key)}
     text.append(f"errors: {errors or 'none'}; ledger invariants after the run: "
                 f"{'hold' if r['ledger_sound_after'] else 'BROKEN'}")
+    measured = [(key, r["scenarios"][key]) for key in "ABCD"]
+    measured += [("E max", r["scenarios"]["E"]), ("E half", r["scenarios"]["E"]["open_loop_conditions"])]
+    if "G" in r["scenarios"]:
+        measured.append(("G", r["scenarios"]["G"]))
     text.append("while measuring (neighbours' CPU in cores, checkpoints, autovacuum runs): " + "; ".join(
-        f"{name} {c['neighbour_cores']}, {c['checkpoints']}, {c['autovacuum_runs']}"
-        for name, c in [(key, r["scenarios"][key]) for key in "ABCD"]
-        + [("E max", r["scenarios"]["E"]), ("E half", r["scenarios"]["E"]["open_loop_conditions"])]))
+        f"{name} {c['neighbour_cores']}, {c['checkpoints']}, {c['autovacuum_runs']}" for name, c in measured))
     text.append(f"{r['workers']} gunicorn workers, {PROFILES[r['profile']].connections} connections; "
                 f"seed {r['seed_rows']:,} rows in {r['seed_load_s']} s; load average {r['loadavg_start']} -> "
                 f"{r['loadavg_end']} on {r['machine']['cores']} cores; {r['total_s']} s in all")
@@ -867,6 +949,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: `apt-get install -y wrk` (the make targets do it as root)")
+    if pgbouncer_binary() is None:
+        raise SystemExit("pgbouncer is not installed: `apt-get install -y pgbouncer` (the make targets do it as root)")
     results = run(PROFILES[args.profile], replica=args.replica)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")

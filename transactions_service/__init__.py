@@ -18,6 +18,7 @@ from .http import init_http
 from .limits import init_limits
 from .observability import init_observability
 from .replica import init_read_replica
+from .pooling import init_pooling
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -54,6 +55,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     db.init_app(app)
     init_read_replica(app)
     _end_transactions_quietly(app)
+    init_pooling(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS_DIR))
     init_observability(app)
     init_auth(app)

@@ -392,9 +392,15 @@ def _balance_rows(population: Population, totals: dict[str, Any]) -> Iterator[by
 
 
 def _connect() -> Any:
-    """A connection of the seed's own, without the service's statement timeout: COPY runs for many seconds."""
+    """A connection of the seed's own, without the service's statement timeout: COPY runs for many seconds.
+
+    Behind PgBouncer (``DATABASE_CONNECT_OPTIONS=false``) each transaction lifts the timeout with
+    ``SET LOCAL`` instead, and the closing VACUUM keeps the role's: seed a large history directly.
+    """
     url = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    return psycopg2.connect(url, options="-c statement_timeout=0")
+    if current_app.config.get("DATABASE_CONNECT_OPTIONS", True):
+        return psycopg2.connect(url, options="-c statement_timeout=0")
+    return psycopg2.connect(url)
 
 
 # (what must hold, SQL counting the rows that break it)
@@ -453,6 +459,7 @@ def check_invariants(connection: Any, *, seeded: bool = False) -> list[tuple[str
     """Each invariant with the number of rows (or users) breaking it: all zeros when the ledger is sound."""
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL work_mem = '256MB'")  # the window checks sort every row
+        cursor.execute("SET LOCAL statement_timeout = 0")
         results = []
         for description, sql in INVARIANTS + ([SEEDED_IDS_IN_TIME_ORDER] if seeded else []):
             cursor.execute(sql)
@@ -516,6 +523,7 @@ def seed(
     try:
         with connection.cursor() as cursor:
             cursor.execute("SET LOCAL synchronous_commit = off")
+            cursor.execute("SET LOCAL statement_timeout = 0")
             cursor.execute("SELECT id FROM users WHERE id = ANY(%s::uuid[])", ([str(user.user_id) for user in named],))
             taken = [row[0] for row in cursor.fetchall()]
             if taken:

@@ -84,6 +84,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "DATABASE_POOL_PRE_PING": _bool(env, "DATABASE_POOL_PRE_PING", False),
         "DATABASE_STATEMENT_TIMEOUT_MS": _int(env, "DATABASE_STATEMENT_TIMEOUT_MS", 10_000),
         "DATABASE_LOCK_TIMEOUT_MS": _int(env, "DATABASE_LOCK_TIMEOUT_MS", 5_000),
+        "DATABASE_CONNECT_OPTIONS": _bool(env, "DATABASE_CONNECT_OPTIONS", True),
         "HOLD_TTL_SECONDS": _int(env, "HOLD_TTL_SECONDS", 3600),
         "LOG_FORMAT": env.get("LOG_FORMAT") or "json",
         "LOG_LEVEL": (env.get("LOG_LEVEL") or "INFO").upper(),
@@ -109,16 +110,20 @@ def finalise(config: dict[str, Any]) -> None:
     if not url.startswith("postgresql"):
         raise ConfigError("DATABASE_URL must be a PostgreSQL URL; no other database is supported")
     config["SQLALCHEMY_DATABASE_URI"] = url
-    connect_options = (
-        f"-c statement_timeout={config['DATABASE_STATEMENT_TIMEOUT_MS']} "
-        f"-c lock_timeout={config['DATABASE_LOCK_TIMEOUT_MS']}"
-    )
+    connect_args: dict[str, Any] = {"connect_timeout": 5}
+    # Behind PgBouncer, which refuses the `options` startup parameter, the
+    # timeouts are the role's settings instead (README: Behind PgBouncer).
+    if config.get("DATABASE_CONNECT_OPTIONS", True):
+        connect_args["options"] = (
+            f"-c statement_timeout={config['DATABASE_STATEMENT_TIMEOUT_MS']} "
+            f"-c lock_timeout={config['DATABASE_LOCK_TIMEOUT_MS']}"
+        )
     engine_options = {
         "pool_size": config["DATABASE_POOL_SIZE"],
         "max_overflow": config["DATABASE_MAX_OVERFLOW"],
         "pool_timeout": config["DATABASE_POOL_TIMEOUT"],
         "pool_pre_ping": config["DATABASE_POOL_PRE_PING"],
-        "connect_args": {"options": connect_options, "connect_timeout": 5},
+        "connect_args": connect_args,
         **config.get("SQLALCHEMY_ENGINE_OPTIONS", {}),
     }
     config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options
