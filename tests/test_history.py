@@ -199,3 +199,12 @@ def test_times_read_back_in_utc_with_six_fraction_digits_however_they_were_store
     assert listed["created_at"] == listed["updated_at"] == shown
     fetched = api.client.get(f"/api/transactions/{created['id']}", headers=bearer(api.admin_token)).json
     assert fetched["created_at"] == shown
+
+
+def test_the_same_query_string_reads_each_callers_own_history(api):
+    first, second = api.funded_user(100), api.funded_user(200)
+    for owner, credits in ((first, 100), (second, 200), (first, 100)):
+        response = api.client.get("/api/transactions?limit=5", headers=bearer(api.user_token(owner)))
+        assert [row["credits"] for row in response.json["data"]] == [credits]
+    assert api.client.get("/api/transactions?limit=0", headers=bearer(api.user_token(first))).status_code == 422
+    assert api.client.get("/api/transactions?limit=0", headers=bearer(api.user_token(first))).status_code == 422

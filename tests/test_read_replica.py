@@ -38,18 +38,19 @@ RETRY_SECONDS = 1
 
 
 @pytest.fixture(scope="module")
-def replica_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+def replica_server(direct_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    # Copied and streamed from PostgreSQL itself: the replication protocol does not go through PgBouncer.
     server = EmbeddedPostgres(tmp_path_factory.mktemp("replica"), settings=FAST_UNSAFE_SETTINGS)
-    server.start_replica_of(database_url)
+    server.start_replica_of(direct_database_url)
     yield server
     server.destroy()
 
 
 @pytest.fixture
-def replica_url(replica_server: EmbeddedPostgres, database_url: str) -> Iterator[str]:
+def replica_url(replica_server: EmbeddedPostgres, direct_database_url: str) -> Iterator[str]:
     replica_server.start()  # running again if a test stopped it
-    url = replica_server.url(make_url(database_url).database)
-    wait_for_replay(database_url, url)
+    url = replica_server.url(make_url(direct_database_url).database)
+    wait_for_replay(direct_database_url, url)
     yield url
     if replica_server.is_running():
         _replica_sql(url, "SELECT pg_wal_replay_resume()")
@@ -109,9 +110,9 @@ def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
     return True
 
 
-def test_history_is_read_from_the_replica_and_converges_after_a_write(api, database_url, replica_url):
+def test_history_is_read_from_the_replica_and_converges_after_a_write(api, direct_database_url, replica_url):
     user_id = api.funded_user(1000)
-    wait_for_replay(database_url, replica_url)
+    wait_for_replay(direct_database_url, replica_url)
     with replay_paused(replica_url):
         assert api.usage(user_id, credits=-300, status="completed").status_code == 201
         assert history_credits(api, user_id) == [1000]
@@ -139,10 +140,10 @@ def test_readiness_reports_the_replica(api):
 
 
 def test_with_the_replica_down_writes_and_history_are_served_by_the_primary(
-    api, replica_app, replica_server, database_url, replica_url
+    api, replica_app, replica_server, direct_database_url, replica_url
 ):
     user_id = api.funded_user(1000)
-    wait_for_replay(database_url, replica_url)
+    wait_for_replay(direct_database_url, replica_url)
     assert history_credits(api, user_id) == [1000]  # the pool now holds a connection to the replica
     replica_server.stop()
     assert api.usage(user_id, credits=-300, status="completed").status_code == 201
@@ -154,12 +155,12 @@ def test_with_the_replica_down_writes_and_history_are_served_by_the_primary(
     assert ready.json == {"status": "ok", "database": "ok", "replica": "unavailable"}
 
 
-def test_history_returns_to_the_replica_once_it_is_back(api, replica_server, database_url, replica_url):
+def test_history_returns_to_the_replica_once_it_is_back(api, replica_server, direct_database_url, replica_url):
     user_id = api.funded_user(1000)
     replica_server.stop()
     assert history_credits(api, user_id) == [1000]  # from the primary; the replica is skipped for a while
     replica_server.start()
-    wait_for_replay(database_url, replica_url)
+    wait_for_replay(direct_database_url, replica_url)
     with replay_paused(replica_url):
         assert api.usage(user_id, credits=-200, status="completed").status_code == 201
         time.sleep(RETRY_SECONDS)

@@ -37,8 +37,26 @@ def load_body(schema: Schema) -> dict[str, Any]:
     return schema.load(body)
 
 
+_QUERY_CACHE_SIZE = 1024
+_parsed_queries: dict[tuple[Schema, bytes], dict[str, Any]] = {}
+
+
 def load_query(schema: Schema) -> dict[str, Any]:
-    return schema.load(request.args.to_dict(flat=True))
+    """The query string, validated by ``schema``.
+
+    Parsing depends on nothing but the query string, and the same few come
+    again and again (the billing page asks every user's history with
+    ``?limit=20``), so each worker remembers up to ``_QUERY_CACHE_SIZE``
+    it parsed (starting afresh when full). A query that fails validation is not remembered.
+    """
+    key = (schema, request.query_string)
+    parsed = _parsed_queries.get(key)
+    if parsed is None:
+        parsed = schema.load(request.args.to_dict(flat=True))
+        if len(_parsed_queries) >= _QUERY_CACHE_SIZE:
+            _parsed_queries.clear()
+        _parsed_queries[key] = parsed
+    return dict(parsed)
 
 
 def idempotency_key() -> str | None:

@@ -127,6 +127,8 @@ def init_observability(app: Flask) -> None:
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
         HTTP_LATENCY.labels(request.method, route).observe(duration)
+        if not access_log.isEnabledFor(logging.INFO):
+            return response
         caller = verified_caller()
         access_log.info(
             "%s %s %s",
