@@ -451,8 +451,9 @@ def pgbench_spend_script(user_id: uuid.UUID, run: str, response_body: str) -> st
     request_hash = hashlib.sha256(b"bench").hexdigest()
     return f"""\\set k random(1, 9000000000000000000)
 BEGIN;
-INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body, transaction_id)
-  VALUES ('generation-service', '{run}-pgbench-' || :client_id || '-' || :k, '{request_hash}', 201, E'{body}', uuidv7())
+INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body, transaction_id, user_id)
+  VALUES ('generation-service', '{run}-pgbench-' || :client_id || '-' || :k, '{request_hash}', 201, E'{body}', uuidv7(),
+          '{user_id}')
   ON CONFLICT (caller, key) DO NOTHING RETURNING key;
 UPDATE user_balances SET balance = balance - 1, updated_at = now()
   WHERE user_id = '{user_id}' AND balance - held >= 1 RETURNING user_id;

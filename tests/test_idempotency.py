@@ -27,6 +27,13 @@ def test_same_key_and_body_replays_the_first_response_and_writes_nothing(api, db
     assert rows(db_session) == 1
 
 
+def test_the_record_names_the_user_its_transaction_belongs_to(api, db_session):
+    user_id = api.register()
+    created = api.purchase(user_id, key="evt_user")
+    record = db_session.scalars(select(IdempotencyRecord)).one()
+    assert (record.user_id, str(record.transaction_id)) == (user_id, created.json["id"])
+
+
 def test_replay_of_completed_purchase_credits_once(api):
     user_id = api.register()
     for _ in range(3):

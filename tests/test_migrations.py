@@ -60,3 +60,28 @@ def test_models_and_migrations_agree(scratch_app):
             differences = compare_metadata(context, db.metadata)
         db.engine.dispose()
     assert differences == []
+
+
+def test_idempotency_records_written_before_they_named_their_user_are_filled_in(scratch_app):
+    with scratch_app.app_context():
+        upgrade(revision="0002_hold_expiry")
+        with db.engine.begin() as connection:
+            connection.execute(text("INSERT INTO users (id) VALUES ('5e1f0000-0000-4000-8000-000000000001')"))
+            connection.execute(
+                text(
+                    "INSERT INTO user_transactions (id, user_id, type, amount, credits, description, status)"
+                    " VALUES ('01900000-0000-7000-8000-000000000001', '5e1f0000-0000-4000-8000-000000000001',"
+                    " 'purchase', 9.99, 500, '500 credits', 'completed')"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body, transaction_id)"
+                    " VALUES ('payment-service', 'evt_1', 'x', 201, '{}', '01900000-0000-7000-8000-000000000001')"
+                )
+            )
+        upgrade()
+        with db.engine.connect() as connection:
+            filled = connection.scalar(text("SELECT user_id::text FROM idempotency_keys WHERE key = 'evt_1'"))
+        db.engine.dispose()
+    assert filled == "5e1f0000-0000-4000-8000-000000000001"

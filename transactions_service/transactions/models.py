@@ -133,3 +133,5 @@ class IdempotencyRecord(db.Model):
     response_body: Mapped[str] = mapped_column(Text)
     transaction_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # The transaction's user, so that records can be distributed with the user's other rows.
+    user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)

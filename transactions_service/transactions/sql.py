@@ -103,7 +103,8 @@ def record(effect: str | None, *, keyed: bool) -> str:
     parts.append(f"new AS (INSERT INTO user_transactions ({_LEDGER_COLUMNS}) {source} RETURNING id)")
     if keyed:
         parts.append(
-            "claim AS (INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body, transaction_id)"
-            " SELECT %(caller)s, %(key)s, %(request_hash)s, 201, %(body)s, id FROM new)"
+            "claim AS (INSERT INTO idempotency_keys"
+            " (caller, key, request_hash, status_code, response_body, transaction_id, user_id)"
+            " SELECT %(caller)s, %(key)s, %(request_hash)s, 201, %(body)s, id, %(user_id)s::uuid FROM new)"
         )
     return f"WITH {', '.join(parts)} SELECT id FROM new"
