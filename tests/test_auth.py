@@ -932,10 +932,11 @@ def test_startup_refuses_unsound_key_configuration_from_the_environment(
 def test_a_token_verified_before_is_still_refused_once_it_expires(client):
     subject = str(uuid.uuid4())
     expires = int(time.time()) + 2
-    token = sign({"sub": subject, "iat": int(time.time()), "exp": expires})
+    # A fractional exp: verification counts it from its whole second, and the cache must too.
+    token = sign({"sub": subject, "iat": int(time.time()), "exp": expires + 0.9})
     assert client.get("/api/balance", headers=bearer(token)).status_code == 200
     assert client.get("/api/balance", headers=bearer(token)).status_code == 200  # now answered from the cache
-    time.sleep(max(0.0, expires - time.time()) + 0.05)
+    time.sleep(max(0.0, expires - time.time()) + 0.1)
     response = client.get("/api/balance", headers=bearer(token))
     assert response.status_code == 401
     assert response.json["code"] == "invalid_token"

@@ -6,10 +6,11 @@ import threading
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from transactions_service.auth import SERVICE_SCOPES
 from transactions_service.transactions.models import TransactionStatus, UserBalance, UserTransaction
@@ -115,3 +116,40 @@ def test_concurrent_requests_with_one_idempotency_key_write_one_row(http, db_ses
     assert sum(response.headers.get("Idempotent-Replayed") == "true" for response in responses) == 29
     completed, balance, _ = ledger_totals(db_session, user_id)
     assert completed == balance == 501
+
+
+def _user_with_a_lapsed_hold(http, db_session, credits):
+    """A user whose every credit is held by a hold that has lapsed but has not been expired yet."""
+    user_id = funded_user(http, credits)
+    hold = {"user_id": str(user_id), "type": "usage", "amount": "0", "credits": -credits, "description": "crashed",
+            "status": "pending", "hold_expires_in": 60}
+    created = http("POST", "/api/transactions", json=hold)
+    assert created.status_code == 201
+    db_session.execute(
+        update(UserTransaction)
+        .where(UserTransaction.id == uuid.UUID(created.json()["id"]))
+        .values(hold_expires_at=func.now() - timedelta(minutes=1))
+    )
+    db_session.commit()
+    return user_id
+
+
+def test_a_retry_racing_its_first_attempt_through_a_lapsed_hold_is_answered_as_the_first(http, db_session):
+    # The first attempt releases the lapsed hold and spends; its retry (same key) must not be refused meanwhile.
+    for round_ in range(15):
+        user_id = _user_with_a_lapsed_hold(http, db_session, 10)
+        spend = {"user_id": str(user_id), "type": "usage", "amount": "0", "credits": -10, "description": "retried"}
+        key = {"Idempotency-Key": f"lapsed-{round_}"}
+        responses = race(2, lambda _: http("POST", "/api/transactions", json=spend, headers=key))
+        assert sorted(response.status_code for response in responses) == [201, 201]
+        assert responses[0].json() == responses[1].json()
+        assert ledger_totals(db_session, user_id) == (0, 0, 0)
+
+
+def test_spends_racing_for_credits_behind_a_lapsed_hold_are_not_refused(http, db_session):
+    for _ in range(10):
+        user_id = _user_with_a_lapsed_hold(http, db_session, 20)
+        spend = {"user_id": str(user_id), "type": "usage", "amount": "0", "credits": -10, "description": "generation"}
+        responses = race(2, lambda _: http("POST", "/api/transactions", json=spend))
+        assert [response.status_code for response in responses] == [201, 201]
+        assert ledger_totals(db_session, user_id) == (0, 0, 0)

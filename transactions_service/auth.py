@@ -10,6 +10,7 @@ providers put on user tokens) does not make a service.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
 import uuid
@@ -124,10 +125,12 @@ class VerifiedTokens:
     A browser or a service sends the same token with every request until it
     expires; verifying it once per process instead of once per request saves
     most of what authentication costs. An entry lasts until the token's
-    ``exp`` or ``ttl`` seconds, whichever is first (so a key withdrawn from the
-    identity provider's JWKS stops being honoured within ``ttl``); the oldest
-    entries make room when ``size`` are held. Only tokens that passed every
-    check are kept: a refused token is checked again each time.
+    ``exp`` or ``ttl`` seconds, whichever is first; the oldest entries make
+    room when ``size`` are held. Only tokens that passed every check are
+    kept: a refused token is checked again each time. A signing key withdrawn
+    from the identity provider's JWKS is honoured for tokens seen before for
+    up to ``ttl`` more seconds, beside the JWKS cache's own lifetime
+    (``JWT_JWKS_CACHE_SECONDS``) during which it verifies new tokens too.
     """
 
     def __init__(self, size: int, ttl: int) -> None:
@@ -167,7 +170,8 @@ def current_caller() -> Caller:
         verify_jwt_in_request()
         claims = get_jwt()
         caller = caller_from_claims(claims)
-        verified.put(authorization, caller, float(claims["exp"]))
+        # PyJWT compares the current time with exp as a whole second; so does the cache.
+        verified.put(authorization, caller, float(math.floor(claims["exp"])))
     request.environ[_CALLER_KEY] = caller
     return caller
 

@@ -82,6 +82,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "DATABASE_MAX_OVERFLOW": _int(env, "DATABASE_MAX_OVERFLOW", 5),
         "DATABASE_POOL_TIMEOUT": _int(env, "DATABASE_POOL_TIMEOUT", 10),
         "DATABASE_POOL_PRE_PING": _bool(env, "DATABASE_POOL_PRE_PING", False),
+        "DATABASE_POOL_RECYCLE_SECONDS": _int(env, "DATABASE_POOL_RECYCLE_SECONDS", 300),
         "DATABASE_STATEMENT_TIMEOUT_MS": _int(env, "DATABASE_STATEMENT_TIMEOUT_MS", 10_000),
         "DATABASE_LOCK_TIMEOUT_MS": _int(env, "DATABASE_LOCK_TIMEOUT_MS", 5_000),
         "DATABASE_CONNECT_OPTIONS": _bool(env, "DATABASE_CONNECT_OPTIONS", True),
@@ -123,6 +124,8 @@ def finalise(config: dict[str, Any]) -> None:
         "max_overflow": config["DATABASE_MAX_OVERFLOW"],
         "pool_timeout": config["DATABASE_POOL_TIMEOUT"],
         "pool_pre_ping": config["DATABASE_POOL_PRE_PING"],
+        # Reconnect before a load balancer or pooler drops an idle connection (no pre-ping to notice).
+        "pool_recycle": config["DATABASE_POOL_RECYCLE_SECONDS"],
         "connect_args": connect_args,
         **config.get("SQLALCHEMY_ENGINE_OPTIONS", {}),
     }

@@ -42,8 +42,9 @@ def run_statement(statement: str, params: Mapping[str, Any], engine: Engine | No
     cursor directly: SQLAlchemy's execution layer cost more CPU than the
     statement itself (BENCHMARKS.md). Errors are raised as SQLAlchemy's
     exceptions all the same (``IntegrityError``, ``OperationalError``), and a
-    connection found dead discards the pool, as SQLAlchemy does: the server
-    went away, so every other pooled connection is as dead.
+    connection found dead replaces the pool (SQLAlchemy marks its pool stale
+    instead, to the same effect): the server went away, so every other pooled
+    connection is as dead.
     """
     engine = engine or db.engines[STATEMENTS_BIND]
     dbapi = engine.dialect.loaded_dbapi

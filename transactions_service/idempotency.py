@@ -2,11 +2,13 @@
 
 A key is claimed by inserting its record in the same statement as the write
 it protects (``transactions.sql.record``), so the record exists exactly when
-the write does. A concurrent request with the same key waits on the
-uncommitted record, then fails on its primary key and replays it (or, if the
-first attempt rolled back, proceeds as the first). Only successful writes are
-recorded: a refused request (409, 422) leaves no record, so the caller may
-retry it once the cause is gone.
+the write does. A concurrent request with the same key waits (on the user's
+balance row, or on the uncommitted record), then finds the key taken: the
+statement fails on the record's primary key, or records nothing because the
+first took the credits, and either way the first response is replayed. If
+the first attempt rolled back instead, the request proceeds as the first.
+Only successful writes are recorded: a refused request (409, 422) leaves no
+record, so the caller may retry it once the cause is gone.
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ def is_key_busy(error: OperationalError) -> bool:
         return False
     # PostgreSQL names what it was waiting for only in the error's context line:
     # 'while inserting index tuple (0,2) in relation "pk_idempotency_keys"'. A wait on
-    # anything else (the user's balance row) stays a plain lock timeout.
+    # anything else (the user's balance row) stays a plain lock timeout, and so does
+    # this one on a server whose lc_messages is not English: 503 instead of 409, both
+    # safe to retry.
     context = getattr(getattr(orig, "diag", None), "context", None) or ""
     return f'relation "{_PRIMARY_KEY}"' in context
 

@@ -10,6 +10,7 @@ should use a shared store such as ``redis://``.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -19,6 +20,8 @@ from flask_limiter.errors import RateLimitExceeded
 
 from .auth import current_caller
 from .errors import ApiError, problem_response
+
+log = logging.getLogger(__name__)
 
 
 def caller_key() -> str:
@@ -49,11 +52,16 @@ def init_limits(app: Flask, unlimited: list[Blueprint]) -> Limiter:
 
     @app.after_request
     def add_limit_headers(response: Response) -> Response:
-        current = limiter.current_limit if send_headers else None
-        if current is not None:
-            response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
-            response.headers["X-RateLimit-Remaining"] = str(current.remaining)
-            response.headers["X-RateLimit-Reset"] = str(current.reset_at)
+        # The answer is decided (a write may have committed): a storage failure here
+        # costs the headers, never the response.
+        try:
+            current = limiter.current_limit if send_headers else None
+            if current is not None:
+                response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
+                response.headers["X-RateLimit-Remaining"] = str(current.remaining)
+                response.headers["X-RateLimit-Reset"] = str(current.reset_at)
+        except Exception:
+            log.warning("rate-limit headers left out: the limit storage failed", exc_info=True)
         return response
 
     @app.errorhandler(RateLimitExceeded)

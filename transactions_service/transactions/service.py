@@ -236,15 +236,19 @@ def _why_not_available(user_id: uuid.UUID, needed: int) -> ApiError:
     return _insufficient_credits(user_id, needed) if user_known else _unknown_user(user_id)
 
 
-def _expire_lapsed_holds_of(user_id: uuid.UUID, now: datetime) -> int:
-    """Release the user's lapsed holds now, in a transaction of their own, as the expiry job would."""
+def _expire_lapsed_holds_of(user_id: uuid.UUID, now: datetime) -> None:
+    """Release the user's lapsed holds now, in a transaction of their own, as the expiry job would.
+
+    Holds another request is releasing at the same moment are waited for (the
+    lock timeout bounds the wait), not skipped: once this returns, every hold
+    of the user's that had lapsed by ``now`` has released its credits.
+    """
     try:
-        expired = _expire_holds(_transactions.c.user_id == user_id, now, skip_locked=True)
+        _expire_holds(_transactions.c.user_id == user_id, now)
         db.session.commit()
     except BaseException:
         db.session.rollback()
         raise
-    return expired
 
 
 def _replay(previous: idempotency.StoredResponse) -> Recorded:
@@ -257,9 +261,10 @@ def record_transaction(caller: Caller, payload: dict[str, Any], idempotency_key:
 
     One statement does it all (``sql.record``). When it records nothing, the
     credits were not available: the request may be a replay of one that was
-    recorded, lapsed holds may stand in the way (they are released and the
-    spend tried once more, so a lapsed hold never refuses a generation), or
-    the user is short of credits or unknown.
+    recorded, lapsed holds may stand in the way (they are released, or their
+    release by a concurrent request awaited, and the spend is tried once
+    more, so a lapsed hold never refuses a generation), or the user is short
+    of credits or unknown.
     """
     kind: TransactionType = payload["type"]
     status: TransactionStatus = payload["status"]
@@ -313,8 +318,10 @@ def record_transaction(caller: Caller, payload: dict[str, Any], idempotency_key:
             previous = idempotency.find_response(caller.name, idempotency_key, request_hash)
             if previous is not None:
                 return _replay(previous)
-        if attempt == 0 and not _expire_lapsed_holds_of(user_id, now):
-            break
+        if attempt == 0:
+            # Tried again even when this request released nothing: a concurrent request
+            # (this one's own first attempt, say) may have just released those credits.
+            _expire_lapsed_holds_of(user_id, now)
     raise _why_not_available(user_id, params["needed"])
 
 

@@ -91,8 +91,9 @@ def record(effect: str | None, *, keyed: bool) -> str:
     statement returns no row when the credits were not available (or the user
     has no balance row). The idempotency record (holding ``%(body)s``, the
     response) is inserted from the ledger row's own RETURNING, so it exists
-    exactly when the row does; a key used before fails the statement on the
-    record's primary key, writing nothing.
+    exactly when the row does. A key used before fails the statement on the
+    record's primary key, writing nothing, when the effect applied; when it
+    did not, the statement records nothing and the caller looks the key up.
     """
     parts = []
     if effect is None:
