@@ -151,7 +151,7 @@ def finalise(config: dict[str, Any]) -> None:
         config["SQLALCHEMY_BINDS"].setdefault(
             READ_REPLICA_BIND,
             {"url": read_url, **engine_options, "pool_pre_ping": False, "connect_args": connect_args,
-             "isolation_level": "AUTOCOMMIT"},
+             "isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None},
         )
 
     if config["LOG_FORMAT"] not in ("json", "text"):

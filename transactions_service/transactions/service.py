@@ -435,7 +435,10 @@ def list_history(
     rows = read_history(lambda engine: run_statement(statement, params, engine))
     has_more = len(rows) > limit
     rows = rows[:limit]
-    next_cursor = encode_cursor(rows[-1][7], rows[-1][0]) if has_more else None
+    next_cursor = None
+    if has_more:
+        last = rows[-1]
+        next_cursor = encode_cursor(last[sql.CREATED_AT_COLUMN], last[sql.ID_COLUMN])
     return HistoryPage([transaction_json(row) for row in rows], has_more, next_cursor)
 
 

@@ -36,6 +36,9 @@ TRANSACTION_COLUMN_LIST = (
 """A ``user_transactions`` row as ``schemas.transaction_json`` reads it; unqualified, so that
 it serves in a SELECT from the table and in the RETURNING clause of an INSERT or UPDATE."""
 TRANSACTION_COLUMNS = ", ".join(TRANSACTION_COLUMN_LIST)
+# Where a row's keyset position is (schemas.encode_cursor).
+ID_COLUMN = TRANSACTION_COLUMN_LIST.index("id::text")
+CREATED_AT_COLUMN = TRANSACTION_COLUMN_LIST.index("(created_at AT TIME ZONE 'UTC')::text")
 
 
 @functools.cache
