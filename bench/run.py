@@ -620,8 +620,9 @@ def prepare(stack: ExitStack, profile: Profile, pg_settings: tuple[str, ...] = P
     return Prepared(workdir, env, dsn, run_id, service, spenders, scripts, tokens, deep_cursor, seed)
 
 
-class WithReplicaConditions(Conditions):
-    """Conditions that also count the replica and the service reading from it as this run's own CPU."""
+class AlsoOwnConditions(Conditions):
+    """Conditions that also count processes a scenario started and keeps running (a replica, a second
+    gunicorn, PgBouncer) as this run's own CPU: live children are not in the runner's reaped-children times."""
 
     def __init__(self, base: Conditions, also: list[int]) -> None:
         super().__init__(base.dsn, base.service_pid, base.postmaster)
@@ -655,7 +656,7 @@ def replica_page(setup: Prepared, load: Load, conditions: Conditions, profile: P
         if requests.get(reader.url + "/readyz", timeout=10).json().get("replica") != "ok":
             raise RuntimeError("the service started with DATABASE_READ_URL does not reach the replica")
         replica_dsn = make_url(replica_url).set(drivername="postgresql").render_as_string(hide_password=False)
-        measured = WithReplicaConditions(conditions, [reader.process.pid, postmaster_pid(replica_dsn)])
+        measured = AlsoOwnConditions(conditions, [reader.process.pid, postmaster_pid(replica_dsn)])
         primary_url = f"{setup.service.url}/api/transactions?limit={PAGE_SIZE}"
         replica_url_page = f"{reader.url}/api/transactions?limit={PAGE_SIZE}"
         load.wrk(replica_url_page, "get.lua", 3, counts=False, headers=heavy)  # the replica's cache, as B warmed the primary's
@@ -834,6 +835,7 @@ def pooled_vs_direct(setup: Prepared, load: Load, profile: Profile, conditions: 
                       "PROMETHEUS_MULTIPROC_DIR": str(setup.workdir / "metrics-pooled")}
         log(f"G: A and B through PgBouncer (transaction mode, {POOLER_POOL_SIZE} server connections) vs direct")
         with gunicorn("wsgi:app", pooled_env, setup.workdir / "pooled.log", "/readyz") as pooled:
+            conditions = AlsoOwnConditions(conditions, [pooled.process.pid, pooler.process.pid])
             heavy = bearer(setup.tokens["heavy"])
             load.wrk(pooled.url, "mixed.lua", 3, counts=False)
             before = conditions.snapshot()
