@@ -285,6 +285,28 @@ class Conditions:
                 "autovacuum_runs": after["autovacuums"] - before["autovacuums"]}
 
 
+def errors_logged(path: Path) -> int:
+    """The ERROR lines in a service's JSON log: requests that failed inside it."""
+    return sum(1 for line in path.read_text(errors="replace").splitlines() if '"level": "ERROR"' in line)
+
+
+def require_wrk() -> None:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: `apt-get install -y wrk` (the make targets do it as root)")
+
+
+def publish(results: dict[str, Any], name: str, summary: str) -> None:
+    """Write the results to bench/results/<UTC time>-<name>.json; print the summary, where, and the JSON line last."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    line = json.dumps(results, separators=(",", ":"), allow_nan=False)
+    path = RESULTS / f"{stamp}-{name}.json"
+    path.write_text(line + "\n")
+    print(summary)
+    print(f"written to {path.relative_to(REPO)}")
+    print(line, flush=True)
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -803,9 +825,7 @@ def run(profile: Profile, replica: bool = True) -> dict[str, Any]:
         results["ledger_sound_after"] = sound.returncode == 0
         if sound.returncode != 0:
             log("the ledger's invariants do not hold after the run:\n" + sound.stdout)
-        errors_logged = sum(1 for line in (workdir / "service.log").read_text(errors="replace").splitlines()
-                            if '"level": "ERROR"' in line)
-        results["service_errors_logged"] = errors_logged
+        results["service_errors_logged"] = errors_logged(workdir / "service.log")
         results["scenarios"] = scenarios
     results["loadavg_end"] = loadavg()
     results["targets"] = {key: verdict(results[key], comparison, bound) for key, comparison, bound in TARGETS}
@@ -853,8 +873,7 @@ def pooled_vs_direct(setup: Prepared, load: Load, profile: Profile, conditions: 
             )
             scenarios["G"] = {**conditions.between(before, conditions.snapshot()),
                               "post": spend.slices(), "page": page.slices()}
-        errors_logged = sum(1 for line in (setup.workdir / "pooled.log").read_text(errors="replace").splitlines()
-                            if '"level": "ERROR"' in line)
+        pooled_errors_logged = errors_logged(setup.workdir / "pooled.log")
     finally:
         pooler.stop()
     pooled_post, direct_post = throughput(spend.subject), throughput(spend.reference)
@@ -868,7 +887,7 @@ def pooled_vs_direct(setup: Prepared, load: Load, profile: Profile, conditions: 
         "pooled_page_ratio": round(pooled_page / direct_page, 3),
         "pooled_page_p50_ms": round(median_latency(page.subject), 2),
         "pooled_direct_page_p50_ms": round(median_latency(page.reference), 2),
-        "pooled_errors": spend.errors + page.errors, "pooled_service_errors_logged": errors_logged,
+        "pooled_errors": spend.errors + page.errors, "pooled_service_errors_logged": pooled_errors_logged,
         "pooled_pool_size": POOLER_POOL_SIZE,
     }
 
@@ -950,19 +969,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-replica", dest="replica", action="store_false",
                         help="skip scenario B served from a streaming replica")
     args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed: `apt-get install -y wrk` (the make targets do it as root)")
+    require_wrk()
     if pgbouncer_binary() is None:
         raise SystemExit("pgbouncer is not installed: `apt-get install -y pgbouncer` (the make targets do it as root)")
     results = run(PROFILES[args.profile], replica=args.replica)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    line = json.dumps(results, separators=(",", ":"), allow_nan=False)
-    path = RESULTS / f"{stamp}-{results['profile']}.json"
-    path.write_text(line + "\n")
-    print(table(results))
-    print(f"written to {path.relative_to(REPO)}")
-    print(line, flush=True)
+    publish(results, results["profile"], table(results))
     return 0
 
 

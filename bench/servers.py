@@ -35,13 +35,10 @@ Prints a table and one JSON object on its last line, also written to
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -59,13 +56,11 @@ import requests
 
 from bench.run import (
     FLASK,
-    HEAVY_USER,
     PAGE_SIZE,
     PG_SETTINGS,
     PROFILES,
     PYTHON,
     REPO,
-    RESULTS,
     AlsoOwnConditions,
     Conditions,
     Load,
@@ -74,6 +69,7 @@ from bench.run import (
     Prepared,
     Server,
     _answers,
+    errors_logged,
     bearer,
     git_commit,
     gunicorn,
@@ -84,21 +80,16 @@ from bench.run import (
     paired,
     postmaster_pid,
     prepare,
+    publish,
+    require_wrk,
     throughput,
     versions,
-    worker_pids,
 )
-from transactions_service.devdb import EmbeddedPostgres
+from transactions_service.devdb import EmbeddedPostgres, _free_port
 
 # As gunicorn.conf.py: WEB_CONCURRENCY, or 2 x cores + 1.
 WORKERS = int(os.environ.get("WEB_CONCURRENCY") or (os.cpu_count() or 1) * 2 + 1)
 ROUNDS, SECONDS = 4, 4
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager
@@ -111,7 +102,7 @@ def granian(app_spec: str, env: dict[str, str], log_path: Path, ready_path: str,
     no preload), so no engine or connection is shared across processes. Workers
     do not exit when their master dies, so any left when it has stopped are killed.
     """
-    port = free_port()
+    port = _free_port()
     command = [PYTHON, "-m", "granian", "--interface", "wsgi", "--workers", str(WORKERS),
                "--blocking-threads", "1", "--host", "127.0.0.1", "--port", str(port), "--no-ws",
                *(["--respawn-failed-workers"] if respawn else []), app_spec]
@@ -147,10 +138,6 @@ def fresh_dir(parent: Path, prefix: str) -> str:
     path = parent / f"{prefix}-{secrets.token_hex(3)}"
     path.mkdir()
     return str(path)
-
-
-def errors_logged(path: Path) -> int:
-    return sum(1 for line in path.read_text(errors="replace").splitlines() if '"level": "ERROR"' in line)
 
 
 # --- correctness under Granian ---------------------------------------------------------------------------------
@@ -596,21 +583,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=SECONDS, help="seconds per slice")
     parser.add_argument("--no-faults", dest="faults", action="store_false", help="skip the fault checks")
     args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed: `apt-get install -y wrk` (the make targets do it as root)")
+    require_wrk()
     try:
         version("granian")
     except Exception:
         raise SystemExit("granian is not installed: `make bench-servers` installs it into .venv") from None
     results = run(args.rounds, args.seconds, args.faults)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    line = json.dumps(results, separators=(",", ":"), allow_nan=False)
-    path = RESULTS / f"{stamp}-servers.json"
-    path.write_text(line + "\n")
-    print(table(results))
-    print(f"written to {path.relative_to(REPO)}")
-    print(line, flush=True)
+    publish(results, "servers", table(results))
     return 0
 
 
