@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask.testing import FlaskClient
+from sqlalchemy import update
+
+from transactions_service.transactions.models import UserTransaction
+
+
+def lapse(db_session: Any, transaction_id: uuid.UUID | str, ago: timedelta = timedelta(seconds=1)) -> None:
+    """Move a hold's expiry into the past, as if its time had run out."""
+    db_session.execute(
+        update(UserTransaction)
+        .where(UserTransaction.id == uuid.UUID(str(transaction_id)))
+        .values(hold_expires_at=datetime.now().astimezone() - ago)
+    )
+    db_session.commit()
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -10,10 +10,12 @@ from datetime import timedelta
 
 import pytest
 import requests
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from transactions_service.auth import SERVICE_SCOPES
 from transactions_service.transactions.models import TransactionStatus, UserBalance, UserTransaction
+
+from .helpers import lapse
 
 pytestmark = pytest.mark.slow
 
@@ -125,12 +127,7 @@ def _user_with_a_lapsed_hold(http, db_session, credits):
             "status": "pending", "hold_expires_in": 60}
     created = http("POST", "/api/transactions", json=hold)
     assert created.status_code == 201
-    db_session.execute(
-        update(UserTransaction)
-        .where(UserTransaction.id == uuid.UUID(created.json()["id"]))
-        .values(hold_expires_at=func.now() - timedelta(minutes=1))
-    )
-    db_session.commit()
+    lapse(db_session, created.json()["id"], ago=timedelta(minutes=1))
     return user_id
 
 

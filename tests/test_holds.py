@@ -11,16 +11,8 @@ from sqlalchemy import select, update
 from transactions_service.transactions import service as ledger
 from transactions_service.transactions.models import UserTransaction
 
+from .helpers import lapse
 
-
-def lapse(db_session, transaction_id, ago=timedelta(seconds=1)):
-    """Move a hold's expiry into the past, as if its time had run out."""
-    db_session.execute(
-        update(UserTransaction)
-        .where(UserTransaction.id == transaction_id)
-        .values(hold_expires_at=datetime.now().astimezone() - ago)
-    )
-    db_session.commit()
 
 
 def stored(db_session, transaction_id):
