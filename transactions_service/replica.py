@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import psycopg2
 from flask import Flask, current_app
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -33,7 +32,7 @@ Read = TypeVar("Read")
 
 def _is_replica_failure(error: Exception) -> bool:
     """A refused or lost connection, or a query cancelled by replay: the primary can answer instead."""
-    if isinstance(error, (OperationalError, psycopg2.OperationalError)):
+    if isinstance(error, OperationalError):
         return True
     return isinstance(error, DBAPIError) and error.connection_invalidated
 
@@ -66,7 +65,7 @@ class ReadReplica:
         try:
             with self.engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
-        except (DBAPIError, psycopg2.Error) as error:
+        except DBAPIError as error:
             if not _is_replica_failure(error):
                 raise
             self.failed(error)
@@ -97,7 +96,7 @@ def read_history(read: Callable[[Engine], Read]) -> Read:
     if replica is not None and replica.in_use:
         try:
             return read(replica.engine)
-        except (DBAPIError, psycopg2.Error) as error:
+        except DBAPIError as error:
             if not _is_replica_failure(error):
                 raise
             replica.failed(error)
