@@ -19,7 +19,6 @@ from typing import Any
 
 from flask import current_app
 from sqlalchemy import ColumnElement, exists, func, literal_column, select, true, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from .. import idempotency
@@ -108,14 +107,8 @@ def _translate_integrity_error(error: IntegrityError, user_id: uuid.UUID, credit
 
 
 def _add_to_balance(user_id: uuid.UUID, credits: int) -> None:
-    """Credit a completed purchase, creating the balance row on first use."""
-    statement = pg_insert(_balances).values(user_id=user_id, balance=credits, held=0)
-    db.session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[_balances.c.user_id],
-            set_={"balance": _balances.c.balance + statement.excluded.balance, "updated_at": func.now()},
-        )
-    )
+    """Credit a completed purchase in the session's transaction, with the statement a new purchase uses."""
+    db.session.connection().exec_driver_sql(sql.EFFECTS["credit"], {"user_id": str(user_id), "credits": credits})
 
 
 def _settle_hold(user_id: uuid.UUID, credits: int, *, consume: bool) -> None:
