@@ -137,3 +137,58 @@ def test_connection_lost_after_a_read_still_answers(database_url, engine, api, u
 
     response = app.test_client().get("/api/balance", headers=bearer(user_token(api.register())))
     assert response.status_code == 200
+
+
+def _pooled_backends(app):
+    """The server processes behind the connections this app's pools hold (one each, in a single thread)."""
+    from sqlalchemy import text as sql
+
+    from transactions_service.extensions import db, run_statement
+
+    with app.app_context():
+        statement_pid = run_statement("SELECT pg_backend_pid()", {})[0][0]
+        session_pid = db.session.execute(sql("SELECT pg_backend_pid()")).scalar()
+        db.session.remove()
+    return [statement_pid, session_pid]
+
+
+def _as_after_a_database_restart(app, engine):
+    """End the server side of every pooled connection, as a restart does, leaving the pools unaware."""
+    from sqlalchemy import text as sql
+
+    with engine.connect() as other:
+        for pid in _pooled_backends(app):
+            other.execute(sql("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        other.commit()
+
+
+def test_reads_after_a_database_restart_are_answered_on_fresh_connections(database_url, engine, api, user_token):
+    app = make_app(database_url)
+    client = app.test_client()
+    headers = bearer(user_token(api.funded_user(100)))
+    _as_after_a_database_restart(app, engine)
+    assert client.get("/api/transactions", headers=headers).status_code == 200
+    _as_after_a_database_restart(app, engine)
+    assert client.get("/api/balance", headers=headers).status_code == 200
+
+
+def test_a_keyed_spend_after_a_database_restart_is_recorded_once(database_url, engine, api, db_session):
+    app = make_app(database_url)
+    user_id = api.funded_user(100)
+    spend = {"user_id": str(user_id), "type": "usage", "amount": "0", "credits": -10, "description": "Image"}
+    _as_after_a_database_restart(app, engine)
+    keyed = {**bearer(api.admin_token), "Idempotency-Key": "gen_after_restart"}
+    assert app.test_client().post("/api/transactions", json=spend, headers=keyed).status_code == 201
+    assert api.balance(user_id)["balance"] == 90
+
+
+def test_an_unkeyed_spend_on_a_dead_connection_is_503_and_writes_nothing(database_url, engine, api):
+    # Without a key a repeat could charge twice, so the service does not repeat it: the caller decides.
+    app = make_app(database_url)
+    user_id = api.funded_user(100)
+    spend = {"user_id": str(user_id), "type": "usage", "amount": "0", "credits": -10, "description": "Image"}
+    _as_after_a_database_restart(app, engine)
+    response = app.test_client().post("/api/transactions", json=spend, headers=bearer(api.admin_token))
+    assert response.status_code == 503
+    assert response.json["code"] == "database_unavailable"
+    assert api.balance(user_id)["balance"] == 100

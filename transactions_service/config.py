@@ -81,7 +81,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "DATABASE_POOL_SIZE": _int(env, "DATABASE_POOL_SIZE", 5),
         "DATABASE_MAX_OVERFLOW": _int(env, "DATABASE_MAX_OVERFLOW", 5),
         "DATABASE_POOL_TIMEOUT": _int(env, "DATABASE_POOL_TIMEOUT", 10),
-        "DATABASE_POOL_PRE_PING": _bool(env, "DATABASE_POOL_PRE_PING", False),
+        "DATABASE_POOL_PRE_PING": _bool(env, "DATABASE_POOL_PRE_PING", True),
         "DATABASE_POOL_RECYCLE_SECONDS": _int(env, "DATABASE_POOL_RECYCLE_SECONDS", 300),
         "DATABASE_STATEMENT_TIMEOUT_MS": _int(env, "DATABASE_STATEMENT_TIMEOUT_MS", 10_000),
         "DATABASE_LOCK_TIMEOUT_MS": _int(env, "DATABASE_LOCK_TIMEOUT_MS", 5_000),
@@ -137,7 +137,9 @@ def finalise(config: dict[str, Any]) -> None:
     config["SQLALCHEMY_BINDS"].setdefault(
         STATEMENTS_BIND,
         # Nothing to roll back on an autocommit connection, so none is sent when it is returned.
-        {"url": url, **engine_options, "isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None},
+        # Never pinged: run_statement repeats what is safe to repeat on a fresh connection instead.
+        {"url": url, **engine_options, "isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None,
+         "pool_pre_ping": False},
     )
     read_url = config.get("DATABASE_READ_URL")
     if read_url:

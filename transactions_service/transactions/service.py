@@ -291,7 +291,8 @@ def record_transaction(caller: Caller, payload: dict[str, Any], idempotency_key:
 
     for attempt in range(2):
         try:
-            rows = run_statement(statement, params)
+            # With a key a repeat is a replay, so the statement may be run again on a fresh connection.
+            rows = run_statement(statement, params, repeatable=idempotency_key is not None)
         except IntegrityError as error:
             if idempotency_key is not None and idempotency.is_key_taken(error):
                 return _replay(idempotency.previous_response(caller.name, idempotency_key, request_hash))
@@ -425,7 +426,7 @@ def list_history(
         after_created_at, after_id = decode_cursor(cursor)
         params.update(after_created_at=after_created_at, after_id=str(after_id))
     statement = sql.history_page(by_type=kind is not None, by_status=status is not None, after=cursor is not None)
-    rows = read_history(lambda engine: run_statement(statement, params, engine))
+    rows = read_history(lambda engine: run_statement(statement, params, engine, repeatable=True))
     has_more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = None
