@@ -162,6 +162,7 @@ def _as_after_a_database_restart(app, engine):
         other.commit()
 
 
+@pytest.mark.direct_only(reason="ends server backends by pid, and PgBouncer shares them between clients")
 def test_reads_after_a_database_restart_are_answered_on_fresh_connections(database_url, engine, api, user_token):
     app = make_app(database_url)
     client = app.test_client()
@@ -172,6 +173,7 @@ def test_reads_after_a_database_restart_are_answered_on_fresh_connections(databa
     assert client.get("/api/balance", headers=headers).status_code == 200
 
 
+@pytest.mark.direct_only(reason="ends server backends by pid, and PgBouncer shares them between clients")
 def test_a_keyed_spend_after_a_database_restart_is_recorded_once(database_url, engine, api, db_session):
     app = make_app(database_url)
     user_id = api.funded_user(100)
@@ -182,6 +184,7 @@ def test_a_keyed_spend_after_a_database_restart_is_recorded_once(database_url, e
     assert api.balance(user_id)["balance"] == 90
 
 
+@pytest.mark.direct_only(reason="ends server backends by pid, and PgBouncer shares them between clients")
 def test_an_unkeyed_spend_on_a_dead_connection_is_503_and_writes_nothing(database_url, engine, api):
     # Without a key a repeat could charge twice, so the service does not repeat it: the caller decides.
     app = make_app(database_url)
