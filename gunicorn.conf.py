@@ -34,10 +34,18 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", 30))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", 30))
 keepalive = 5
 
-# Request line and header bounds, enforced before the app sees the request.
-limit_request_line = 4094
-limit_request_fields = 50
-limit_request_field_size = 8190
+# Request line and header bounds, enforced before the app sees the request. They sit
+# above the app's own (transactions_service/http.py: a 2 KiB path or query, 50 headers,
+# 8 KiB per header), so that every bound a client can reach is answered by the app as a
+# problem with a request id; what gunicorn still refuses by itself (beyond these, or not
+# well-formed HTTP) is answered as problem+json too (transactions_service/gunicorn_errors.py).
+limit_request_line = 8190  # gunicorn's maximum
+limit_request_fields = 100
+limit_request_field_size = 16380
+
+from transactions_service.gunicorn_errors import install as _answer_refusals_as_problems  # noqa: E402
+
+_answer_refusals_as_problems()
 
 # The service writes its own access line per request (JSON, with request id
 # and caller); gunicorn's would duplicate it.

@@ -440,12 +440,17 @@ def paired(rounds: int, reference: Callable[[], Measured], subject: Callable[[],
 # --- the run ---------------------------------------------------------------------------------------------------
 
 
-def token(secret: str, subject: str, scopes: str | None = None) -> str:
+def token(secret: str, user_id: str) -> str:
+    """A user's token, as the identity provider would sign it."""
     now = int(time.time())
-    claims: dict[str, Any] = {"sub": subject, "iat": now, "exp": now + 4 * 3600}
-    if scopes:
-        claims["scope"] = scopes
-    return jwt.encode(claims, secret, algorithm="HS256")
+    return jwt.encode({"sub": user_id, "iat": now, "exp": now + 4 * 3600}, secret, algorithm="HS256")
+
+
+def api_key(env: dict[str, str], name: str, scopes: str) -> str:
+    """A service's API key, made as an operator makes one (the last line `keys create` prints)."""
+    created = subprocess.run([FLASK, "--app", "wsgi", "keys", "create", "--name", name, "--scope", scopes],
+                             cwd=REPO, env=env, check=True, capture_output=True, text=True)
+    return created.stdout.strip().splitlines()[-1]
 
 
 def bearer(value: str) -> dict[str, str]:
@@ -597,8 +602,8 @@ def prepare(stack: ExitStack, profile: Profile, pg_settings: tuple[str, ...] = P
     deep_cursor = encode_cursor(last_created, last_id)
 
     tokens = {
-        "generation": token(secret, "generation-service", "usage:write transactions:read"),
-        "payment": token(secret, "payment-service", "purchases:write transactions:read users:write"),
+        "generation": api_key(env, "generation-service", "usage:write transactions:read"),
+        "payment": api_key(env, "payment-service", "purchases:write transactions:read users:write"),
         "heavy": token(secret, str(HEAVY_USER)),
         "light": token(secret, str(LIGHT_USER)),
     }

@@ -442,7 +442,11 @@ class LedgerService:
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "gunicorn.log"
-        env = {**_without_service_settings(os.environ), "DATABASE_URL": database_url, "JWT_SECRET_KEY": secret}
+        env = {
+            **_without_service_settings(os.environ), "DATABASE_URL": database_url, "JWT_SECRET_KEY": secret,
+            # Every simulated customer shares 127.0.0.1: the per-address limit would measure itself, not the ledger.
+            "RATELIMIT_PER_ADDRESS": "1000000 per minute",
+        }
         with open(self.log_path, "wb") as log_file:
             # A session of its own, so that Ctrl-C reaches the harness only and cleanup stops things in order.
             self.process = subprocess.Popen(
@@ -530,7 +534,7 @@ def _free_port() -> int:
 
 def _without_service_settings(env: Mapping[str, str]) -> dict[str, str]:
     """The environment minus a developer's service settings, which would override the run's own."""
-    return {name: value for name, value in env.items() if not name.startswith(("JWT_", "DATABASE_", "CORS_"))}
+    return {name: value for name, value in env.items() if not name.startswith(("JWT_", "DATABASE_", "CORS_", "RATELIMIT_"))}
 
 
 @dataclass
@@ -738,10 +742,10 @@ class FaultRun:
         return self.postgres.ensure_database("ledger")
 
     def prepare_ledger(self, database_url: str, secret: str) -> dict[str, str]:
-        """Migrate the database and sign the callers' tokens; returns a token per customer."""
+        """Migrate the database, make the services' API keys and sign the customers' tokens (one each)."""
         from flask_migrate import upgrade
 
-        from transactions_service import create_app
+        from transactions_service import api_keys, create_app
         from transactions_service.auth import issue_token
         from transactions_service.extensions import db
 
@@ -751,8 +755,7 @@ class FaultRun:
             upgrade()
             db.engine.dispose()
             self.tokens = {
-                caller: issue_token(name, scopes=scopes, expires_in=lifetime)
-                for caller, (name, scopes) in SERVICE_CALLERS.items()
+                caller: api_keys.create(name, list(scopes)).key for caller, (name, scopes) in SERVICE_CALLERS.items()
             }
             self.customers = [str(uuid.uuid4()) for _ in range(2 * self.args.clients)]
             return {user_id: issue_token(user_id, expires_in=lifetime) for user_id in self.customers}

@@ -3,13 +3,14 @@
 
     python scripts/smoke.py --base-url https://transactions.staging.example
 
-Tokens come from SMOKE_USER_TOKEN, SMOKE_PAYMENT_TOKEN and
-SMOKE_GENERATION_TOKEN (the smoke user's token and two service tokens, as the
-real callers hold them), or are signed here with JWT_SECRET_KEY when that is
-set (HS256, development and staging only). The smoke user (SMOKE_USER_ID, or
---user) is dedicated to this check: every run adds a small purchase and a
-small usage to its ledger. Each step is reported; the first failure stops the
-run with exit status 1.
+The services' API keys come from SMOKE_PAYMENT_KEY and SMOKE_GENERATION_KEY
+(made with `flask --app wsgi keys create`, as the real callers hold theirs).
+The smoke user's token comes from SMOKE_USER_TOKEN, or is signed here with
+JWT_SECRET_KEY when that is set (HS256, with JWT_DECODE_AUDIENCE and
+JWT_DECODE_ISSUER as the service checks them; development and staging only).
+The smoke user (SMOKE_USER_ID, or --user) is dedicated to this check: every
+run adds a small purchase and a small usage to its ledger. Each step is
+reported; the first failure stops the run with exit status 1.
 """
 
 from __future__ import annotations
@@ -67,31 +68,25 @@ def expect(condition: bool, message: str) -> None:
 
 
 def tokens_from_environment(user_id: str) -> dict[str, str]:
-    names = {"user": "SMOKE_USER_TOKEN", "payment": "SMOKE_PAYMENT_TOKEN", "generation": "SMOKE_GENERATION_TOKEN"}
-    tokens = {role: os.environ.get(variable, "") for role, variable in names.items()}
-    if all(tokens.values()):
-        return tokens
+    keys = {"payment": "SMOKE_PAYMENT_KEY", "generation": "SMOKE_GENERATION_KEY"}
+    missing = [variable for variable in keys.values() if not os.environ.get(variable)]
+    user_token = os.environ.get("SMOKE_USER_TOKEN", "")
     secret = os.environ.get("JWT_SECRET_KEY")
-    if not secret:
-        missing = ", ".join(names[role] for role, token in tokens.items() if not token)
-        raise SystemExit(f"smoke: set {missing}, or JWT_SECRET_KEY to sign tokens here")
-    import jwt
+    if not user_token and not secret:
+        missing.append("SMOKE_USER_TOKEN (or JWT_SECRET_KEY to sign one here)")
+    if missing:
+        raise SystemExit(f"smoke: set {', '.join(missing)}")
+    credentials = {role: os.environ[variable] for role, variable in keys.items()}
+    if not user_token:
+        import jwt
 
-    def sign(subject: str, scope: str = "") -> str:
         now = int(time.time())
-        claims: dict[str, Any] = {"sub": subject, "iat": now, "exp": now + 600}
-        if scope:
-            claims["scope"] = scope
+        claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + 600}
         for claim, variable in (("aud", "JWT_DECODE_AUDIENCE"), ("iss", "JWT_DECODE_ISSUER")):
             if os.environ.get(variable):
                 claims[claim] = os.environ[variable]
-        return jwt.encode(claims, secret, algorithm="HS256")
-
-    return {
-        "user": tokens["user"] or sign(user_id),
-        "payment": tokens["payment"] or sign("smoke-payment", "purchases:write users:write transactions:read"),
-        "generation": tokens["generation"] or sign("smoke-generation", "usage:write transactions:read"),
-    }
+        user_token = jwt.encode(claims, secret, algorithm="HS256")
+    return {"user": user_token, **credentials}
 
 
 def run(client: Client, user_id: str, tokens: dict[str, str]) -> list[str]:

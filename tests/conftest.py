@@ -37,11 +37,13 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
 from transactions_service import create_app
-from transactions_service.auth import SERVICE_SCOPES, issue_token
+from transactions_service import api_keys
+from transactions_service.auth import issue_token
 from transactions_service.config import from_environment
 from transactions_service.devdb import FAST_UNSAFE_SETTINGS, EmbeddedPostgres
 from transactions_service.devpooler import PgBouncer
 from transactions_service.extensions import db
+from transactions_service.scopes import SERVICE_SCOPES
 
 from .contract import Contract, openapi_path_for
 from .helpers import Api
@@ -50,10 +52,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_SECRET = secrets.token_hex(32)
 CORS_ORIGIN = "http://127.0.0.1:3000"
 LEDGER_TABLES = ("idempotency_keys", "user_balances", "user_transactions", "users")
+# api_keys is not emptied between tests: keys made by module-scoped fixtures must outlive a test, and every key is new.
 
 # Settings from a developer's shell must not leak into the tests.
 for _name in list(os.environ):
-    if _name.startswith(("JWT_", "DATABASE_", "CORS_")):
+    if _name.startswith(("JWT_", "DATABASE_", "CORS_", "RATELIMIT_", "API_KEY_", "TRUSTED_")):
         del os.environ[_name]
 
 POOLED = os.environ.get("TEST_POOLED", "") not in ("", "0")
@@ -117,8 +120,17 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServe
         server.destroy()
 
 
+# Every test request comes from 127.0.0.1: the per-address limit is tested on apps of its own.
+UNLIMITED_ADDRESS = "1000000 per minute"
+
+
 def make_app(database_url: str, **overrides: Any) -> Flask:
-    config = {"DATABASE_URL": database_url, "JWT_SECRET_KEY": TEST_SECRET, "CORS_ORIGINS": [CORS_ORIGIN]}
+    config = {
+        "DATABASE_URL": database_url,
+        "JWT_SECRET_KEY": TEST_SECRET,
+        "CORS_ORIGINS": [CORS_ORIGIN],
+        "RATELIMIT_PER_ADDRESS": UNLIMITED_ADDRESS,
+    }
     config.update(overrides)
     return create_app(config)
 
@@ -220,11 +232,18 @@ def user_token(app: Flask) -> Callable[..., str]:
     return make
 
 
+def create_key(app: Flask, *scopes: str, name: str = "test-service") -> str:
+    """A new API key for a service with these scopes, as `flask keys create` makes one."""
+    with app.app_context():
+        return api_keys.create(name, list(scopes)).key
+
+
 @pytest.fixture
 def service_token(app: Flask) -> Callable[..., str]:
-    def make(*scopes: str, name: str = "test-service", **kwargs: Any) -> str:
-        with app.app_context():
-            return issue_token(name, scopes=scopes, **kwargs)
+    """A service's credential: a new API key with these scopes (the fixture keeps its old name)."""
+
+    def make(*scopes: str, name: str = "test-service") -> str:
+        return create_key(app, *scopes, name=name)
 
     return make
 
@@ -262,6 +281,7 @@ def running_gunicorn(database_url: str, log_dir: Path, workers: int = 4, **env: 
         "DATABASE_URL": database_url,
         "JWT_SECRET_KEY": TEST_SECRET,
         "DATABASE_POOL_SIZE": "10",
+        "RATELIMIT_PER_ADDRESS": UNLIMITED_ADDRESS,
         "PROMETHEUS_MULTIPROC_DIR": str(log_dir),
         **env,
     }

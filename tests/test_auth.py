@@ -27,19 +27,18 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask
 
 from transactions_service import create_app
-from transactions_service.auth import (
+from transactions_service.auth import Caller, VerifiedTokens
+from transactions_service.scopes import (
     READ_TRANSACTIONS,
     SERVICE_SCOPES,
     WRITE_PURCHASES,
     WRITE_USAGE,
     WRITE_USERS,
-    Caller,
-    VerifiedTokens,
 )
 from transactions_service.config import ConfigError
 from transactions_service.extensions import db
 
-from .conftest import TEST_SECRET, make_app
+from .conftest import TEST_SECRET, create_key, make_app
 from .helpers import bearer
 
 PROBLEM = "application/problem+json"
@@ -91,6 +90,13 @@ def unsigned(payload: dict[str, Any]) -> str:
 def hmac_signed_with(payload: dict[str, Any], secret: bytes) -> str:
     """An HS256 token keyed with any bytes (PyJWT refuses PEM keys as HMAC secrets)."""
     signing_input = f"{b64url_json({'alg': 'HS256', 'typ': 'JWT'})}.{b64url_json(payload)}"
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64url(signature)}"
+
+
+def hmac_signed_raw(header: str, payload: str, secret: bytes) -> str:
+    """An HS256 token over header and payload JSON text exactly as given (PyJWT would re-serialise them)."""
+    signing_input = f"{b64url(header.encode())}.{b64url(payload.encode())}"
     signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{b64url(signature)}"
 
@@ -298,6 +304,52 @@ def _tampered_subject(user_id: str) -> dict[str, str]:
     return bearer(with_tampered_subject(sign(claims(str(uuid.uuid4()))), user_id))
 
 
+def _no_iat(user_id: str) -> dict[str, str]:
+    payload = claims(user_id)
+    del payload["iat"]
+    return bearer(sign(payload))
+
+
+def _iat_not_a_number(user_id: str) -> dict[str, str]:
+    return bearer(sign(claims(user_id, iat="yesterday")))
+
+
+def _iat_in_the_future(user_id: str) -> dict[str, str]:
+    later = int(time.time()) + 3600
+    return bearer(sign(claims(user_id, iat=later, exp=later + 60)))
+
+
+def _lives_a_second_too_long(user_id: str) -> dict[str, str]:
+    now = int(time.time())
+    return bearer(sign(claims(user_id, iat=now, exp=now + 86_401)))
+
+
+def _expires_in_a_century(user_id: str) -> dict[str, str]:
+    now = int(time.time())
+    return bearer(sign(claims(user_id, iat=now, exp=now + 100 * 365 * 86_400)))
+
+
+def _expires_at_2_to_the_62(user_id: str) -> dict[str, str]:
+    return bearer(sign(claims(user_id, exp=2**62)))
+
+
+def _repeated_claim(user_id: str) -> dict[str, str]:
+    # Which "sub" counts would depend on the parser: the token is refused instead.
+    now = int(time.time())
+    payload = f'{{"sub":"{uuid.uuid4()}","sub":"{user_id}","iat":{now},"exp":{now + 300}}}'
+    return bearer(hmac_signed_raw('{"alg":"HS256","typ":"JWT"}', payload, TEST_SECRET.encode()))
+
+
+def _repeated_header_member(user_id: str) -> dict[str, str]:
+    header = '{"alg":"HS256","alg":"none","typ":"JWT"}'
+    return bearer(hmac_signed_raw(header, json.dumps(claims(user_id)), TEST_SECRET.encode()))
+
+
+def _bearer_with_two_tokens(user_id: str) -> dict[str, str]:
+    token = sign(claims(user_id))
+    return {"Authorization": f"Bearer {token} {token}"}
+
+
 def _token_in_query_string_only(user_id: str) -> dict[str, str]:
     return {}  # the test sends the token as ?jwt= for this case
 
@@ -320,6 +372,15 @@ TOKEN_MATRIX = [
     pytest.param(_subject_not_a_uuid, "invalid_token", id="sub-not-a-uuid"),
     pytest.param(_subject_a_number, "invalid_token", id="sub-a-number"),
     pytest.param(_no_subject, "invalid_token", id="without-sub"),
+    pytest.param(_no_iat, "invalid_token", id="without-iat"),
+    pytest.param(_iat_not_a_number, "invalid_token", id="iat-not-a-number"),
+    pytest.param(_iat_in_the_future, "invalid_token", id="iat-in-the-future"),
+    pytest.param(_lives_a_second_too_long, "invalid_token", id="exp-a-second-beyond-the-maximum-lifetime"),
+    pytest.param(_expires_in_a_century, "invalid_token", id="exp-in-a-century"),
+    pytest.param(_expires_at_2_to_the_62, "invalid_token", id="exp-2-to-the-62"),
+    pytest.param(_repeated_claim, "invalid_token", id="payload-names-sub-twice"),
+    pytest.param(_repeated_header_member, "invalid_token", id="header-names-alg-twice"),
+    pytest.param(_bearer_with_two_tokens, "invalid_token", id="bearer-with-two-tokens"),
 ]
 
 
@@ -367,6 +428,106 @@ def test_each_app_verifies_tokens_with_its_own_key(build_app: Callable[..., Flas
     response = first.test_client().get("/api/balance", headers=bearer(sign(claims(str(user_id)), first_secret)))
 
     assert_reads_balance_of(response, user_id)
+
+
+# --- 1b. what a valid user token may be: any scheme case, a bounded life ----------------------
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_the_bearer_scheme_is_case_insensitive(client: Any, scheme: str) -> None:
+    user_id = uuid.uuid4()
+
+    response = client.get("/api/balance", headers={"Authorization": f"{scheme} {sign(claims(str(user_id)))}"})
+
+    assert_reads_balance_of(response, user_id)
+
+
+def test_a_token_living_exactly_the_maximum_lifetime_is_accepted(client: Any) -> None:
+    user_id, now = uuid.uuid4(), int(time.time())
+
+    response = client.get("/api/balance", headers=bearer(sign(claims(str(user_id), iat=now, exp=now + 86_400))))
+
+    assert_reads_balance_of(response, user_id)
+
+
+def test_the_maximum_lifetime_is_configurable(build_app: Callable[..., Flask]) -> None:
+    application = build_app(JWT_MAX_LIFETIME_SECONDS=600)
+    now = int(time.time())
+
+    response = application.test_client().get(
+        "/api/balance", headers=bearer(sign(claims(str(uuid.uuid4()), iat=now, exp=now + 601)))
+    )
+
+    assert_unauthorized(response)
+    assert "600" in response.json["detail"]
+
+
+def test_nbf_in_the_past_is_accepted(client: Any) -> None:
+    user_id = uuid.uuid4()
+
+    response = client.get("/api/balance", headers=bearer(sign(claims(str(user_id), nbf=int(time.time()) - 5))))
+
+    assert_reads_balance_of(response, user_id)
+
+
+# --- 1c. a user token is a user, whatever it claims ------------------------------------------
+
+
+def every_scope_claim() -> str:
+    return " ".join(sorted(SERVICE_SCOPES))
+
+
+def test_a_user_token_carrying_every_scope_cannot_mint_credits(api: Any, client: Any) -> None:
+    user_id = api.register()
+    token = sign(claims(str(user_id), scope=every_scope_claim()))
+    body = {"user_id": str(user_id), "type": "purchase", "amount": "0", "credits": 777, "description": "free"}
+
+    response = client.post("/api/transactions", json=body, headers=bearer(token))
+
+    assert_problem(response, 403, "insufficient_scope")
+    assert api.balance(user_id)["balance"] == 0
+
+
+def test_a_user_token_carrying_every_scope_cannot_read_another_user(api: Any, client: Any) -> None:
+    owner = api.funded_user(500)
+    token = sign(claims(str(uuid.uuid4()), scope=every_scope_claim()))
+
+    for path in ("/api/balance", "/api/transactions"):
+        response = client.get(path, query_string={"user_id": str(owner)}, headers=bearer(token))
+        assert_problem(response, 403, "forbidden")
+
+
+def test_a_user_token_carrying_every_scope_cannot_settle_or_register(api: Any, client: Any) -> None:
+    user_id = api.register()
+    pending = api.purchase(user_id, status="pending").json["id"]
+    token = bearer(sign(claims(str(user_id), scope=every_scope_claim())))
+
+    assert_problem(client.patch(f"/api/transactions/{pending}", json={"status": "completed"}, headers=token),
+                   403, "insufficient_scope")
+    assert_problem(client.put(f"/api/users/{uuid.uuid4()}", headers=token), 403, "insufficient_scope")
+    assert api.balance(user_id)["balance"] == 0
+
+
+@pytest.mark.parametrize("scope", ["purchases:write", "openid\u2003purchases:write", every_scope_claim()])
+def test_a_service_shaped_jwt_is_not_a_service(api: Any, client: Any, scope: str) -> None:
+    user_id = api.register()
+    token = sign(claims("payment-service", scope=scope))
+    body = {"user_id": str(user_id), "type": "purchase", "amount": "0", "credits": 777, "description": "free"}
+
+    response = client.post("/api/transactions", json=body, headers=bearer(token))
+
+    assert_unauthorized(response)
+    assert api.balance(user_id)["balance"] == 0
+
+
+def test_startup_without_an_audience_warns(database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="transactions_service"):
+        make_app(database_url)
+    assert any("JWT_DECODE_AUDIENCE is not set" in record.getMessage() for record in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="transactions_service"):
+        make_app(database_url, JWT_DECODE_AUDIENCE=AUDIENCE)
+    assert not any("JWT_DECODE_AUDIENCE" in record.getMessage() for record in caplog.records)
 
 
 # --- 2. tokens from a third-party identity provider ------------------------------------------
@@ -581,12 +742,12 @@ def test_identity_claim_without_a_user_id_is_401(
     assert_unauthorized(response)
 
 
-def test_service_token_works_beside_an_identity_claim(build_app: Callable[..., Flask]) -> None:
+def test_service_key_works_beside_an_identity_claim(build_app: Callable[..., Flask]) -> None:
     application = build_app(USER_IDENTITY_CLAIM="user_uuid")
     user_id = uuid.uuid4()
-    token = sign(claims("billing-service", scope=READ_TRANSACTIONS))
+    key = create_key(application, READ_TRANSACTIONS, name="billing-service")
 
-    response = application.test_client().get("/api/balance", query_string={"user_id": str(user_id)}, headers=bearer(token))
+    response = application.test_client().get("/api/balance", query_string={"user_id": str(user_id)}, headers=bearer(key))
 
     assert_reads_balance_of(response, user_id)
 

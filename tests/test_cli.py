@@ -1,4 +1,4 @@
-"""Flask commands: tokens and demo data."""
+"""Flask commands: user tokens and demo data (API keys: test_api_keys.py)."""
 
 from __future__ import annotations
 
@@ -30,20 +30,20 @@ def test_user_token_carries_only_sub_iat_exp(app, client):
     assert client.get("/api/balance", headers=bearer(token)).status_code == 200
 
 
-def test_service_token_carries_its_scopes(app):
-    result = run(app, "tokens", "issue", "--service", "generation-service", "--scope", "usage:write transactions:read")
-    assert result.exit_code == 0, result.output
-    claims = jwt.decode(result.output.strip(), TEST_SECRET, algorithms=["HS256"])
-    assert claims["sub"] == "generation-service"
-    assert claims["scope"] == "transactions:read usage:write"
+def test_user_token_lives_at_most_a_day_by_default(app):
+    user_id = str(uuid.uuid4())
+    assert run(app, "tokens", "issue", "--user", user_id, "--expires-in", "24h").exit_code == 0
+    result = run(app, "tokens", "issue", "--user", user_id, "--expires-in", "7d")
+    assert result.exit_code != 0
+    assert "JWT_MAX_LIFETIME_SECONDS" in result.output
 
 
 @pytest.mark.parametrize(
     "args",
     [
         ["tokens", "issue"],
-        ["tokens", "issue", "--service", "x", "--scope", "admin"],
-        ["tokens", "issue", "--service", "x"],
+        # Services use API keys (keys create); there are no service tokens to issue.
+        ["tokens", "issue", "--service", "payment-service", "--scope", "purchases:write"],
         ["tokens", "issue", "--user", str(uuid.uuid4()), "--scope", "usage:write"],
         ["tokens", "issue", "--user", "not-a-uuid"],
         ["tokens", "issue", "--user", str(uuid.uuid4()), "--expires-in", "soon"],

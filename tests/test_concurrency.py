@@ -12,7 +12,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from transactions_service.auth import SERVICE_SCOPES
+from transactions_service.scopes import SERVICE_SCOPES
 from transactions_service.transactions.models import TransactionStatus, UserBalance, UserTransaction
 
 from .helpers import lapse

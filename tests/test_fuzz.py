@@ -19,7 +19,9 @@ import schemathesis
 from schemathesis.specs.openapi.checks import ignored_auth
 from sqlalchemy import text
 
-from transactions_service.auth import SERVICE_SCOPES
+from transactions_service import api_keys
+from transactions_service.extensions import db
+from transactions_service.scopes import SERVICE_SCOPES
 
 from .conftest import TEST_SECRET, make_app
 from .contract import SPEC_PATH
@@ -33,12 +35,15 @@ LEDGER_FOOTPRINT = text(
     "(SELECT coalesce(sum(held), 0) FROM user_balances), "
     "(SELECT count(*) FROM user_transactions WHERE status <> 'pending')"
 )
+# Who each kind of caller is: a user id, or a service's name and the scopes of its API key.
 CALLERS = {
     "user": (str(uuid.uuid4()), []),
     "payment_service": ("payment-service", ["purchases:write", "users:write", "transactions:read"]),
     "generation_service": ("generation-service", ["usage:write", "transactions:read"]),
     "all_scopes": ("ledger-admin", sorted(SERVICE_SCOPES)),
 }
+# The services' API keys: made now, since Schemathesis authenticates while collecting, and stored by fuzz_app.
+NEW_KEYS = {caller: api_keys.generate() for caller, (_name, scopes) in CALLERS.items() if scopes}
 
 
 def schema_as(caller: str) -> schemathesis.schemas.BaseSchema:
@@ -52,11 +57,10 @@ def schema_as(caller: str) -> schemathesis.schemas.BaseSchema:
         def get(self, case, _context):
             if case.path == "/metrics":
                 return METRICS_TOKEN
-            now = int(time.time())
-            claims = {"sub": subject, "iat": now, "exp": now + 3600}
             if scopes:
-                claims["scope"] = " ".join(scopes)
-            return jwt.encode(claims, TEST_SECRET, algorithm="HS256")
+                return NEW_KEYS[caller].text
+            now = int(time.time())
+            return jwt.encode({"sub": subject, "iat": now, "exp": now + 3600}, TEST_SECRET, algorithm="HS256")
 
         def set(self, case, token, _context):
             case.headers = {**(case.headers or {}), "Authorization": f"Bearer {token}"}
@@ -66,7 +70,14 @@ def schema_as(caller: str) -> schemathesis.schemas.BaseSchema:
 
 @pytest.fixture(scope="module")
 def fuzz_app(database_url):
-    return make_app(database_url, METRICS_TOKEN=METRICS_TOKEN)
+    # Limits high enough for the run: one address sends every request (limits: test_operations.py).
+    app = make_app(database_url, METRICS_TOKEN=METRICS_TOKEN, RATELIMIT_DEFAULT="1000000 per minute")
+    with app.app_context():
+        for caller, new in NEW_KEYS.items():
+            name, scopes = CALLERS[caller]
+            db.session.add(api_keys.ApiKey(id=new.id, name=name, secret_hash=new.secret_hash, scopes=scopes))
+        db.session.commit()
+    return app
 
 
 def prepare_ledger(engine, case) -> None:
@@ -110,8 +121,4 @@ def test_generated_requests_are_answered_as_documented(case, fuzz_app, engine):
 
 
 def sent_by_service(case) -> bool:
-    token = (case.headers or {}).get("Authorization", "").removeprefix("Bearer ")
-    try:
-        return "scope" in jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return False
+    return (case.headers or {}).get("Authorization", "").startswith("Bearer tsk_")

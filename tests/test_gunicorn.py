@@ -13,7 +13,7 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from transactions_service.auth import SERVICE_SCOPES
+from transactions_service.scopes import SERVICE_SCOPES
 
 from .conftest import running_gunicorn
 

@@ -190,6 +190,8 @@ def test_an_unkeyed_spend_on_a_dead_connection_is_503_and_writes_nothing(databas
     app = make_app(database_url)
     user_id = api.funded_user(100)
     spend = {"user_id": str(user_id), "type": "usage", "amount": "0", "credits": -10, "description": "Image"}
+    # The API key is verified (and cached) first, so that the spend itself is what meets the dead connection.
+    assert app.test_client().get(f"/api/balance?user_id={user_id}", headers=bearer(api.admin_token)).status_code == 200
     _as_after_a_database_restart(app, engine)
     response = app.test_client().post("/api/transactions", json=spend, headers=bearer(api.admin_token))
     assert response.status_code == 503

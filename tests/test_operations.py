@@ -8,7 +8,9 @@ import uuid
 
 import pytest
 
-from .conftest import make_app
+from transactions_service.scopes import SERVICE_SCOPES
+
+from .conftest import create_key, make_app
 from .helpers import bearer
 
 METRICS_TOKEN = "metrics-" + uuid.uuid4().hex
@@ -104,10 +106,7 @@ def test_metrics_count_requests_and_ledger_events(metrics_client):
 
 
 def make_admin_token(app):
-    from transactions_service.auth import SERVICE_SCOPES, issue_token
-
-    with app.app_context():
-        return issue_token("metrics-admin", scopes=SERVICE_SCOPES)
+    return create_key(app, *sorted(SERVICE_SCOPES), name="metrics-admin")
 
 
 @pytest.fixture

@@ -21,11 +21,12 @@ import psycopg2
 import pytest
 from flask import Flask
 
-from transactions_service.auth import SERVICE_SCOPES, issue_token
+from transactions_service.auth import issue_token
+from transactions_service.scopes import SERVICE_SCOPES
 from transactions_service.devpooler import PgBouncer, pgbouncer_binary
 from transactions_service.extensions import db
 
-from .conftest import PostgresServer, make_app, migrate_database
+from .conftest import PostgresServer, create_key, make_app, migrate_database
 from .helpers import Api, bearer
 
 STATEMENT_TIMEOUT_MS = 10_000
@@ -78,8 +79,7 @@ def pooled_api(pooled_app: Flask) -> Api:
         with pooled_app.app_context():
             return issue_token(str(user_id))
 
-    with pooled_app.app_context():
-        admin = issue_token("ledger-admin", scopes=sorted(SERVICE_SCOPES))
+    admin = create_key(pooled_app, *sorted(SERVICE_SCOPES), name="ledger-admin")
     return Api(pooled_app.test_client(), admin, user_token)
 
 

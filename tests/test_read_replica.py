@@ -20,7 +20,7 @@ import pytest
 from flask import Flask
 from sqlalchemy.engine import make_url
 
-from transactions_service.auth import SERVICE_SCOPES
+from transactions_service.scopes import SERVICE_SCOPES
 from transactions_service.config import ConfigError
 from transactions_service.devdb import FAST_UNSAFE_SETTINGS, EmbeddedPostgres, wait_for_replay
 from transactions_service.extensions import db

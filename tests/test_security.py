@@ -7,6 +7,8 @@ that cover it in more depth (test_auth.py, test_operations.py, test_fuzz.py).
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import threading
 import time
@@ -16,6 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import pytest
+
+from transactions_service import api_keys
+from transactions_service.scopes import SERVICE_SCOPES
 
 from .conftest import TEST_SECRET, make_app
 from .helpers import bearer
@@ -69,16 +74,40 @@ def serving(payload):
         server.server_close()
 
 
+def hs256_raw(header: str, payload: str) -> str:
+    """Signed over the JSON text exactly as given, repeated members and all."""
+    signing_input = f"{base64.urlsafe_b64encode(header.encode()).rstrip(b'=').decode()}." \
+        f"{base64.urlsafe_b64encode(payload.encode()).rstrip(b'=').decode()}"
+    signature = hmac.new(TEST_SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+
+
 def bad_tokens():
     now = int(time.time())
     valid_claims = {"sub": USER, "iat": now, "exp": now + 600}
+
+    def signed(claims):
+        return jwt.encode(claims, TEST_SECRET, algorithm="HS256")
+
     return {
         "none": None,
         "garbage": "not-a-token",
-        "expired": jwt.encode({**valid_claims, "exp": now - 1}, TEST_SECRET, algorithm="HS256"),
+        "expired": signed({**valid_claims, "exp": now - 1}),
         "wrong-key": jwt.encode(valid_claims, "x" * 64, algorithm="HS256"),
         "alg-none": unsigned(valid_claims),
-        "no-exp": jwt.encode({"sub": USER, "iat": now}, TEST_SECRET, algorithm="HS256"),
+        "no-exp": signed({"sub": USER, "iat": now}),
+        "no-iat": signed({"sub": USER, "exp": now + 600}),
+        "exp-in-a-century": signed({**valid_claims, "exp": now + 100 * 365 * 86400}),
+        "exp-2-to-the-62": signed({**valid_claims, "exp": 2**62}),
+        "iat-in-the-future": signed({**valid_claims, "iat": now + 3600, "exp": now + 3700}),
+        "sub-named-twice": hs256_raw('{"alg":"HS256"}', f'{{"sub":"{uuid.uuid4()}","sub":"{USER}","iat":{now},"exp":{now + 600}}}'),
+        # What a service token used to be: now a user token whose sub is not a user id.
+        "service-shaped-jwt": signed({"sub": "payment-service", "iat": now, "exp": now + 600,
+                                      "scope": "purchases:write users:write transactions:read usage:write"}),
+        "scope-split-on-unicode-space": signed({"sub": "payment-service", "iat": now, "exp": now + 600,
+                                                "scope": "openid\u2003purchases:write"}),
+        "unknown-api-key": api_keys.generate().text,
+        "api-key-with-a-bad-checksum": api_keys.generate().text[:-1] + "0",
     }
 
 
@@ -283,6 +312,32 @@ def test_api5_each_scope_grants_exactly_its_functions(api, client, service_token
     else:
         assert response.status_code == 403
         assert response.json["code"] == "insufficient_scope"
+
+
+def test_api5_a_user_token_carrying_every_scope_is_still_only_its_user(api, client):
+    user_id, other = api.funded_user(100), api.funded_user(100)
+    now = int(time.time())
+    token = bearer(jwt.encode({"sub": str(user_id), "iat": now, "exp": now + 600,
+                               "scope": " ".join(sorted(SERVICE_SCOPES))}, TEST_SECRET, algorithm="HS256"))
+    pending = api.purchase(user_id, status="pending").json["id"]
+    purchase = {"user_id": str(user_id), "type": "purchase", "amount": "0", "credits": 777, "description": "free"}
+    assert client.post("/api/transactions", json=purchase, headers=token).status_code == 403
+    assert client.patch(f"/api/transactions/{pending}", json={"status": "completed"}, headers=token).status_code == 403
+    assert client.put(f"/api/users/{uuid.uuid4()}", headers=token).status_code == 403
+    assert client.get(f"/api/balance?user_id={other}", headers=token).status_code == 403
+    assert client.get(f"/api/transactions?user_id={other}", headers=token).status_code == 403
+    assert client.get("/api/balance", headers=token).json["balance"] == 100
+    assert api.balance(user_id)["balance"] == 100
+
+
+@pytest.mark.parametrize("scope", sorted(SERVICE_SCOPES))
+def test_api5_a_service_key_is_never_a_user(api, client, service_token, scope):
+    owner = api.funded_user(100)
+    key = bearer(service_token(scope, name=str(owner)))  # even a key named like the user
+    for path in ("/api/balance", "/api/transactions"):
+        response = client.get(path, headers=key)
+        assert response.status_code in (403, 422)
+        assert "balance" not in response.json and "data" not in response.json
 
 
 # API6:2023 Unrestricted Access to Sensitive Business Flows

@@ -1,16 +1,25 @@
-"""Who is calling: a signed-in user or one of the product's services.
+"""Who is calling: a signed-in user, or one of the product's services.
 
-A *user token* carries the user's UUID (in ``sub``, or the claim named by
-``JWT_IDENTITY_CLAIM``) and reads only that user's data. A *service token*
-has ``sub`` = the service's name and a ``scope`` claim listing some of
-:data:`SERVICE_SCOPES`; a ``scope`` claim without any of them (as identity
-providers put on user tokens) does not make a service.
+A *user* presents a JWT from the identity provider, verified only with its key
+(``JWT_SECRET_KEY``, ``JWT_PUBLIC_KEY`` or ``JWT_JWKS_URL``). Whatever claims
+it carries, it is a user: the user's UUID is read from ``sub`` (or the claim
+named by ``JWT_IDENTITY_CLAIM``), a ``scope`` claim grants nothing, and it
+reads only that user's data. Its life is bounded: ``iat`` and ``exp`` are
+required, at most ``JWT_MAX_LIFETIME_SECONDS`` apart, and ``nbf`` is honoured.
+
+A *service* presents an API key (``api_keys``): revocable, rotatable, scoped,
+and in a format no JWT can take. Our privileges never depend on what another
+system puts into its tokens.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
+import logging
 import math
+import re
 import threading
 import time
 import uuid
@@ -20,19 +29,20 @@ from typing import Any, TypeVar
 
 import jwt as pyjwt
 from flask import Flask, current_app, request
-from flask_jwt_extended import get_jwt, verify_jwt_in_request
+from flask_jwt_extended import decode_token
 from flask_jwt_extended.exceptions import JWTExtendedException
 
+from . import api_keys, strict_json
 from .errors import ApiError, problem_response, validation_error
 from .extensions import jwt
+from .scopes import READ_TRANSACTIONS
 
-READ_TRANSACTIONS = "transactions:read"
-WRITE_PURCHASES = "purchases:write"
-WRITE_USAGE = "usage:write"
-WRITE_USERS = "users:write"
-SERVICE_SCOPES = frozenset({READ_TRANSACTIONS, WRITE_PURCHASES, WRITE_USAGE, WRITE_USERS})
+log = logging.getLogger(__name__)
+
 _CALLER_KEY = "transactions_service.caller"
 _INSUFFICIENT_SCOPE = {"WWW-Authenticate": 'Bearer error="insufficient_scope"'}
+# RFC 7235: the scheme is case-insensitive, then one or more spaces, then token68.
+_BEARER = re.compile(r"([A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*) +([A-Za-z0-9._~+/-]+=*)")
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,8 @@ class Caller:
     name: str
     user_id: uuid.UUID | None = None
     scopes: frozenset[str] = field(default_factory=frozenset)
+    # The API key's id for a service (logs show it); None for a user.
+    key_id: str | None = None
 
     @property
     def is_service(self) -> bool:
@@ -52,7 +64,7 @@ class Caller:
             raise ApiError(
                 403,
                 "insufficient_scope",
-                f"This operation needs the {scope!r} scope, which the token does not grant.",
+                f"This operation needs the {scope!r} scope, which the caller's API key does not grant.",
                 title="Forbidden",
                 headers=_INSUFFICIENT_SCOPE,
             )
@@ -97,12 +109,59 @@ def invalid_token(detail: str) -> ApiError:
     )
 
 
-def caller_from_claims(claims: dict[str, Any]) -> Caller:
-    raw_scope = claims.get("scope")
-    scopes = frozenset(raw_scope.split()) if isinstance(raw_scope, str) else frozenset()
-    service_scopes = scopes & SERVICE_SCOPES
-    if service_scopes:
-        return Caller(name=str(claims["sub"]), scopes=service_scopes)
+def missing_token() -> ApiError:
+    return ApiError(
+        401,
+        "missing_token",
+        "Send a bearer token (a user's JWT, or a service's API key) in the Authorization header.",
+        title="Unauthorized",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def bearer_credentials(authorization: str | None) -> str:
+    """The credentials of an ``Authorization: Bearer ...`` header; the scheme's case does not matter."""
+    if not authorization:
+        raise missing_token()
+    match = _BEARER.fullmatch(authorization)
+    if match is None:
+        if authorization.lower().startswith("bearer"):
+            raise invalid_token("The Authorization header is not 'Bearer' followed by one token.")
+        raise missing_token()
+    if match[1].lower() != "bearer":
+        raise missing_token()
+    return match[2]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _refuse_repeated_members(token: str) -> None:
+    """A header or payload naming a member twice is refused: its verifiers could disagree on what it says."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise invalid_token("The token is malformed or its signature is invalid.")
+    for part in parts[:2]:
+        try:
+            strict_json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+        except (binascii.Error, strict_json.NotStrictJson) as exc:
+            raise invalid_token("The token's header or payload is not valid JSON, or names a member twice.") from exc
+
+
+def _check_lifetime(claims: dict[str, Any]) -> None:
+    exp, iat = claims.get("exp"), claims.get("iat")
+    if not _is_number(exp):
+        raise invalid_token("The token has no expiry (exp) claim.")
+    if not _is_number(iat):
+        raise invalid_token("The token has no issue time (iat) claim.")
+    limit = current_app.config["JWT_MAX_LIFETIME_SECONDS"]
+    if exp - iat > limit:
+        raise invalid_token(f"The token lives longer than this service accepts: at most {limit} s from iat to exp.")
+
+
+def user_from_claims(claims: dict[str, Any]) -> Caller:
+    """The user a verified token names; whatever else it claims (``scope`` included) grants nothing."""
     claim = current_app.config["USER_IDENTITY_CLAIM"]
     identity = claims.get(claim)
     try:
@@ -112,6 +171,47 @@ def caller_from_claims(claims: dict[str, Any]) -> Caller:
     if user_id is None:
         raise invalid_token(f"The token's {claim!r} claim is not a user id (a UUID).")
     return Caller(name=str(user_id), user_id=user_id)
+
+
+_TOKEN_ERRORS: tuple[tuple[type[Exception], str], ...] = (
+    (pyjwt.ExpiredSignatureError, "The token has expired."),
+    (pyjwt.ImmatureSignatureError, "The token is not valid yet (its nbf or iat lies in the future)."),
+    (pyjwt.InvalidAudienceError, "The token is not meant for this service (aud)."),
+    (pyjwt.InvalidIssuerError, "The token was not issued by the configured identity provider (iss)."),
+)
+
+
+def _decoded(token: str) -> dict[str, Any]:
+    """The token's claims, verified with the identity provider's key (and aud, iss, exp, nbf, iat)."""
+    try:
+        return decode_token(token)
+    except (pyjwt.PyJWTError, JWTExtendedException) as exc:
+        for kind, detail in _TOKEN_ERRORS:
+            if isinstance(exc, kind):
+                raise invalid_token(detail) from exc
+        raise invalid_token("The token is malformed or its signature is invalid.") from exc
+
+
+def _user_caller(token: str) -> Caller:
+    verified: VerifiedTokens = current_app.extensions["transactions_verified_tokens"]
+    caller = verified.get(token)
+    if caller is None:
+        _refuse_repeated_members(token)
+        claims = _decoded(token)
+        _check_lifetime(claims)
+        caller = user_from_claims(claims)
+        # PyJWT compares the current time with exp as a whole second; so does the cache.
+        verified.put(token, caller, float(math.floor(claims["exp"])))
+    return caller
+
+
+def _service_caller(key: str) -> Caller:
+    verifier: api_keys.KeyVerifier = current_app.extensions["transactions_key_verifier"]
+    try:
+        verified = verifier.verify(key)
+    except api_keys.InvalidKey as exc:
+        raise invalid_token(exc.detail) from exc
+    return Caller(name=verified.name, scopes=verified.scopes, key_id=verified.id)
 
 
 def verified_caller() -> Caller | None:
@@ -159,19 +259,12 @@ class VerifiedTokens:
 
 
 def current_caller() -> Caller:
-    """The caller of this request, verified once per request (and once per process, see VerifiedTokens)."""
+    """The caller of this request, verified once per request (and cached per process, see above)."""
     caller = request.environ.get(_CALLER_KEY)
     if caller is not None:
         return caller
-    authorization = request.headers.get("Authorization")
-    verified: VerifiedTokens = current_app.extensions["transactions_verified_tokens"]
-    caller = verified.get(authorization) if authorization else None
-    if caller is None:
-        verify_jwt_in_request()
-        claims = get_jwt()
-        caller = caller_from_claims(claims)
-        # PyJWT compares the current time with exp as a whole second; so does the cache.
-        verified.put(authorization, caller, float(math.floor(claims["exp"])))
+    credentials = bearer_credentials(request.headers.get("Authorization"))
+    caller = _service_caller(credentials) if api_keys.looks_like_key(credentials) else _user_caller(credentials)
     request.environ[_CALLER_KEY] = caller
     return caller
 
@@ -243,57 +336,31 @@ def init_auth(app: Flask) -> None:
     app.extensions["transactions_verified_tokens"] = VerifiedTokens(
         app.config["TOKEN_CACHE_SIZE"], app.config["TOKEN_CACHE_SECONDS"]
     )
+    app.extensions["transactions_key_verifier"] = api_keys.KeyVerifier(app.config["API_KEY_CACHE_SECONDS"])
     jwt.decode_key_loader(lambda header, claims: current_app.extensions["transactions_key_resolver"](header, claims))
-
-    @jwt.token_verification_loader
-    def _has_expiry(_header: dict[str, Any], claims: dict[str, Any]) -> bool:
-        return isinstance(claims.get("exp"), (int, float))
-
-    def _reject(detail: str) -> Callable[..., Any]:
-        return lambda *_args: problem_response(invalid_token(detail))
-
-    jwt.unauthorized_loader(
-        lambda reason: problem_response(
-            ApiError(
-                401,
-                "missing_token",
-                "Send a bearer token in the Authorization header.",
-                title="Unauthorized",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+    if not app.config.get("JWT_DECODE_AUDIENCE"):
+        log.warning(
+            "JWT_DECODE_AUDIENCE is not set: user tokens are accepted whatever API the identity provider issued "
+            "them for. Set it to the audience your identity provider puts in this service's tokens."
         )
-    )
-    jwt.invalid_token_loader(lambda reason: problem_response(invalid_token("The token is malformed or its signature is invalid.")))
-    jwt.expired_token_loader(_reject("The token has expired."))
-    jwt.token_verification_failed_loader(_reject("The token has no expiry (exp) claim."))
-    jwt.revoked_token_loader(_reject("The token has been revoked."))
-    jwt.needs_fresh_token_loader(_reject("The token is not accepted here."))
-    jwt.user_lookup_error_loader(_reject("The token's identity is unknown."))
 
-    # Anything PyJWT or flask-jwt-extended raises that the loaders above do not catch.
+    # Anything PyJWT or flask-jwt-extended raises outside token verification.
     @app.errorhandler(pyjwt.PyJWTError)
     @app.errorhandler(JWTExtendedException)
     def _token_error(_error: Exception) -> Any:
         return problem_response(invalid_token("The token could not be verified."))
 
 
-def issue_token(
-    subject: str,
-    *,
-    scopes: Iterable[str] = (),
-    expires_in: int = 3600,
-    extra_claims: dict[str, Any] | None = None,
-) -> str:
-    """Sign a token the way an identity provider would: only ``sub``, ``iat``, ``exp`` (and ``scope``)."""
+def issue_token(user_id: str, *, expires_in: int = 3600, extra_claims: dict[str, Any] | None = None) -> str:
+    """Sign a user token the way an identity provider would: ``sub``, ``iat``, ``exp`` (and ``aud``, ``iss``)."""
     config = current_app.config
     signing_key = config.get("JWT_SECRET_KEY") or config.get("JWT_PRIVATE_KEY")
     if not signing_key:
         raise RuntimeError("Issuing tokens needs JWT_SECRET_KEY, or JWT_PRIVATE_KEY beside JWT_PUBLIC_KEY")
+    if not 0 < expires_in <= config["JWT_MAX_LIFETIME_SECONDS"]:
+        raise ValueError(f"a token lives at most JWT_MAX_LIFETIME_SECONDS ({config['JWT_MAX_LIFETIME_SECONDS']} s)")
     now = int(time.time())
-    claims: dict[str, Any] = {"sub": subject, "iat": now, "exp": now + expires_in}
-    scopes = sorted(set(scopes))
-    if scopes:
-        claims["scope"] = " ".join(scopes)
+    claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + expires_in}
     if config.get("JWT_DECODE_AUDIENCE"):
         claims["aud"] = config["JWT_DECODE_AUDIENCE"]
     if config.get("JWT_DECODE_ISSUER"):

@@ -1,4 +1,4 @@
-"""Flask commands: tokens, demo data and idempotency-key housekeeping."""
+"""Flask commands: API keys, development tokens, demo data and housekeeping."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from flask import Flask
 from flask.cli import AppGroup
 from sqlalchemy import update
 
-from .auth import SERVICE_SCOPES, Caller, issue_token
+from . import api_keys
+from .auth import Caller, issue_token
 from .bench_seed import bench_cli
 from .errors import ApiError
 from .extensions import db
@@ -20,9 +21,11 @@ from .idempotency import prune
 from .ids import utcnow
 from .transactions import service as ledger
 from .transactions.models import TransactionStatus, TransactionType, UserTransaction
+from .scopes import SERVICE_SCOPES, parse_scopes
 from .users.service import register_user
 
-tokens = AppGroup("tokens", help="Issue tokens for development and for configuring the other services.")
+keys = AppGroup("keys", help="API keys: the credentials of the product's services.")
+tokens = AppGroup("tokens", help="User tokens for development, signed as the identity provider would.")
 demo = AppGroup("demo", help="Demo data for development.")
 idempotency_cli = AppGroup("idempotency", help="Idempotency-key housekeeping.")
 transactions_cli = AppGroup("transactions", help="Ledger housekeeping.")
@@ -30,7 +33,7 @@ transactions_cli = AppGroup("transactions", help="Ledger housekeeping.")
 DEMO_USER_ID = uuid.UUID("3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10")
 
 # The services this product runs, with the scopes each needs and no more.
-SERVICE_TOKENS = {
+SERVICE_KEYS = {
     "payment-service": ["purchases:write", "users:write", "transactions:read"],
     "generation-service": ["usage:write", "transactions:read"],
 }
@@ -58,26 +61,82 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(**{unit_name: number})
 
 
+def _print_issued(issued: api_keys.IssuedKey, *notes: str) -> None:
+    """What was made, then the key itself as the last line (so that `| tail -n 1` captures it)."""
+    click.echo(f"Created API key {issued.id} for {issued.name!r} ({' '.join(issued.scopes)}).")
+    for note in notes:
+        click.echo(note)
+    click.echo("It is shown only this once: store it in the service's secrets now.")
+    click.echo(issued.key)
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="The service the key is for, e.g. payment-service.")
+@click.option("--scope", "scope", required=True, help='Space-separated scopes, e.g. "usage:write transactions:read".')
+@click.option("--expires-in", default=None, help="Make the key stop working after this long, e.g. 90d (default: never).")
+def create_key(name: str, scope: str, expires_in: str | None) -> None:
+    """Make a key; prints it once, as the last line."""
+    lifetime = None if expires_in is None else parse_duration(expires_in)
+    try:
+        issued = api_keys.create(name, parse_scopes(scope), lifetime)
+    except api_keys.KeyRequestError as error:
+        raise click.UsageError(str(error)) from error
+    _print_issued(issued)
+
+
+@keys.command("list")
+def list_keys() -> None:
+    """Every key with its name, scopes and times; never a secret."""
+    now = utcnow()
+    rows = [("ID", "NAME", "SCOPES", "CREATED", "LAST USED", "STATUS")]
+    for key in api_keys.all_keys():
+        status = key.status(now)
+        when = {"revoked": key.revoked_at, "expired": key.expires_at, "expiring": key.expires_at}.get(status)
+        rows.append((
+            key.id, key.name, " ".join(key.scopes), _moment(key.created_at), _moment(key.last_used_at),
+            status if when is None else f"{'expires' if status == 'expiring' else status} {_moment(when)}",
+        ))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _moment(value) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@keys.command("revoke")
+@click.argument("id_or_name")
+def revoke_key(id_or_name: str) -> None:
+    """Stop a key (by id), or every key of a service (by name), within API_KEY_CACHE_SECONDS."""
+    try:
+        revoked = api_keys.revoke(id_or_name)
+    except api_keys.KeyRequestError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"revoked {len(revoked)} key(s): {', '.join(revoked)}")
+
+
+@keys.command("rotate")
+@click.argument("name")
+@click.option("--grace", default="24h", show_default=True, help="How long the old keys keep working, e.g. 24h or 0s.")
+def rotate_key(name: str, grace: str) -> None:
+    """Make a new key for NAME with the same scopes; the old ones stop after the grace period."""
+    try:
+        issued = api_keys.rotate(name, parse_duration(grace))
+    except api_keys.KeyRequestError as error:
+        raise click.ClickException(str(error)) from error
+    _print_issued(issued, f"The older keys of {name!r} keep working for {grace}, then stop (`keys list` shows when).")
+
+
 @tokens.command("issue")
-@click.option("--user", "user_id", type=click.UUID, help="Issue a user token for this user id.")
-@click.option("--service", "service_name", help="Issue a service token with this name as subject.")
-@click.option("--scope", default="", help='Space-separated scopes for a service token, e.g. "usage:write".')
-@click.option("--expires-in", default="1h", show_default=True, help="Lifetime, e.g. 15m, 12h, 30d.")
-def issue(user_id: uuid.UUID | None, service_name: str | None, scope: str, expires_in: str) -> None:
-    """Print a signed token."""
-    lifetime = int(parse_duration(expires_in).total_seconds())
-    if (user_id is None) == (service_name is None):
-        raise click.UsageError("give exactly one of --user and --service")
-    if user_id is not None:
-        if scope:
-            raise click.UsageError("user tokens carry no scope")
-        click.echo(issue_token(str(user_id), expires_in=lifetime))
-        return
-    scopes = scope.split()
-    unknown = sorted(set(scopes) - SERVICE_SCOPES)
-    if not scopes or unknown:
-        raise click.UsageError(f"--scope needs one or more of: {', '.join(sorted(SERVICE_SCOPES))}")
-    click.echo(issue_token(service_name, scopes=scopes, expires_in=lifetime))
+@click.option("--user", "user_id", type=click.UUID, required=True, help="The user the token is for.")
+@click.option("--expires-in", default="1h", show_default=True, help="Lifetime, e.g. 15m or 12h (at most JWT_MAX_LIFETIME_SECONDS).")
+def issue(user_id: uuid.UUID, expires_in: str) -> None:
+    """Print a signed user token (services use API keys: `keys create`)."""
+    try:
+        click.echo(issue_token(str(user_id), expires_in=int(parse_duration(expires_in).total_seconds())))
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--expires-in") from error
 
 
 @demo.command("seed")
@@ -135,5 +194,5 @@ def expire_holds(batch_size: int) -> None:
 
 
 def init_cli(app: Flask) -> None:
-    for group in (tokens, demo, idempotency_cli, transactions_cli, bench_cli):
+    for group in (keys, tokens, demo, idempotency_cli, transactions_cli, bench_cli):
         app.cli.add_command(group)

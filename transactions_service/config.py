@@ -74,8 +74,9 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "JWT_JWKS_REFRESH_COOLDOWN_SECONDS": _int(env, "JWT_JWKS_REFRESH_COOLDOWN_SECONDS", 30),
         "TOKEN_CACHE_SIZE": _int(env, "TOKEN_CACHE_SIZE", 4096),
         "TOKEN_CACHE_SECONDS": _int(env, "TOKEN_CACHE_SECONDS", 300),
-        # Named so as not to collide with flask-jwt-extended's own setting,
-        # which must stay "sub" so that service tokens keep working.
+        "JWT_MAX_LIFETIME_SECONDS": _int(env, "JWT_MAX_LIFETIME_SECONDS", 86_400),
+        "API_KEY_CACHE_SECONDS": _int(env, "API_KEY_CACHE_SECONDS", 10),
+        # Named so as not to collide with flask-jwt-extended's own setting, which stays "sub".
         "USER_IDENTITY_CLAIM": env.get("JWT_IDENTITY_CLAIM") or "sub",
         "CORS_ORIGINS": _list(env, "CORS_ORIGINS"),
         "DATABASE_POOL_SIZE": _int(env, "DATABASE_POOL_SIZE", 5),
@@ -94,7 +95,12 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "RATELIMIT_HEADERS_ENABLED": _bool(env, "RATELIMIT_HEADERS_ENABLED", True),
         "RATELIMIT_DEFAULT": env.get("RATELIMIT_DEFAULT") or "300 per minute",
         "RATELIMIT_SERVICE_DEFAULT": env.get("RATELIMIT_SERVICE_DEFAULT") or "20000 per minute",
+        "RATELIMIT_PER_ADDRESS": env.get("RATELIMIT_PER_ADDRESS") or "1000 per minute",
         "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI") or "memory://",
+        # Windows that slide: a fixed window lets twice the limit through across its edge.
+        "RATELIMIT_STRATEGY": env.get("RATELIMIT_STRATEGY") or "sliding-window-counter",
+        # How many proxies in front of the service set X-Forwarded-For (and -Proto): 0 trusts none.
+        "TRUSTED_PROXIES": _int(env, "TRUSTED_PROXIES", 0),
     }
     return {key: value for key, value in settings.items() if value is not None}
 
@@ -160,6 +166,12 @@ def finalise(config: dict[str, Any]) -> None:
         raise ConfigError("LOG_FORMAT must be 'json' or 'text'")
     if config["HOLD_TTL_SECONDS"] < 1:
         raise ConfigError("HOLD_TTL_SECONDS must be at least 1")
+    if config["JWT_MAX_LIFETIME_SECONDS"] < 1:
+        raise ConfigError("JWT_MAX_LIFETIME_SECONDS must be at least 1")
+    if config["API_KEY_CACHE_SECONDS"] < 0:
+        raise ConfigError("API_KEY_CACHE_SECONDS must not be negative")
+    if config["TRUSTED_PROXIES"] < 0:
+        raise ConfigError("TRUSTED_PROXIES must not be negative")
 
     key_sources = [name for name in ("JWT_SECRET_KEY", "JWT_PUBLIC_KEY", "JWT_JWKS_URL") if config.get(name)]
     if not key_sources:

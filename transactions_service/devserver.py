@@ -2,12 +2,14 @@
 
 Keeps a random development secret and an embedded PostgreSQL under
 ``instance/`` (unless ``DATABASE_URL`` is set), applies migrations, seeds a
-demo user, prints tokens for the three callers and serves the API with
-gunicorn. Ctrl-C or SIGTERM stops gunicorn and then the database.
+demo user, prints a token for the demo user and an API key for each demo
+service, and serves the API with gunicorn. Ctrl-C or SIGTERM stops gunicorn
+and then the database.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -19,6 +21,10 @@ from .devdb import EmbeddedPostgres
 
 INSTANCE = Path("instance")
 DEV_CORS_ORIGINS = "http://127.0.0.1:3000,http://localhost:3000"
+# The audience development tokens are issued for and checked against, as an identity provider's would be.
+DEV_AUDIENCE = "transactions-service"
+# A day: the longest JWT_MAX_LIFETIME_SECONDS accepts by default.
+DEV_USER_TOKEN_SECONDS = 24 * 3600
 
 
 def development_secret() -> str:
@@ -35,28 +41,41 @@ def _exit_on_sigterm(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def print_tokens(app) -> None:
-    from .auth import issue_token
-    from .cli import DEMO_USER_ID, SERVICE_TOKENS
+def demo_service_keys() -> dict[str, str]:
+    """An API key per demo service, kept in ``instance/service-keys.json`` and made anew when it no longer works."""
+    from . import api_keys
+    from .cli import SERVICE_KEYS
 
-    with app.app_context():
-        lines = [
-            ("demo user (billing page)", issue_token(str(DEMO_USER_ID), expires_in=7 * 24 * 3600)),
-            *(
-                (f"{name} ({' '.join(scopes)})", issue_token(name, scopes=scopes, expires_in=30 * 24 * 3600))
-                for name, scopes in SERVICE_TOKENS.items()
-            ),
-        ]
-    print("\nTokens (copy into your shell):", flush=True)
-    variables = ["USER_TOKEN", "PAYMENT_TOKEN", "GENERATION_TOKEN"]
-    for variable, (label, token) in zip(variables, lines):
-        print(f"  # {label}\n  export {variable}={token}")
+    path = INSTANCE / "service-keys.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    keys = {}
+    for name, scopes in SERVICE_KEYS.items():
+        known = api_keys.find_active(saved.get(name, ""))
+        if known is not None and known.name == name and known.scopes == frozenset(scopes):
+            keys[name] = saved[name]
+        else:
+            keys[name] = api_keys.create(name, scopes).key
+    if keys != saved:
+        INSTANCE.mkdir(exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(keys, indent=2) + "\n")
+    return keys
+
+
+def print_credentials(user_token: str, service_keys: dict[str, str]) -> None:
+    from .cli import DEMO_USER_ID, SERVICE_KEYS
+
+    print("\nCredentials (copy into your shell):", flush=True)
+    print(f"  # the demo user's token (billing page), for 24 hours\n  export USER_TOKEN={user_token}")
+    for variable, name in (("PAYMENT_KEY", "payment-service"), ("GENERATION_KEY", "generation-service")):
+        print(f"  # {name}'s API key ({' '.join(SERVICE_KEYS[name])})\n  export {variable}={service_keys[name]}")
     print(f"  export DEMO_USER_ID={DEMO_USER_ID}\n", flush=True)
 
 
 def main() -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     os.environ.setdefault("JWT_SECRET_KEY", development_secret())
+    os.environ.setdefault("JWT_DECODE_AUDIENCE", DEV_AUDIENCE)
     os.environ.setdefault("CORS_ORIGINS", DEV_CORS_ORIGINS)
     os.environ.setdefault("LOG_FORMAT", "text")
     embedded = None
@@ -68,7 +87,8 @@ def main() -> int:
     from flask_migrate import upgrade
 
     from . import create_app
-    from .cli import seed_demo
+    from .auth import issue_token
+    from .cli import DEMO_USER_ID, seed_demo
 
     host = os.environ.get("HOST", "127.0.0.1")
     port = os.environ.get("PORT", "5000")
@@ -78,10 +98,13 @@ def main() -> int:
         with app.app_context():
             upgrade()
             seed_demo()
+            service_keys = demo_service_keys()
+            user_token = issue_token(str(DEMO_USER_ID), expires_in=DEV_USER_TOKEN_SECONDS)
             from .extensions import db
 
-            db.engine.dispose()
-        print_tokens(app)
+            for engine in db.engines.values():
+                engine.dispose()
+        print_credentials(user_token, service_keys)
         print(f"Serving on http://{host}:{port}  (Ctrl-C to stop)", flush=True)
         gunicorn = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--workers", "2",

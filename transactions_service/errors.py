@@ -37,12 +37,18 @@ _HTTP_CODES = {
     413: "payload_too_large",
     414: "uri_too_long",
     415: "unsupported_media_type",
+    417: "expectation_failed",
     429: "too_many_requests",
     431: "request_header_fields_too_large",
     500: "internal_error",
     501: "not_implemented",
     503: "service_unavailable",
 }
+
+
+def http_code(status: int) -> str:
+    """The problem code of an HTTP status the framework or the server raises on its own."""
+    return _HTTP_CODES.get(status, "http_error")
 
 
 class ApiError(Exception):
@@ -99,7 +105,7 @@ def _from_http_exception(exc: HTTPException) -> ApiError:
         405: "This method is not allowed on this resource.",
         413: "The request body is larger than the service accepts (1 MiB).",
     }.get(status, exc.description or exc.name)
-    return ApiError(status, _HTTP_CODES.get(status, "http_error"), detail, title=exc.name, headers=headers)
+    return ApiError(status, http_code(status), detail, title=exc.name, headers=headers)
 
 
 def database_unavailable() -> ApiError:

@@ -45,7 +45,9 @@ def metrics() -> Response:
     expected = current_app.config.get("METRICS_TOKEN")
     if not expected:
         raise ApiError(404, "not_found", "Metrics are disabled: set METRICS_TOKEN, or scrape METRICS_PORT.", title="Not Found")
-    supplied = request.headers.get("Authorization", "").removeprefix("Bearer ")
+    scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":  # the scheme is case-insensitive (RFC 7235)
+        supplied = ""
     if not hmac.compare_digest(supplied.encode(), expected.encode()):
         raise ApiError(
             401,

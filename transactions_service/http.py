@@ -7,27 +7,34 @@ from typing import Any
 
 from flask import Flask, Request, Response, request
 from marshmallow import Schema
-from werkzeug.exceptions import BadRequest
+from werkzeug.middleware.proxy_fix import ProxyFix
 
+from . import strict_json
 from .auth import invalid_token
 from .errors import ApiError, validation_error
 from .transactions.models import MAX_IDEMPOTENCY_KEY_LENGTH
 
+# The bounds a client can reach, each answered here as a problem. gunicorn's own
+# limits (gunicorn.conf.py) sit above them, so that it refuses only what is far out.
+MAX_PATH_BYTES = 2048
 MAX_QUERY_STRING_BYTES = 2048
 MAX_QUERY_PARAMETERS = 10
 MAX_AUTHORIZATION_BYTES = 8192
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$")
+MAX_HEADER_BYTES = 8192
+MAX_HEADERS = 50
+# Printable ASCII, no comma (two Idempotency-Key headers arrive joined by one), no space at either end.
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x2b\x2d-\x7e]([\x20-\x2b\x2d-\x7e]*[\x21-\x2b\x2d-\x7e])?$")
 EXPOSED_HEADERS = "Location, Idempotent-Replayed, Retry-After, WWW-Authenticate"
 
 
 def json_body() -> Any:
-    """The request body parsed as JSON, whatever the Content-Type says."""
+    """The request body parsed as strict JSON (``strict_json``), whatever the Content-Type says."""
     try:
-        return request.get_json(force=True)
-    except (BadRequest, RecursionError) as exc:
-        if not isinstance(exc, RecursionError) and exc.code != 400:
-            raise
-        raise ApiError(400, "malformed_json", "The request body is not valid JSON.", title="Malformed JSON") from exc
+        return strict_json.loads(request.get_data(cache=True))
+    except strict_json.NotStrictJson as exc:
+        raise ApiError(
+            400, "malformed_json", f"The request body is not valid JSON: {exc}.", title="Malformed JSON"
+        ) from exc
 
 
 def load_body(schema: Schema) -> dict[str, Any]:
@@ -67,8 +74,8 @@ def idempotency_key() -> str | None:
         raise validation_error(
             {
                 "Idempotency-Key": [
-                    f"Must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters, "
-                    "not starting or ending with a space."
+                    f"Must be sent once, as 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters "
+                    "other than a comma, not starting or ending with a space."
                 ]
             },
             "The Idempotency-Key header is not valid.",
@@ -76,10 +83,26 @@ def idempotency_key() -> str | None:
     return key
 
 
+def _headers_too_large(detail: str) -> ApiError:
+    return ApiError(431, "request_header_fields_too_large", detail, title="Request Header Fields Too Large")
+
+
+def enforce_header_bounds() -> None:
+    """Refuse too many or too long headers, whatever the path."""
+    if len(request.headers) > MAX_HEADERS:
+        raise _headers_too_large(f"The request has more than {MAX_HEADERS} header fields.")
+    for name, value in request.headers.items():
+        if len(value) > MAX_HEADER_BYTES and name.lower() != "authorization":
+            raise _headers_too_large(f"The {name} header is longer than {MAX_HEADER_BYTES} bytes.")
+
+
 def enforce_request_bounds() -> None:
     """Refuse oversized inputs before any of them is parsed or verified (bodies: MAX_CONTENT_LENGTH)."""
+    enforce_header_bounds()
     if not request.path.startswith("/api/"):
         return
+    if len(request.path) > MAX_PATH_BYTES:
+        raise ApiError(414, "uri_too_long", f"The path is longer than {MAX_PATH_BYTES} bytes.", title="URI Too Long")
     if len(request.query_string) > MAX_QUERY_STRING_BYTES:
         raise ApiError(
             414, "uri_too_long", f"The query string is longer than {MAX_QUERY_STRING_BYTES} bytes.", title="URI Too Long"
@@ -92,6 +115,10 @@ def enforce_request_bounds() -> None:
 
 def init_http(app: Flask) -> None:
     origins = frozenset(app.config.get("CORS_ORIGINS", ()))
+    proxies = app.config["TRUSTED_PROXIES"]
+    if proxies:
+        # The client's address (rate limits, logs) from X-Forwarded-For, as set by that many proxies.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
     app.before_request(enforce_request_bounds)
 
     @app.after_request

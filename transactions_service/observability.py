@@ -141,6 +141,8 @@ def init_observability(app: Flask) -> None:
                 "status": response.status_code,
                 "duration_ms": round(duration * 1000, 2),
                 "caller": caller.name if caller is not None else None,
+                # A service's API key by its id (never the key): which of its keys is in use.
+                **({"key_id": caller.key_id} if caller is not None and caller.key_id else {}),
             },
         )
         return response

@@ -6,7 +6,8 @@ import uuid
 
 from flask import Blueprint, Response, jsonify, url_for
 
-from ..auth import WRITE_PURCHASES, WRITE_USAGE, authenticated, current_caller
+from ..auth import authenticated, current_caller
+from ..scopes import WRITE_PURCHASES, WRITE_USAGE
 from ..http import idempotency_key, load_body, load_query
 from . import service
 from .schemas import BalanceSchema, HistoryQuerySchema, NewTransactionSchema, SettleSchema, UserQuerySchema

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from json.encoder import encode_basestring_ascii as _json_string
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
@@ -24,20 +24,43 @@ from .models import (
 
 _AMOUNT_PATTERN = re.compile(r"[0-9]{1,10}(\.[0-9]{1,2})?")
 _CENT = Decimal("0.01")
-# C0 controls other than tab, line feed and carriage return; PostgreSQL text cannot hold NUL.
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# What a description may hold, as regular-expression classes: the one source for the rules
+# below and for the `pattern` of `description` in openapi.yaml (a test keeps them equal).
+# C0 controls (tab and line breaks too: a description is one line), DEL, C1 controls, and the
+# Unicode line and paragraph separators; PostgreSQL text cannot hold NUL in any case.
+CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
+# Bidirectional embeddings, overrides and isolates, which reorder how the text around them
+# is shown ("Trojan Source", CVE-2021-42574). The marks (U+200E, U+200F, U+061C) stay allowed.
+BIDI_CONTROLS = r"\u202a-\u202e\u2066-\u2069"
+# Characters that show nothing on their own: spaces, format characters (soft hyphen, zero-width
+# space and joiners, marks, word joiner, byte-order mark), variation selectors, blank fillers.
+INVISIBLE_CHARACTERS = (
+    r"\x20\xa0\xad\u034f\u061c\u115f\u1160\u1680\u17b4\u17b5\u180b-\u180f\u2000-\u200f"
+    r"\u202a-\u202f\u205f-\u206f\u2800\u3000\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb"
+)
+# Something visible, then only allowed characters to the very end ((?![\s\S]) is the end in
+# every regex dialect; "$" would also match before a final line feed in some).
+DESCRIPTION_PATTERN = rf"^(?=.*[^{INVISIBLE_CHARACTERS}])[^{CONTROL_CHARACTERS}{BIDI_CONTROLS}]*(?![\s\S])"
+_CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
+_BIDI = re.compile(f"[{BIDI_CONTROLS}]")
+_VISIBLE = re.compile(f"[^{INVISIBLE_CHARACTERS}]")
 
 
 class Money(fields.Field):
-    """Dollars as a JSON string (``"9.99"``) or number, at most two decimals (input only)."""
+    """Dollars as a JSON string (``"9.99"``) or number, at most two decimals (input only).
+
+    Numbers arrive as ``int`` or exact ``Decimal`` (``strict_json``), so more
+    precision than cents is refused, never rounded.
+    """
 
     default_error_messages = {
         "invalid": "Must be a decimal number of dollars with at most two decimals, as a string or a number.",
+        "precision": "Must have at most two decimals; the amount is never rounded.",
         "range": f"Must be between 0 and {MAX_AMOUNT}.",
     }
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
             raise self.make_error("invalid")
         if isinstance(value, str):
             if value.startswith("-") and _AMOUNT_PATTERN.fullmatch(value[1:]):
@@ -45,17 +68,13 @@ class Money(fields.Field):
             if not _AMOUNT_PATTERN.fullmatch(value):
                 raise self.make_error("invalid")
             return Decimal(value).quantize(_CENT)
-        try:
-            # repr() is the shortest text that reads back as the same float: 9.99, not 9.9900000000000002131.
-            decimal = Decimal(repr(value))
-        except InvalidOperation as exc:
-            raise self.make_error("invalid") from exc
+        decimal = Decimal(value)
         if not decimal.is_finite():
             raise self.make_error("invalid")
         if decimal < 0 or decimal > MAX_AMOUNT:
             raise self.make_error("range")
         if decimal != decimal.quantize(_CENT):
-            raise self.make_error("invalid")
+            raise self.make_error("precision")
         return abs(decimal.quantize(_CENT))  # abs() turns -0.0 into 0.00
 
 
@@ -64,17 +83,43 @@ class StrictInteger(fields.Integer):
 
     JSON has one number type and some clients (JavaScript among them) may
     write ``66.0``; accepting exactly the values the spec's ``type: integer``
-    admits keeps the contract and the service in agreement.
+    admits keeps the contract and the service in agreement. Numbers with a
+    fraction arrive as exact ``Decimal`` (``strict_json``): ``999999999.99999999999``
+    is not an integer, where a float would have rounded it to one.
     """
+
+    default_error_messages = {
+        "invalid": "Must be a whole number, written as a JSON number (not a string).",
+        "too_large": "Number too large.",
+    }
 
     def _validated(self, value: Any) -> int:
         if isinstance(value, bool):
             raise self.make_error("invalid")
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, Decimal):
+            if not value.is_finite():
+                raise self.make_error("invalid")
+            # By its exponent first: arithmetic on Decimal("1e999999999") overflows, and int() of it never ends.
+            if value.adjusted() > 18:
+                raise self.make_error("too_large")
+            if value != value.to_integral_value():
+                raise self.make_error("invalid")
             return int(value)
         if not isinstance(value, int):
             raise self.make_error("invalid")
         return value
+
+
+class QueryInteger(fields.Integer):
+    """A whole number in a query string: ASCII digits only (not ``１``, ``+1``, `` 1`` or ``1_0``)."""
+
+    _DIGITS = re.compile(r"[0-9]{1,9}")
+    default_error_messages = {"invalid": "Must be a whole number written with the digits 0-9."}
+
+    def _validated(self, value: Any) -> int:
+        if not isinstance(value, str) or not self._DIGITS.fullmatch(value):
+            raise self.make_error("invalid")
+        return int(value)
 
 
 class Timestamp(fields.DateTime):
@@ -85,18 +130,20 @@ class Timestamp(fields.DateTime):
 
 
 class Text(fields.String):
-    """A string without control characters (tab and line breaks allowed)."""
+    """A one-line label: no control characters, no bidi controls, and something visible in it."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
-        if _CONTROL_CHARACTERS.search(text):
-            raise ValidationError("Must not contain control characters.")
+        if _CONTROL.search(text):
+            raise ValidationError("Must not contain control characters (tabs and line breaks included).")
+        if _BIDI.search(text):
+            raise ValidationError("Must not contain bidirectional embedding, override or isolate characters.")
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800"
             raise ValidationError("Must be valid Unicode text.") from exc
-        if not text.strip():
-            raise ValidationError("Must not be blank.")
+        if not _VISIBLE.search(text):
+            raise ValidationError("Must not be blank: it needs at least one visible character.")
         return text
 
 
@@ -197,7 +244,7 @@ class UserQuerySchema(StrictSchema):
 
 
 class HistoryQuerySchema(UserQuerySchema):
-    limit = fields.Integer(load_default=20, validate=validate.Range(1, 100))
+    limit = QueryInteger(load_default=20, validate=validate.Range(1, 100))
     cursor = fields.String(load_default=None)
     type = fields.Enum(TransactionType, by_value=True, load_default=None)
     status = fields.Enum(TransactionStatus, by_value=True, load_default=None)

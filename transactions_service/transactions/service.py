@@ -22,7 +22,8 @@ from sqlalchemy import ColumnElement, exists, func, literal_column, select, true
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from .. import idempotency
-from ..auth import WRITE_PURCHASES, WRITE_USAGE, Caller
+from ..auth import Caller
+from ..scopes import WRITE_PURCHASES, WRITE_USAGE
 from ..errors import ApiError, validation_error
 from ..extensions import db, run_statement
 from ..ids import utcnow, uuid7

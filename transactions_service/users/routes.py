@@ -6,7 +6,8 @@ import uuid
 
 from flask import Blueprint, Response, jsonify, request
 
-from ..auth import WRITE_USERS, authenticated, current_caller
+from ..auth import authenticated, current_caller
+from ..scopes import WRITE_USERS
 from ..http import load_body
 from . import service
 from .schemas import RegisterUserSchema, UserSchema

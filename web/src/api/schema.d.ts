@@ -20,7 +20,7 @@ export interface paths {
          *
          *     **Authorization.** A *user token* reads only its own user's history:
          *     it may omit `user_id` or name itself; naming another user is `403
-         *     forbidden`. A *service token* needs the `transactions:read` scope (else
+         *     forbidden`. A *service* (API key) needs the `transactions:read` scope (else
          *     `403 insufficient_scope`) and must name the user (else `422
          *     validation_error` on `user_id`).
          *
@@ -53,7 +53,7 @@ export interface paths {
          *     (else `422 unknown_user`). Usage normally has amount `"0.00"`, but any
          *     amount is accepted.
          *
-         *     **Authorization.** Service tokens only. The token needs
+         *     **Authorization.** Services only. The API key needs
          *     `purchases:write` or `usage:write` to call this at all (else `403
          *     insufficient_scope`), and then the write scope of the body's `type`:
          *     `purchases:write` for a purchase, `usage:write` for a usage. User
@@ -90,7 +90,7 @@ export interface paths {
         /**
          * Read one transaction
          * @description **Authorization.** A *user token* reads only its own user's
-         *     transactions; a *service token* needs `transactions:read` (403
+         *     transactions; a *service* (API key) needs `transactions:read` (403
          *     `insufficient_scope` without it). Another user's transaction is
          *     reported to a user token exactly like one that does not exist:
          *     `404 not_found`, so ids cannot be probed.
@@ -124,7 +124,7 @@ export interface paths {
          *     already released, so charge with a new usage), also after the
          *     expiry job has marked it failed.
          *
-         *     **Authorization.** Service tokens only. The token needs
+         *     **Authorization.** Services only. The API key needs
          *     `purchases:write` or `usage:write` to call this at all (else `403
          *     insufficient_scope`; user tokens always get this), and then the write
          *     scope of the transaction's type: `purchases:write` to settle a
@@ -150,7 +150,7 @@ export interface paths {
          *
          *     **Authorization.** A *user token* reads only its own balance: it may
          *     omit `user_id` or name itself; naming another user is `403 forbidden`.
-         *     A *service token* needs `transactions:read` (else `403
+         *     A *service* (API key) needs `transactions:read` (else `403
          *     insufficient_scope`) and must name the user (else `422
          *     validation_error`).
          */
@@ -188,7 +188,7 @@ export interface paths {
          *     is only read when the request declares a non-zero `Content-Length`;
          *     any field in it is refused (`422 validation_error`, "Unknown field.").
          *
-         *     **Authorization.** Service tokens with `users:write` only (else `403
+         *     **Authorization.** Services whose API key has `users:write` only (else `403
          *     insufficient_scope`).
          */
         put: operations["registerUser"];
@@ -254,9 +254,11 @@ export interface paths {
          *     counters (transactions recorded, holds settled/released/expired,
          *     idempotent replays, insufficient-credit refusals), in the Prometheus
          *     text format. Under gunicorn the numbers cover every worker. Enabled
-         *     only when `METRICS_TOKEN` is set; scrapers send it as a bearer token.
-         *     (Alternatively gunicorn serves the same metrics on `METRICS_PORT`, an
-         *     internal port outside this API.) Never rate limited.
+         *     only when `METRICS_TOKEN` is set; scrapers send it as a bearer token
+         *     (`401 invalid_token` with `WWW-Authenticate: Bearer` otherwise). With
+         *     metrics off (no `METRICS_TOKEN`) the answer is `404 not_found`,
+         *     whatever is sent. (Alternatively gunicorn serves the same metrics on
+         *     `METRICS_PORT`, an internal port outside this API.) Never rate limited.
          */
         get: operations["getMetrics"];
         put?: never;
@@ -387,9 +389,15 @@ export interface components {
              */
             credits: number;
             /**
-             * @description What the entry is for, shown to the user. 1 to 500 characters, not
-             *     blank (whitespace only), and no control characters other than tab,
-             *     line feed and carriage return.
+             * @description What the entry is for, shown to the user as one line: 1 to 500
+             *     characters with at least one visible character (not only spaces,
+             *     zero-width or other format characters), and no control characters
+             *     (C0, DEL and C1: tab, line feed and carriage return included; nor
+             *     U+2028/U+2029), and no bidirectional embedding, override or isolate
+             *     characters (U+202A-U+202E, U+2066-U+2069), which could make the
+             *     text display in another order than it reads. The bidi marks
+             *     (U+200E, U+200F, U+061C) are allowed. Refused: `422` naming
+             *     `description`.
              * @example Starter pack: 500 credits
              * @example Image generation (1024x1024)
              */
@@ -580,7 +588,7 @@ export interface components {
                 "application/problem+json": components["schemas"]["Problem"];
             };
         };
-        /** @description The token lacks the scope this operation needs (user tokens never have it). */
+        /** @description The caller's API key lacks the scope this operation needs (user tokens never have one). */
         InsufficientScope: {
             headers: {
                 [name: string]: unknown;
@@ -589,7 +597,7 @@ export interface components {
                 "application/problem+json": components["schemas"]["Problem"];
             };
         };
-        /** @description A service token without `transactions:read` (`insufficient_scope`), or a user token naming another user (`forbidden`). */
+        /** @description A service's API key without `transactions:read` (`insufficient_scope`), or a user token naming another user (`forbidden`). */
         ForbiddenRead: {
             headers: {
                 [name: string]: unknown;
@@ -725,14 +733,14 @@ export interface components {
          */
         UserIdPath: string;
         /**
-         * @description The user whose data to read. **Required for service tokens** (`422
+         * @description The user whose data to read. **Required for services** (`422
          *     validation_error` without it). Optional for user tokens, which read
          *     their own user whatever they send; naming any other user is `403
          *     forbidden`.
          * @example 3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10
          */
         UserIdQuery: string;
-        /** @description Page size. */
+        /** @description Page size, in the ASCII digits 0-9 (`１`, `+1` or `1_0` are `422`). */
         Limit: number;
         /**
          * @description Opaque: the `next_cursor` of the previous page, to get the page after
@@ -749,8 +757,10 @@ export interface components {
         /**
          * @description A key, unique per logical write, that makes retrying this request safe
          *     (for example the payment provider's event id, or the generation job's
-         *     id). 1 to 255 printable ASCII characters, not starting or ending with a
-         *     space (else `422 validation_error` on `Idempotency-Key`).
+         *     id). Sent once: 1 to 255 printable ASCII characters other than a comma,
+         *     not starting or ending with a space (else `422 validation_error` on
+         *     `Idempotency-Key`; two `Idempotency-Key` headers arrive joined by a
+         *     comma and are refused, never read as one key).
          *
          *     * Same key and same body (compared after validation, so `"9.9"` and
          *       `9.90` are the same amount): nothing new is written; the first
@@ -764,8 +774,9 @@ export interface components {
          *       one failed, proceeds as the first); if it cannot get the key within
          *       the database lock timeout it gets `409 idempotency_key_in_use` with
          *       `Retry-After`.
-         *     * Keys are scoped to the calling service (the token's `sub`): two
-         *       services may use the same key independently.
+         *     * Keys are scoped to the calling service (its API key's name, so a
+         *       rotated key replays what the old one recorded): two services may
+         *       use the same key independently.
          *     * Only successful writes are recorded. A refused request (`409
          *       insufficient_credits`, `422 unknown_user`, `422 validation_error`,
          *       ...) or a failed one (`503`) leaves no record, so the same key can be
@@ -811,14 +822,14 @@ export interface operations {
         parameters: {
             query?: {
                 /**
-                 * @description The user whose data to read. **Required for service tokens** (`422
+                 * @description The user whose data to read. **Required for services** (`422
                  *     validation_error` without it). Optional for user tokens, which read
                  *     their own user whatever they send; naming any other user is `403
                  *     forbidden`.
                  * @example 3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10
                  */
                 user_id?: components["parameters"]["UserIdQuery"];
-                /** @description Page size. */
+                /** @description Page size, in the ASCII digits 0-9 (`１`, `+1` or `1_0` are `422`). */
                 limit?: components["parameters"]["Limit"];
                 /**
                  * @description Opaque: the `next_cursor` of the previous page, to get the page after
@@ -866,8 +877,10 @@ export interface operations {
                 /**
                  * @description A key, unique per logical write, that makes retrying this request safe
                  *     (for example the payment provider's event id, or the generation job's
-                 *     id). 1 to 255 printable ASCII characters, not starting or ending with a
-                 *     space (else `422 validation_error` on `Idempotency-Key`).
+                 *     id). Sent once: 1 to 255 printable ASCII characters other than a comma,
+                 *     not starting or ending with a space (else `422 validation_error` on
+                 *     `Idempotency-Key`; two `Idempotency-Key` headers arrive joined by a
+                 *     comma and are refused, never read as one key).
                  *
                  *     * Same key and same body (compared after validation, so `"9.9"` and
                  *       `9.90` are the same amount): nothing new is written; the first
@@ -881,8 +894,9 @@ export interface operations {
                  *       one failed, proceeds as the first); if it cannot get the key within
                  *       the database lock timeout it gets `409 idempotency_key_in_use` with
                  *       `Retry-After`.
-                 *     * Keys are scoped to the calling service (the token's `sub`): two
-                 *       services may use the same key independently.
+                 *     * Keys are scoped to the calling service (its API key's name, so a
+                 *       rotated key replays what the old one recorded): two services may
+                 *       use the same key independently.
                  *     * Only successful writes are recorded. A refused request (`409
                  *       insufficient_credits`, `422 unknown_user`, `422 validation_error`,
                  *       ...) or a failed one (`503`) leaves no record, so the same key can be
@@ -1012,7 +1026,7 @@ export interface operations {
         parameters: {
             query?: {
                 /**
-                 * @description The user whose data to read. **Required for service tokens** (`422
+                 * @description The user whose data to read. **Required for services** (`422
                  *     validation_error` without it). Optional for user tokens, which read
                  *     their own user whatever they send; naming any other user is `403
                  *     forbidden`.
@@ -1160,7 +1174,15 @@ export interface operations {
                 };
             };
             401: components["responses"]["Unauthorized"];
-            404: components["responses"]["NotFound"];
+            /** @description Metrics are off on this instance (`METRICS_TOKEN` is not set). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             500: components["responses"]["InternalError"];
             default: components["responses"]["Problem"];
         };

@@ -9,6 +9,7 @@ import { useState, type FormEvent } from "react";
 
 import styles from "./dev-sign-in.module.css";
 import { setDevAccessToken } from "./access-token";
+import { checkPastedToken } from "./token-check";
 
 /** Only same-site paths are followed after signing in. */
 function safeNext(): string {
@@ -18,16 +19,24 @@ function safeNext(): string {
 
 export function DevSignIn() {
   const [token, setToken] = useState("");
+  const [problem, setProblem] = useState<string | null>(null);
 
   function signIn(event: FormEvent<HTMLFormElement>) {
     event.preventDefault();
-    setDevAccessToken(token.trim());
+    const pasted = token.trim();
+    const check = checkPastedToken(pasted);
+    if (!check.ok) {
+      setProblem(check.problem ?? "This token cannot be used.");
+      return;
+    }
+    setDevAccessToken(pasted);
     window.location.assign(safeNext());
   }
 
   function signOut() {
     setDevAccessToken(null);
     setToken("");
+    setProblem(null);
   }
 
   return (
@@ -44,11 +53,21 @@ export function DevSignIn() {
           name="token"
           rows={5}
           value={token}
-          onChange={(event) => setToken(event.target.value)}
+          onChange={(event) => {
+            setToken(event.target.value);
+            setProblem(null);
+          }}
           spellCheck={false}
           autoComplete="off"
           required
+          aria-invalid={problem !== null}
+          aria-describedby={problem !== null ? "token-problem" : undefined}
         />
+        {problem !== null && (
+          <p id="token-problem" role="alert" className={styles.problem} data-testid="sign-in-problem">
+            {problem}
+          </p>
+        )}
         <div className={styles.actions}>
           <button type="submit">Sign in</button>
           <button type="button" onClick={signOut}>

@@ -9,7 +9,8 @@
  * NEXT_PUBLIC_DEV_TOKEN (which `make web` sets to a fresh demo-user token).
  */
 
-const DEV_TOKEN_KEY = "transactions.devAccessToken";
+/** Where the pasted token is kept (sessionStorage). */
+export const DEV_TOKEN_KEY = "transactions.devAccessToken";
 
 /** Where the page sends a user whose session is missing or has expired. */
 export const SIGN_IN_PATH = "/dev/sign-in";

@@ -10,6 +10,8 @@ import { randomUUID } from "node:crypto";
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
+import { DEV_TOKEN_KEY } from "../../src/auth/access-token";
+
 import { signToken, startStack, WEB_ROOT, type Stack } from "./stack";
 
 const CHROMIUM = "/usr/bin/chromium";
@@ -351,10 +353,16 @@ describe("the billing page in Chromium, on the real service", () => {
 
     const { context, page } = await newPage();
     try {
+      // The sign-in page says so at once when the pasted token has expired already...
       await page.goto(`${stack!.webUrl}/dev/sign-in`);
       await page.getByLabel("Access token").fill(expired);
       await page.getByRole("button", { name: "Sign in" }).click();
-      await page.waitForURL("**/billing");
+      await expect.poll(() => page.getByTestId("sign-in-problem").textContent()).toContain("This token expired at");
+      expect(new URL(page.url()).pathname).toBe("/dev/sign-in");
+
+      // ...and the billing page shows the session state when a session expires while it is kept.
+      await page.evaluate(([key, token]) => window.sessionStorage.setItem(key!, token!), [DEV_TOKEN_KEY, expired]);
+      await page.goto(`${stack!.webUrl}/billing`);
 
       const session = page.getByTestId("session-expired");
       await expect.poll(() => session.textContent()).toContain("Your session has expired — sign in again");

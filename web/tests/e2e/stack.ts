@@ -190,20 +190,20 @@ export async function startStack(options: {
       CORS_ORIGINS: webUrl,
     };
     const flask = (...args: string[]) => run(join(VENV_BIN, "flask"), ["--app", "wsgi", ...args], { env, log });
-    const [, userToken, serviceToken] = await Promise.all([
+    const [, userToken] = await Promise.all([
       flask("db", "upgrade"),
       flask("tokens", "issue", "--user", options.userId, "--expires-in", "1h"),
-      flask(
-        "tokens",
-        "issue",
-        "--service",
-        "billing-e2e",
-        "--scope",
-        "users:write purchases:write usage:write transactions:read",
-        "--expires-in",
-        "1h",
-      ),
     ]);
+    // The seeding service's API key: the last line `keys create` prints (it needs the migrated table).
+    const created = await flask(
+      "keys",
+      "create",
+      "--name",
+      "billing-e2e",
+      "--scope",
+      "users:write purchases:write usage:write transactions:read",
+    );
+    const serviceToken = created.trim().split("\n").pop() ?? "";
 
     const api = new Service(
       "gunicorn",
