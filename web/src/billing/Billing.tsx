@@ -126,13 +126,26 @@ export function Billing({ filters, onFiltersChange, api = defaultApi(), pageSize
     );
   }, [api, shownRows, cursor, pageSize, type, status]);
 
+  // The balance card keeps its place in every state, so the page does not change shape when a load
+  // fails. A failed load is one failure for the whole page (the two reads are one load, and Retry repeats
+  // both): the card says "Balance unavailable" with the same reason as the history's error, whichever
+  // read failed, and never numbers it no longer vouches for. On a 401 or without a token the card says
+  // so too, still with no numbers (they are shown only to a signed-in user), and the session panel takes
+  // the history's place with the one way out, signing in: no Retry, which could not help, and no filters.
+  const balanceError = view.phase === "failed" ? failureMessage(view.failure) : null;
+
   if (view.phase === "failed" && (view.failure.kind === "unauthorized" || view.failure.kind === "signed-out")) {
-    return <SessionPanel expired={view.failure.kind === "unauthorized"} />;
+    return (
+      <div className={styles.billing}>
+        <BalanceCard balance={null} error={balanceError} />
+        <SessionPanel expired={view.failure.kind === "unauthorized"} />
+      </div>
+    );
   }
 
   return (
     <div className={styles.billing}>
-      {view.phase !== "failed" && <BalanceCard balance={balance} />}
+      <BalanceCard balance={balance} error={balanceError} />
       <section className={styles.history} aria-labelledby={historyHeadingId}>
         <div className={styles.historyHeader}>
           <h2 id={historyHeadingId} className={styles.sectionTitle}>

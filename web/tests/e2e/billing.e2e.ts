@@ -147,6 +147,18 @@ function expectedRow(transaction: Recorded) {
   };
 }
 
+/** The balance card in its error state: still on the page, saying why, with no numbers. */
+async function expectBalanceUnavailable(page: Page, reason: string) {
+  const card = page.getByTestId("balance-card");
+  expect(await card.count()).toBe(1);
+  expect(await card.getByRole("heading", { name: "Available credits" }).isVisible()).toBe(true);
+  expect(await card.getByTestId("balance-error").textContent()).toContain("Balance unavailable");
+  expect(await card.getByTestId("balance-error-message").textContent()).toBe(reason);
+  expect(await card.getByTestId("balance-available").count()).toBe(0);
+  expect(await card.getByTestId("balance-total").count()).toBe(0);
+  expect(await card.getByTestId("balance-held").count()).toBe(0);
+}
+
 function normaliseSpaces<T extends { date?: string }>(row: T): T {
   return { ...row, date: row.date?.replace(/[\u202f\u00a0]/g, " ") };
 }
@@ -367,7 +379,7 @@ describe("the billing page in Chromium, on the real service", () => {
       const session = page.getByTestId("session-expired");
       await expect.poll(() => session.textContent()).toContain("Your session has expired — sign in again");
       expect(await rows(page).count()).toBe(0);
-      expect(await page.getByTestId("balance-card").count()).toBe(0);
+      await expectBalanceUnavailable(page, "Your session has expired — sign in again");
       await screenshot(page, "billing-session-expired.png");
 
       await session.getByRole("link", { name: "Sign in again" }).click();
@@ -376,6 +388,8 @@ describe("the billing page in Chromium, on the real service", () => {
       await page.getByRole("button", { name: "Sign in" }).click();
       await page.waitForURL("**/billing");
       await expect.poll(() => rows(page).count()).toBe(20);
+      await expect.poll(() => page.getByTestId("balance-available").isVisible()).toBe(true);
+      expect(await page.getByTestId("balance-error").count()).toBe(0);
     } finally {
       await context.close();
     }
@@ -393,12 +407,37 @@ describe("the billing page in Chromium, on the real service", () => {
       await expect.poll(() => error.isVisible()).toBe(true);
       expect(await error.textContent()).toContain("The billing service could not be reached.");
       expect(await rows(page).count()).toBe(0);
+      // the balance card stays in its place and says the same
+      await expectBalanceUnavailable(page, "The billing service could not be reached.");
       await screenshot(page, "billing-service-down.png");
+
+      // and on a phone it keeps its frame, inside the screen, above the history's error
+      await page.setViewportSize({ width: 375, height: 812 });
+      const phone = await page.evaluate(() => {
+        const box = (testId: string) => document.querySelector(`[data-testid="${testId}"]`)!.getBoundingClientRect();
+        const card = box("balance-card");
+        const message = box("balance-error");
+        return {
+          page: document.documentElement.scrollWidth,
+          viewport: window.innerWidth,
+          cardRight: card.right,
+          messageInside: message.left >= card.left && message.right <= card.right && message.bottom <= card.bottom,
+          cardAboveError: card.bottom <= box("billing-error").top,
+        };
+      });
+      expect(phone.page).toBeLessThanOrEqual(phone.viewport);
+      expect(phone.cardRight).toBeLessThanOrEqual(phone.viewport);
+      expect(phone.messageInside).toBe(true);
+      expect(phone.cardAboveError).toBe(true);
+      await screenshot(page, "billing-service-down-mobile.png");
+      await page.setViewportSize({ width: 1280, height: 900 });
 
       await stack!.api.start();
       await error.getByRole("button", { name: "Retry" }).click();
       await expect.poll(() => rows(page).count()).toBe(20);
       expect(await page.getByTestId("billing-error").count()).toBe(0);
+      await expect.poll(() => page.getByTestId("balance-available").isVisible()).toBe(true);
+      expect(await page.getByTestId("balance-error").count()).toBe(0);
     } finally {
       await context.close();
     }
@@ -416,10 +455,13 @@ describe("the billing page in Chromium, on the real service", () => {
       const error = page.getByTestId("billing-error");
       await expect.poll(() => error.isVisible()).toBe(true);
       expect(await page.getByTestId("billing-error-message").textContent()).toBe("Database unavailable");
+      await expectBalanceUnavailable(page, "Database unavailable");
 
       await stack!.startDatabase();
       await error.getByRole("button", { name: "Retry" }).click();
       await expect.poll(() => rows(page).count()).toBe(20);
+      await expect.poll(() => page.getByTestId("balance-available").isVisible()).toBe(true);
+      expect(await page.getByTestId("balance-error").count()).toBe(0);
     } finally {
       await context.close();
     }

@@ -52,6 +52,21 @@ function descriptions() {
   return shownRows().map((row) => within(row).getAllByRole("cell")[2]?.textContent);
 }
 
+/** The balance card in its error state: frame and heading kept, the reason in place of the numbers. */
+function expectBalanceUnavailable(reason: string | RegExp) {
+  const card = screen.getByTestId("balance-card");
+  expect(within(card).getByRole("heading", { name: "Available credits" })).toBeInTheDocument();
+  const error = within(card).getByTestId("balance-error");
+  expect(error).toHaveTextContent("Balance unavailable");
+  expect(within(error).getByTestId("balance-error-message")).toHaveTextContent(reason);
+  expect(within(card).queryByTestId("balance-available")).not.toBeInTheDocument();
+  expect(within(card).queryByTestId("balance-total")).not.toBeInTheDocument();
+  expect(within(card).queryByTestId("balance-held")).not.toBeInTheDocument();
+  expect(card).not.toHaveTextContent(/\d/); // no numbers at all, stale or not
+  expect(screen.queryByTestId("balance-loading")).not.toBeInTheDocument();
+  return card;
+}
+
 describe("the billing page", () => {
   it("shows a loading skeleton, then the balance and the newest transactions", async () => {
     const gate = deferred<void>();
@@ -167,7 +182,11 @@ describe("the billing page", () => {
     expect(within(error).getByTestId("billing-error-message")).toHaveTextContent("Database unavailable");
     expect(error).not.toHaveTextContent("Traceback");
     expect(shownRows()).toHaveLength(0);
-    expect(screen.queryByTestId("balance-card")).not.toBeInTheDocument();
+    // the card stays in its place and says why, in the history's words, without Retry of its own
+    const card = expectBalanceUnavailable("Database unavailable");
+    expect(card).not.toHaveTextContent("Traceback");
+    expect(within(card).queryByRole("button")).not.toBeInTheDocument();
+    expect(screen.getAllByRole("button", { name: "Retry" })).toHaveLength(1);
 
     down = false;
     await user.click(within(error).getByRole("button", { name: "Retry" }));
@@ -175,6 +194,8 @@ describe("the billing page", () => {
     await waitFor(() => expect(shownRows()).toHaveLength(2));
     expect(screen.queryByTestId("billing-error")).not.toBeInTheDocument();
     expect(screen.getByTestId("balance-card")).toBeInTheDocument();
+    expect(screen.queryByTestId("balance-error")).not.toBeInTheDocument();
+    expect(screen.getByTestId("balance-available")).toHaveTextContent("1,587");
   });
 
   it("says the service could not be reached when there is no answer at all, and recovers on Retry", async () => {
@@ -189,6 +210,8 @@ describe("the billing page", () => {
     const error = await screen.findByTestId("billing-error");
     expect(error).toHaveTextContent("The billing service could not be reached.");
     expect(error).not.toHaveTextContent("Failed to fetch");
+    expectBalanceUnavailable("The billing service could not be reached.");
+    expect(screen.getByTestId("balance-card")).not.toHaveTextContent("Failed to fetch");
 
     down = false;
     await user.click(screen.getByRole("button", { name: "Retry" }));
@@ -207,9 +230,11 @@ describe("the billing page", () => {
     const error = await screen.findByTestId("billing-error");
     expect(error).toHaveTextContent("The billing service had a problem");
     expect(error).not.toHaveTextContent("nginx");
+    expectBalanceUnavailable(/^The billing service had a problem/);
+    expect(screen.getByTestId("balance-card")).not.toHaveTextContent("nginx");
   });
 
-  it("asks to sign in again on a 401, without rows, balance or Retry", async () => {
+  it("asks to sign in again on a 401, without rows, numbers or Retry, the card saying the session expired", async () => {
     const answer = ledger(history(3));
     renderBilling((call) =>
       call.path === "/api/transactions" ? problem(401, "Unauthorized", "invalid_token", "The token has expired.") : answer(call),
@@ -223,7 +248,9 @@ describe("the billing page", () => {
     );
     expect(screen.queryByTestId("billing-error")).not.toBeInTheDocument();
     expect(screen.queryByRole("button", { name: "Retry" })).not.toBeInTheDocument();
-    expect(screen.queryByTestId("balance-card")).not.toBeInTheDocument();
+    // the balance answered, but its numbers are not shown once the session is refused
+    const card = expectBalanceUnavailable("Your session has expired — sign in again");
+    expect(within(card).queryByRole("link")).not.toBeInTheDocument(); // the one way out is the panel's
     expect(shownRows()).toHaveLength(0);
   });
 
@@ -232,7 +259,94 @@ describe("the billing page", () => {
 
     expect(await screen.findByTestId("signed-out")).toHaveTextContent("Sign in to see your billing");
     expect(screen.queryByTestId("session-expired")).not.toBeInTheDocument();
+    expectBalanceUnavailable("You are signed out.");
+    expect(screen.queryByRole("button", { name: "Retry" })).not.toBeInTheDocument();
     expect(calls).toHaveLength(0);
+  });
+
+  it("keeps the card with the history's reason when only the balance fails, and no numbers", async () => {
+    const answer = ledger(history(3));
+    renderBilling((call) =>
+      call.path === "/api/balance" ? problem(503, "Database unavailable", "database_unavailable") : answer(call),
+    );
+
+    const error = await screen.findByTestId("billing-error");
+    expect(within(error).getByTestId("billing-error-message")).toHaveTextContent("Database unavailable");
+    expect(within(error).getByRole("button", { name: "Retry" })).toBeInTheDocument();
+    expectBalanceUnavailable("Database unavailable");
+    // one load, one state: the history that did answer is not shown beside a balance that did not
+    expect(shownRows()).toHaveLength(0);
+  });
+
+  it("shows no balance it no longer vouches for when only the history fails", async () => {
+    const answer = ledger(history(3), balance(1587, 50));
+    renderBilling((call) =>
+      call.path === "/api/transactions" ? problem(500, "Internal Server Error", "internal_error") : answer(call),
+    );
+
+    await screen.findByTestId("billing-error");
+    expectBalanceUnavailable("Internal Server Error");
+    expect(screen.queryByText("1,587")).not.toBeInTheDocument();
+  });
+
+  it("says the same reason in the card and the history when both reads fail", async () => {
+    renderBilling((call) => {
+      if (call.path === "/api/balance") throw new TypeError("Failed to fetch");
+      return problem(503, "Database unavailable", "database_unavailable");
+    });
+
+    const error = await screen.findByTestId("billing-error");
+    const reason = within(error).getByTestId("billing-error-message").textContent;
+    expect(reason).toBe("The billing service could not be reached.");
+    expectBalanceUnavailable(reason!);
+    expect(within(screen.getByTestId("balance-card")).getByTestId("balance-error-message").textContent).toBe(reason);
+    expect(shownRows()).toHaveLength(0);
+  });
+
+  it("drops the numbers shown before when a later load fails", async () => {
+    const answer = ledger(history(6), balance(1587, 50));
+    let down = false;
+    const service = fakeService((call) => (down ? problem(503, "Database unavailable", "database_unavailable") : answer(call)));
+    const { rerender } = render(<Billing api={service.api} filters={{}} onFiltersChange={() => {}} />);
+    await waitFor(() => expect(screen.getByTestId("balance-available")).toHaveTextContent("1,587"));
+
+    down = true;
+    rerender(<Billing api={service.api} filters={{ type: "usage" }} onFiltersChange={() => {}} />);
+
+    await screen.findByTestId("billing-error");
+    expectBalanceUnavailable("Database unavailable");
+    expect(screen.queryByText("1,587")).not.toBeInTheDocument();
+  });
+
+  it("brings the numbers back on Retry, through the skeleton, once the balance answers", async () => {
+    const user = userEvent.setup();
+    const answer = ledger(history(2), balance(1587, 50));
+    let balanceDown = true;
+    let gate: ReturnType<typeof deferred<void>> | null = null;
+    renderBilling(async (call) => {
+      if (gate) await gate.promise;
+      if (call.path === "/api/balance" && balanceDown) return problem(503, "Database unavailable", "database_unavailable");
+      return answer(call);
+    });
+
+    await screen.findByTestId("balance-error");
+    balanceDown = false;
+    gate = deferred<void>();
+    await user.click(screen.getByRole("button", { name: "Retry" }));
+
+    // while the new load is on its way: neither the old error nor any numbers
+    expect(screen.getByTestId("balance-loading")).toBeInTheDocument();
+    expect(screen.queryByTestId("balance-error")).not.toBeInTheDocument();
+    expect(screen.queryByTestId("balance-available")).not.toBeInTheDocument();
+
+    await act(async () => gate?.resolve());
+    await waitFor(() => expect(screen.getByTestId("balance-available")).toHaveTextContent("1,587"));
+    const card = screen.getByTestId("balance-card");
+    expect(within(card).getByTestId("balance-total")).toHaveTextContent("1,637");
+    expect(within(card).getByTestId("balance-held")).toHaveTextContent("50");
+    expect(within(card).queryByTestId("balance-error")).not.toBeInTheDocument();
+    expect(screen.queryByTestId("billing-error")).not.toBeInTheDocument();
+    expect(shownRows()).toHaveLength(2);
   });
 
   it("appends the next page on Load more, disabled while loading, and hides it after the last page", async () => {
