@@ -30,7 +30,7 @@ $(WEB_STAMP): $(WEB)/package.json $(WEB)/package-lock.json
 web-install: $(WEB_STAMP)
 
 run: install
-	$(BIN)/python -m transactions_service.devserver
+	$(BIN)/python -m devtools.devserver
 
 # The billing page on http://127.0.0.1:3000/billing, built with a fresh token
 # for the demo user of `make run` (which must be running, in another terminal).
@@ -39,8 +39,8 @@ run: install
 web: install web-install
 	@test -f instance/jwt-secret || { echo "instance/jwt-secret is missing: start the service with 'make run' first (in another terminal)." >&2; exit 1; }
 	@token=$$(JWT_SECRET_KEY="$${JWT_SECRET_KEY:-$$(cat instance/jwt-secret)}" \
-		JWT_DECODE_AUDIENCE="$${JWT_DECODE_AUDIENCE:-$$($(BIN)/python -c 'from transactions_service.devserver import DEV_AUDIENCE; print(DEV_AUDIENCE)')}" \
-		DATABASE_URL="$${DATABASE_URL:-$$($(BIN)/python -m transactions_service.devdb url --database transactions)}" \
+		JWT_DECODE_AUDIENCE="$${JWT_DECODE_AUDIENCE:-$$($(BIN)/python -c 'from devtools.devserver import DEV_AUDIENCE; print(DEV_AUDIENCE)')}" \
+		DATABASE_URL="$${DATABASE_URL:-$$($(BIN)/python -m devtools.devdb url --database transactions)}" \
 		$(BIN)/flask --app wsgi tokens issue --expires-in 24h \
 		--user "$$($(BIN)/python -c 'from transactions_service.cli import DEMO_USER_ID; print(DEMO_USER_ID)')") && \
 	cd $(WEB) && NEXT_PUBLIC_TRANSACTIONS_API_URL=$(API_URL) NEXT_PUBLIC_DEV_TOKEN="$$token" npm run build

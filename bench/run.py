@@ -5,7 +5,7 @@ One run, one machine, every number next to its reference:
 1. a PostgreSQL: the embedded one in a temporary directory, with production
    durability (fsync, synchronous commit), or a fresh database on the server
    named by ``BENCH_DATABASE_URL`` (created and dropped by the run);
-2. migrations, then ``flask bench seed`` with a 200,000-row user and a 10-row
+2. migrations, then ``python -m bench.seed`` with a 200,000-row user and a 10-row
    user among a long tail of others;
 3. the service under gunicorn with ``gunicorn.conf.py`` (its production
    settings), with ``RATELIMIT_ENABLED=false`` (the limits would refuse a
@@ -52,9 +52,9 @@ import psycopg2
 import requests
 from sqlalchemy.engine import make_url
 
-from transactions_service.devdb import EmbeddedPostgres, bin_dir, wait_for_replay
-from transactions_service.devpooler import PgBouncer, pgbouncer_binary
-from transactions_service.transactions.schemas import encode_cursor
+from devtools.devdb import EmbeddedPostgres, bin_dir, wait_for_replay
+from devtools.devpooler import PgBouncer, pgbouncer_binary
+from transactions_service.ledger.rules import encode_cursor
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -568,14 +568,14 @@ def prepare(stack: ExitStack, profile: Profile, pg_settings: tuple[str, ...] = P
     log(f"seeding {profile.transactions:,} transactions for {profile.users:,} users")
     seed_started = time.monotonic()
     seeded = subprocess.run(
-        [FLASK, "--app", "wsgi", "bench", "seed", "--users", str(profile.users),
+        [PYTHON, "-m", "bench.seed", "--users", str(profile.users),
          "--transactions", str(profile.transactions), "--heavy-user", str(HEAVY_USER),
          "--heavy-rows", str(profile.heavy_rows), "--light-user", str(LIGHT_USER), "--light-rows", "10"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, text=True,
     )
     sys.stderr.write(seeded.stdout)
     if seeded.returncode != 0:
-        raise RuntimeError("flask bench seed failed")
+        raise RuntimeError("python -m bench.seed failed")
     loaded = re.search(r"in ([0-9.]+) s \(", seeded.stdout)
     seed = {"seed_rows": profile.transactions, "seed_load_s": float(loaded[1]) if loaded else None,
             "seed_command_s": round(time.monotonic() - seed_started, 1)}
@@ -825,7 +825,7 @@ def run(profile: Profile, replica: bool = True) -> dict[str, Any]:
 
         results.update(pooled_vs_direct(setup, load, profile, conditions, scenarios))
 
-        sound = subprocess.run([FLASK, "--app", "wsgi", "bench", "check"], cwd=REPO, env=env,
+        sound = subprocess.run([PYTHON, "-m", "bench.seed", "--check"], cwd=REPO, env=env,
                                capture_output=True, text=True)
         results["ledger_sound_after"] = sound.returncode == 0
         if sound.returncode != 0:

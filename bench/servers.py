@@ -26,7 +26,7 @@ the workers). After measuring (unless ``--no-faults``): a worker killed with
 SIGKILL under load, under each server; Granian's behaviour without
 ``--respawn-failed-workers`` and when a respawned worker dies again at once;
 and the embedded PostgreSQL stopped and started under load, watched from both
-servers. Then the ledger's invariants (``flask bench check``).
+servers. Then the ledger's invariants (``python -m bench.seed --check``).
 
 Prints a table and one JSON object on its last line, also written to
 ``bench/results/<UTC time>-servers.json``.
@@ -85,7 +85,7 @@ from bench.run import (
     throughput,
     versions,
 )
-from transactions_service.devdb import EmbeddedPostgres, _free_port
+from devtools.devdb import EmbeddedPostgres, _free_port
 
 # As gunicorn.conf.py: WEB_CONCURRENCY, or 2 x cores + 1.
 WORKERS = int(os.environ.get("WEB_CONCURRENCY") or (os.cpu_count() or 1) * 2 + 1)
@@ -508,7 +508,7 @@ def run(rounds: int, seconds: int, faults: bool) -> dict[str, Any]:
                 log("faults: PostgreSQL stopped for 3 s and started again under load")
                 r["faults"]["database_restart"] = database_restart(setup, load, service, heavy)
 
-        sound = subprocess.run([FLASK, "--app", "wsgi", "bench", "check"], cwd=REPO, env=env,
+        sound = subprocess.run([PYTHON, "-m", "bench.seed", "--check"], cwd=REPO, env=env,
                                capture_output=True, text=True)
         r["ledger_sound_after"] = sound.returncode == 0
         if sound.returncode != 0:

@@ -50,6 +50,8 @@ from typing import Any
 import requests
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The development tooling (devtools/, the embedded PostgreSQL) is not installed with the service: it sits beside it.
+sys.path.insert(0, str(REPO_ROOT))
 PROBLEM_JSON = "application/problem+json"
 # Text that must never reach a client in an error body.
 INTERNALS = ("Traceback", "psycopg2", "sqlalchemy", "OperationalError", "SELECT ", "INSERT ", "UPDATE ", "server closed")
@@ -735,7 +737,7 @@ class FaultRun:
     def start_database(self) -> str:
         if self.args.database_url:
             return self.args.database_url
-        from transactions_service.devdb import EmbeddedPostgres
+        from devtools.devdb import EmbeddedPostgres
 
         # Default settings (fsync, synchronous commit, full-page writes): the run kills this server.
         self.postgres = EmbeddedPostgres(self.workdir / "postgres").start()

@@ -40,8 +40,8 @@ from transactions_service import create_app
 from transactions_service import api_keys
 from transactions_service.auth import issue_token
 from transactions_service.config import from_environment
-from transactions_service.devdb import FAST_UNSAFE_SETTINGS, EmbeddedPostgres
-from transactions_service.devpooler import PgBouncer
+from devtools.devdb import FAST_UNSAFE_SETTINGS, EmbeddedPostgres
+from devtools.devpooler import PgBouncer
 from transactions_service.extensions import db
 from transactions_service.scopes import SERVICE_SCOPES
 

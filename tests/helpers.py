@@ -10,7 +10,7 @@ from typing import Any
 from flask.testing import FlaskClient
 from sqlalchemy import update
 
-from transactions_service.transactions.models import UserTransaction
+from transactions_service.ledger.models import UserTransaction
 
 
 def lapse(db_session: Any, transaction_id: uuid.UUID | str, ago: timedelta = timedelta(seconds=1)) -> None:

@@ -6,7 +6,7 @@ import uuid
 
 from sqlalchemy import func, select
 
-from transactions_service.transactions.models import TransactionStatus, TransactionType, UserBalance, UserTransaction
+from transactions_service.ledger.models import TransactionStatus, TransactionType, UserBalance, UserTransaction
 
 from .helpers import bearer
 

@@ -13,7 +13,7 @@ import requests
 from sqlalchemy import func, select
 
 from transactions_service.scopes import SERVICE_SCOPES
-from transactions_service.transactions.models import TransactionStatus, UserBalance, UserTransaction
+from transactions_service.ledger.models import TransactionStatus, UserBalance, UserTransaction
 
 from .helpers import lapse
 

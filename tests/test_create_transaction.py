@@ -7,7 +7,7 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from transactions_service.transactions.models import UserTransaction
+from transactions_service.ledger.models import UserTransaction
 
 from .helpers import bearer
 

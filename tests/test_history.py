@@ -158,7 +158,7 @@ def test_history_query_walks_the_index_without_sorting_or_offset(app, api):
     make_history(api, user_id, 3)
     cursor = api.history(user_id, limit=1).json["next_cursor"]
     from transactions_service.extensions import db
-    from transactions_service.transactions.schemas import decode_cursor
+    from transactions_service.ledger.rules import decode_cursor
 
     created_at, last_id = decode_cursor(cursor)
     with app.app_context():

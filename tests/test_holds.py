@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import select, update
 
-from transactions_service.transactions import service as ledger
-from transactions_service.transactions.models import UserTransaction
+from transactions_service.ledger import rules as ledger
+from transactions_service.ledger.models import UserTransaction
 
 from .helpers import lapse
 

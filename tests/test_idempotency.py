@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select, text
 
-from transactions_service.transactions.models import IdempotencyRecord, UserTransaction
+from transactions_service.ledger.models import IdempotencyRecord, UserTransaction
 
 from .conftest import ContractClient, make_app
 from .helpers import bearer
@@ -130,7 +130,7 @@ def test_key_of_255_characters_is_accepted(api):
 def test_prune_deletes_only_old_keys(app, api, db_session):
     from datetime import timedelta
 
-    from transactions_service.idempotency import prune
+    from transactions_service.ledger.idempotency import prune
     from transactions_service.ids import utcnow
 
     user_id = api.register()
@@ -206,4 +206,5 @@ def test_waiting_on_a_busy_balance_is_not_mistaken_for_a_busy_key(api, engine, d
         response = _slow_app(database_url, contract).test_client().post("/api/transactions", json=body, headers=headers)
         other.rollback()
     assert response.status_code == 503
-    assert response.json["code"] == "database_unavailable"
+    assert response.json["code"] == "balance_busy"
+    assert response.headers["Retry-After"] == "1"

@@ -13,7 +13,7 @@ from transactions_service.extensions import db
 from .conftest import make_app
 
 # Migrations set a session-level statement_timeout and build indexes CONCURRENTLY outside a transaction:
-# they run on a direct connection, never through the pooler (README: PgBouncer).
+# they run on a direct connection, never through the pooler (docs/scaling.md: Behind PgBouncer).
 pytestmark = pytest.mark.direct_only(reason="migrations run on a direct connection to PostgreSQL")
 
 

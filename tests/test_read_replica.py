@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 
 from transactions_service.scopes import SERVICE_SCOPES
 from transactions_service.config import ConfigError
-from transactions_service.devdb import FAST_UNSAFE_SETTINGS, EmbeddedPostgres, wait_for_replay
+from devtools.devdb import FAST_UNSAFE_SETTINGS, EmbeddedPostgres, wait_for_replay
 from transactions_service.extensions import db
 from transactions_service.replica import read_replica
 

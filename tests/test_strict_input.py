@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from transactions_service.transactions.models import UserTransaction
-from transactions_service.transactions.schemas import DESCRIPTION_PATTERN
+from transactions_service.ledger.models import UserTransaction
+from transactions_service.api.schemas import DESCRIPTION_PATTERN
 
 from .helpers import bearer
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from .helpers import bearer
 
 
@@ -41,6 +43,8 @@ def test_user_inserted_directly_by_the_identity_side_is_usable(api, db_session):
     assert api.register(user_id) == user_id
 
 
-def test_malformed_user_id_is_404(client, service_token):
-    response = client.put("/api/users/not-a-uuid", headers=bearer(service_token("users:write")))
-    assert response.status_code == 404
+@pytest.mark.parametrize("identifier", ["not-a-uuid", "42", "3f1c2a9e6b7d4c1e9a550d2b8e7f4a10"])
+def test_malformed_user_id_is_422_naming_the_path_parameter(client, service_token, db_session, identifier):
+    response = client.put(f"/api/users/{identifier}", headers=bearer(service_token("users:write")))
+    assert response.status_code == 422
+    assert response.json["code"] == "validation_error" and "user_id" in response.json["errors"]

@@ -63,8 +63,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
 
     from .health import bp as health_bp
-    from .transactions.routes import bp as transactions_bp
-    from .users.routes import bp as users_bp
+    from .api.transactions import bp as transactions_bp
+    from .api.users import bp as users_bp
 
     if app.config["RATELIMIT_ENABLED"]:
         init_limits(app, unlimited=[health_bp])

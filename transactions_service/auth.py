@@ -23,7 +23,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -33,21 +33,19 @@ from flask_jwt_extended import decode_token
 from flask_jwt_extended.exceptions import JWTExtendedException
 
 from . import api_keys, strict_json
-from .errors import ApiError, problem_response, validation_error
+from .errors import ApiError, problem_response
 from .extensions import jwt
-from .scopes import READ_TRANSACTIONS
 
 log = logging.getLogger(__name__)
 
 _CALLER_KEY = "transactions_service.caller"
-_INSUFFICIENT_SCOPE = {"WWW-Authenticate": 'Bearer error="insufficient_scope"'}
 # RFC 7235: the scheme is case-insensitive, then one or more spaces, then token68.
 _BEARER = re.compile(r"([A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*) +([A-Za-z0-9._~+/-]+=*)")
 
 
 @dataclass(frozen=True)
 class Caller:
-    """The authenticated caller of the current request."""
+    """The authenticated caller of the current request (what it may do: ``ledger.policy``)."""
 
     name: str
     user_id: uuid.UUID | None = None
@@ -58,48 +56,6 @@ class Caller:
     @property
     def is_service(self) -> bool:
         return self.user_id is None
-
-    def require_scope(self, scope: str) -> None:
-        if scope not in self.scopes:
-            raise ApiError(
-                403,
-                "insufficient_scope",
-                f"This operation needs the {scope!r} scope, which the caller's API key does not grant.",
-                title="Forbidden",
-                headers=_INSUFFICIENT_SCOPE,
-            )
-
-    def require_any_scope(self, scopes: Iterable[str]) -> None:
-        scopes = list(scopes)
-        if not self.scopes.intersection(scopes):
-            raise ApiError(
-                403,
-                "insufficient_scope",
-                f"This operation needs one of the scopes {', '.join(scopes)}.",
-                title="Forbidden",
-                headers=_INSUFFICIENT_SCOPE,
-            )
-
-    def readable_user(self, requested: uuid.UUID | None) -> uuid.UUID:
-        """The user whose data this caller may read, given the ``user_id`` it asked for."""
-        if self.user_id is not None:
-            if requested is not None and requested != self.user_id:
-                raise ApiError(403, "forbidden", "A user token reads only its own user's data.", title="Forbidden")
-            return self.user_id
-        self.require_scope(READ_TRANSACTIONS)
-        if requested is None:
-            raise validation_error(
-                {"user_id": ["Missing data for required field."]}, "Service callers must name the user they read."
-            )
-        return requested
-
-    def can_read(self, owner: uuid.UUID) -> bool:
-        """Whether this caller may see a row of ``owner``'s (services: after :meth:`require_read`)."""
-        return self.user_id is None or self.user_id == owner
-
-    def require_read(self) -> None:
-        if self.user_id is None:
-            self.require_scope(READ_TRANSACTIONS)
 
 
 def invalid_token(detail: str) -> ApiError:
@@ -351,9 +307,18 @@ def init_auth(app: Flask) -> None:
         return problem_response(invalid_token("The token could not be verified."))
 
 
-def issue_token(user_id: str, *, expires_in: int = 3600, extra_claims: dict[str, Any] | None = None) -> str:
-    """Sign a user token the way an identity provider would: ``sub``, ``iat``, ``exp`` (and ``aud``, ``iss``)."""
-    config = current_app.config
+def issue_token(
+    user_id: str,
+    *,
+    expires_in: int = 3600,
+    extra_claims: dict[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> str:
+    """Sign a user token the way an identity provider would: ``sub``, ``iat``, ``exp`` (and ``aud``, ``iss``).
+
+    ``config`` is the app's by default, or ``config.token_settings()`` where there is no app (no database).
+    """
+    config = current_app.config if config is None else config
     signing_key = config.get("JWT_SECRET_KEY") or config.get("JWT_PRIVATE_KEY")
     if not signing_key:
         raise RuntimeError("Issuing tokens needs JWT_SECRET_KEY, or JWT_PRIVATE_KEY beside JWT_PUBLIC_KEY")

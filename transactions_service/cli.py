@@ -1,4 +1,10 @@
-"""Flask commands: API keys, development tokens, demo data and housekeeping."""
+"""Flask commands: API keys, development tokens, demo data and housekeeping.
+
+``flask --app wsgi tokens issue`` needs only the key settings, not a database:
+the ``tokens`` group is a Flask plugin command (``setup.cfg``), which the
+``flask`` command runs without building the app. Every other group runs in the
+app, which needs ``DATABASE_URL``.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +16,19 @@ from decimal import Decimal
 import click
 from flask import Flask
 from flask.cli import AppGroup
-from sqlalchemy import update
 
 from . import api_keys
 from .auth import Caller, issue_token
-from .bench_seed import bench_cli
+from .config import ConfigError, token_settings
 from .errors import ApiError
-from .extensions import db
-from .idempotency import prune
 from .ids import utcnow
-from .transactions import service as ledger
-from .transactions.models import TransactionStatus, TransactionType, UserTransaction
-from .scopes import SERVICE_SCOPES, parse_scopes
-from .users.service import register_user
+from .ledger import idempotency, rules, store
+from .ledger.models import TransactionStatus, TransactionType
+from .scopes import READ_TRANSACTIONS, SERVICE_SCOPES, WRITE_PURCHASES, WRITE_USAGE, WRITE_USERS, parse_scopes
 
 keys = AppGroup("keys", help="API keys: the credentials of the product's services.")
-tokens = AppGroup("tokens", help="User tokens for development, signed as the identity provider would.")
+# A plain click group, not an AppGroup: it runs without the app (see the module's docstring).
+tokens = click.Group("tokens", help="User tokens for development, signed as the identity provider would.")
 demo = AppGroup("demo", help="Demo data for development.")
 idempotency_cli = AppGroup("idempotency", help="Idempotency-key housekeeping.")
 transactions_cli = AppGroup("transactions", help="Ledger housekeeping.")
@@ -34,8 +37,8 @@ DEMO_USER_ID = uuid.UUID("3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10")
 
 # The services this product runs, with the scopes each needs and no more.
 SERVICE_KEYS = {
-    "payment-service": ["purchases:write", "users:write", "transactions:read"],
-    "generation-service": ["usage:write", "transactions:read"],
+    "payment-service": [WRITE_PURCHASES, WRITE_USERS, READ_TRANSACTIONS],
+    "generation-service": [WRITE_USAGE, READ_TRANSACTIONS],
 }
 
 # (type, amount, credits, description, status, how long ago), oldest first.
@@ -132,9 +135,13 @@ def rotate_key(name: str, grace: str) -> None:
 @click.option("--user", "user_id", type=click.UUID, required=True, help="The user the token is for.")
 @click.option("--expires-in", default="1h", show_default=True, help="Lifetime, e.g. 15m or 12h (at most JWT_MAX_LIFETIME_SECONDS).")
 def issue(user_id: uuid.UUID, expires_in: str) -> None:
-    """Print a signed user token (services use API keys: `keys create`)."""
+    """Print a signed user token; needs only the key settings (services use API keys: `keys create`)."""
     try:
-        click.echo(issue_token(str(user_id), expires_in=int(parse_duration(expires_in).total_seconds())))
+        settings = token_settings()
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from error
+    try:
+        click.echo(issue_token(str(user_id), expires_in=int(parse_duration(expires_in).total_seconds()), config=settings))
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--expires-in") from error
 
@@ -148,37 +155,28 @@ def seed(user_id: uuid.UUID) -> None:
 
 
 def seed_demo(user_id: uuid.UUID = DEMO_USER_ID) -> None:
-    register_user(user_id)
+    rules.register_user(user_id)
     seeder = Caller(name="demo-seed", scopes=SERVICE_SCOPES)
     now = utcnow()
     for index, (kind, amount, credits, description, status, age) in enumerate(DEMO_HISTORY):
-        payload = {
-            "user_id": user_id,
-            "type": kind,
-            "amount": Decimal(amount),
-            "credits": credits,
-            "description": description,
-            "status": status,
+        request = {
+            "user_id": user_id, "type": kind, "amount": Decimal(amount), "credits": credits,
+            "description": description, "status": status,
         }
         try:
-            recorded = ledger.record_transaction(seeder, payload, f"demo-{user_id}-{index}")
+            recorded = rules.record_transaction(seeder, request, f"demo-{user_id}-{index}")
         except ApiError as error:
             raise click.ClickException(f"demo row {index}: {error.detail}") from error
         if age and not recorded.replayed:
             # Demo data only: spread the history over the past weeks, as a real one would be.
-            db.session.execute(
-                update(UserTransaction)
-                .where(UserTransaction.id == recorded.transaction_id)
-                .values(created_at=now - age, updated_at=now - age)
-            )
-            db.session.commit()
+            store.backdate(uuid.UUID(recorded.transaction.id), now - age)
 
 
 @idempotency_cli.command("prune")
 @click.option("--older-than", required=True, help="Age, e.g. 90d. Keys younger than this are kept.")
 def prune_keys(older_than: str) -> None:
     """Delete idempotency records older than the given age."""
-    deleted = prune(utcnow() - parse_duration(older_than))
+    deleted = idempotency.prune(utcnow() - parse_duration(older_than))
     click.echo(f"deleted {deleted} idempotency records")
 
 
@@ -189,10 +187,10 @@ def expire_holds(batch_size: int) -> None:
 
     Run it from cron or a scheduler; it is idempotent and safe to run concurrently.
     """
-    total = ledger.expire_holds(batch_size, on_batch=lambda done: click.echo(f"expired {done} holds so far", err=True))
+    total = rules.expire_holds(batch_size, on_batch=lambda done: click.echo(f"expired {done} holds so far", err=True))
     click.echo(f"expired {total} holds")
 
 
 def init_cli(app: Flask) -> None:
-    for group in (keys, tokens, demo, idempotency_cli, transactions_cli, bench_cli):
+    for group in (keys, demo, idempotency_cli, transactions_cli):
         app.cli.add_command(group)

@@ -57,7 +57,7 @@ def _list(env: Mapping[str, str], name: str) -> list[str]:
 
 
 def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The settings that come from environment variables (see the README's table)."""
+    """The settings that come from environment variables (the table in docs/configuration.md)."""
     env = os.environ if env is None else env
     settings: dict[str, Any] = {
         "DATABASE_URL": env.get("DATABASE_URL"),
@@ -107,25 +107,28 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
 
 def finalise(config: dict[str, Any]) -> None:
     """Validate the merged settings and derive what the extensions read."""
-    url = config.get("DATABASE_URL") or config.get("SQLALCHEMY_DATABASE_URI")
-    if not url:
-        raise ConfigError(
-            "DATABASE_URL is not set: point it at a PostgreSQL database "
-            "(`make run` starts an embedded one for development)"
-        )
+    finalise_database(config)
+    finalise_tokens(config)
+    finalise_service(config)
+
+
+def _postgresql_url(url: str, name: str, what: str) -> str:
     url = normalise_database_url(url)
     if not url.startswith("postgresql"):
-        raise ConfigError("DATABASE_URL must be a PostgreSQL URL; no other database is supported")
-    config["SQLALCHEMY_DATABASE_URI"] = url
+        raise ConfigError(f"{name} must be a PostgreSQL URL{what}")
+    return url
+
+
+def _engine_options(config: dict[str, Any]) -> dict[str, Any]:
     connect_args: dict[str, Any] = {"connect_timeout": 5}
     # Behind PgBouncer, which refuses the `options` startup parameter, the
-    # timeouts are the role's settings instead (README: Behind PgBouncer).
+    # timeouts are the role's settings instead (docs/scaling.md: Behind PgBouncer).
     if config.get("DATABASE_CONNECT_OPTIONS", True):
         connect_args["options"] = (
             f"-c statement_timeout={config['DATABASE_STATEMENT_TIMEOUT_MS']} "
             f"-c lock_timeout={config['DATABASE_LOCK_TIMEOUT_MS']}"
         )
-    engine_options = {
+    return {
         "pool_size": config["DATABASE_POOL_SIZE"],
         "max_overflow": config["DATABASE_MAX_OVERFLOW"],
         "pool_timeout": config["DATABASE_POOL_TIMEOUT"],
@@ -135,44 +138,44 @@ def finalise(config: dict[str, Any]) -> None:
         "connect_args": connect_args,
         **config.get("SQLALCHEMY_ENGINE_OPTIONS", {}),
     }
+
+
+def finalise_database(config: dict[str, Any]) -> None:
+    """The primary's two pools, and the replica's, from DATABASE_URL and DATABASE_READ_URL."""
+    url = config.get("DATABASE_URL") or config.get("SQLALCHEMY_DATABASE_URI")
+    if not url:
+        raise ConfigError(
+            "DATABASE_URL is not set: point it at a PostgreSQL database "
+            "(`make run` starts an embedded one for development)"
+        )
+    url = _postgresql_url(url, "DATABASE_URL", "; no other database is supported")
+    config["SQLALCHEMY_DATABASE_URI"] = url
+    engine_options = _engine_options(config)
     config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options
-    # The hot paths' single statements run on connections that stay in autocommit
-    # mode (extensions.run_statement); a pool of their own, so that no connection
-    # switches modes (psycopg2 would send a SET each way).
+    # The single statements run on connections that stay in autocommit mode
+    # (extensions.run_statement); a pool of their own, so that no connection
+    # switches modes (psycopg2 would send a SET each way). Nothing to roll back
+    # there, so none is sent when a connection is returned; never pinged:
+    # run_statement repeats what is safe to repeat on a fresh connection instead.
+    autocommit = {"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None, "pool_pre_ping": False}
     config.setdefault("SQLALCHEMY_BINDS", {})
-    config["SQLALCHEMY_BINDS"].setdefault(
-        STATEMENTS_BIND,
-        # Nothing to roll back on an autocommit connection, so none is sent when it is returned.
-        # Never pinged: run_statement repeats what is safe to repeat on a fresh connection instead.
-        {"url": url, **engine_options, "isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None,
-         "pool_pre_ping": False},
-    )
+    config["SQLALCHEMY_BINDS"].setdefault(STATEMENTS_BIND, {"url": url, **engine_options, **autocommit})
     read_url = config.get("DATABASE_READ_URL")
     if read_url:
-        read_url = normalise_database_url(read_url)
-        if not read_url.startswith("postgresql"):
-            raise ConfigError("DATABASE_READ_URL must be a PostgreSQL URL (a streaming replica of DATABASE_URL)")
+        read_url = _postgresql_url(read_url, "DATABASE_READ_URL", " (a streaming replica of DATABASE_URL)")
         config["DATABASE_READ_URL"] = read_url
-        # History's replica (replica.py): single statements in autocommit mode like the primary's, a short
-        # connect timeout, and no ping, because a failed read falls back to the primary instead.
+        # History's replica (replica.py): like the primary's autocommit pool, with a short connect
+        # timeout, because a failed read falls back to the primary instead.
         connect_args = {**engine_options.get("connect_args", {}), "connect_timeout": REPLICA_CONNECT_TIMEOUT_SECONDS}
         config["SQLALCHEMY_BINDS"].setdefault(
-            READ_REPLICA_BIND,
-            {"url": read_url, **engine_options, "pool_pre_ping": False, "connect_args": connect_args,
-             "isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None},
+            READ_REPLICA_BIND, {"url": read_url, **engine_options, **autocommit, "connect_args": connect_args}
         )
 
-    if config["LOG_FORMAT"] not in ("json", "text"):
-        raise ConfigError("LOG_FORMAT must be 'json' or 'text'")
-    if config["HOLD_TTL_SECONDS"] < 1:
-        raise ConfigError("HOLD_TTL_SECONDS must be at least 1")
+
+def finalise_tokens(config: dict[str, Any]) -> None:
+    """The one key source and algorithm user tokens are verified (and, in development, signed) with."""
     if config["JWT_MAX_LIFETIME_SECONDS"] < 1:
         raise ConfigError("JWT_MAX_LIFETIME_SECONDS must be at least 1")
-    if config["API_KEY_CACHE_SECONDS"] < 0:
-        raise ConfigError("API_KEY_CACHE_SECONDS must not be negative")
-    if config["TRUSTED_PROXIES"] < 0:
-        raise ConfigError("TRUSTED_PROXIES must not be negative")
-
     key_sources = [name for name in ("JWT_SECRET_KEY", "JWT_PUBLIC_KEY", "JWT_JWKS_URL") if config.get(name)]
     if not key_sources:
         raise ConfigError(
@@ -195,6 +198,25 @@ def finalise(config: dict[str, Any]) -> None:
     # flask-jwt-extended settings that this service fixes.
     config["JWT_TOKEN_LOCATION"] = ["headers"]
     config["JWT_IDENTITY_CLAIM"] = "sub"
+
+
+def finalise_service(config: dict[str, Any]) -> None:
+    """Logging, holds, API keys and the proxies in front."""
+    if config["LOG_FORMAT"] not in ("json", "text"):
+        raise ConfigError("LOG_FORMAT must be 'json' or 'text'")
+    if config["HOLD_TTL_SECONDS"] < 1:
+        raise ConfigError("HOLD_TTL_SECONDS must be at least 1")
+    if config["API_KEY_CACHE_SECONDS"] < 0:
+        raise ConfigError("API_KEY_CACHE_SECONDS must not be negative")
+    if config["TRUSTED_PROXIES"] < 0:
+        raise ConfigError("TRUSTED_PROXIES must not be negative")
+
+
+def token_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What signing a development user token needs: the key settings only, validated, with no database."""
+    config = from_environment(env)
+    finalise_tokens(config)
+    return config
 
 
 BASE_SETTINGS: dict[str, Any] = {

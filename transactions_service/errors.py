@@ -118,6 +118,26 @@ def database_unavailable() -> ApiError:
     )
 
 
+_LOCK_NOT_AVAILABLE = "55P03"
+
+
+def is_lock_timeout(error: DBAPIError) -> bool:
+    """Whether the database gave up waiting for a row lock (``lock_timeout``), by SQLSTATE."""
+    return getattr(error.orig, "pgcode", None) == _LOCK_NOT_AVAILABLE
+
+
+def balance_busy() -> ApiError:
+    """A write that waited longer than the lock timeout for rows other writes held: the user's balance, mostly."""
+    return ApiError(
+        503,
+        "balance_busy",
+        "Other writes to this user's balance held it for longer than the lock timeout; nothing was written. "
+        "Retry shortly (with the same Idempotency-Key, if any).",
+        title="Balance busy",
+        headers={"Retry-After": "1"},
+    )
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def handle_api_error(error: ApiError) -> Response:
@@ -134,6 +154,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(OperationalError)
     def handle_database_down(error: OperationalError) -> Response:
+        if is_lock_timeout(error):
+            log.warning("lock timeout: a write waited too long for rows other writes held")
+            return problem_response(balance_busy())
         log.warning("database unavailable: %s", type(error.orig).__name__)
         return problem_response(database_unavailable())
 

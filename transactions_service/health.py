@@ -23,8 +23,8 @@ def healthz() -> Response:
     return jsonify(status="ok")
 
 
-@bp.get("/readyz")
-def readyz() -> Response:
+def _check_database() -> None:
+    """Raise 503 unless the primary answers a query."""
     try:
         db.session.execute(text("SELECT 1"))
     except Exception as exc:  # any failure to reach the database means "not ready"
@@ -32,6 +32,11 @@ def readyz() -> Response:
         raise database_unavailable() from exc
     finally:
         db.session.rollback()
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    _check_database()
     replica = read_replica()
     if replica is None:
         return jsonify(status="ok", database="ok")
@@ -39,9 +44,8 @@ def readyz() -> Response:
     return jsonify(status="ok", database="ok", replica=replica.status())
 
 
-@bp.get("/metrics")
-def metrics() -> Response:
-    """Prometheus metrics, for scrapers that present ``METRICS_TOKEN`` as a bearer token."""
+def _require_metrics_token() -> None:
+    """404 while metrics are off; 401 unless the scraper presents METRICS_TOKEN as a bearer token."""
     expected = current_app.config.get("METRICS_TOKEN")
     if not expected:
         raise ApiError(404, "not_found", "Metrics are disabled: set METRICS_TOKEN, or scrape METRICS_PORT.", title="Not Found")
@@ -56,6 +60,12 @@ def metrics() -> Response:
             title="Unauthorized",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus metrics, for scrapers that present ``METRICS_TOKEN`` as a bearer token."""
+    _require_metrics_token()
     payload, content_type = metrics_payload()
     return Response(payload, content_type=content_type)
 

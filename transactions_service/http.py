@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 from flask import Flask, Request, Response, request
 from marshmallow import Schema
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import BaseConverter
 
 from . import strict_json
 from .auth import invalid_token
 from .errors import ApiError, validation_error
-from .transactions.models import MAX_IDEMPOTENCY_KEY_LENGTH
 
 # The bounds a client can reach, each answered here as a problem. gunicorn's own
 # limits (gunicorn.conf.py) sit above them, so that it refuses only what is far out.
@@ -22,21 +23,48 @@ MAX_QUERY_PARAMETERS = 10
 MAX_AUTHORIZATION_BYTES = 8192
 MAX_HEADER_BYTES = 8192
 MAX_HEADERS = 50
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
 # Printable ASCII, no comma (two Idempotency-Key headers arrive joined by one), no space at either end.
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x2b\x2d-\x7e]([\x20-\x2b\x2d-\x7e]*[\x21-\x2b\x2d-\x7e])?$")
 EXPOSED_HEADERS = "Location, Idempotent-Replayed, Retry-After, WWW-Authenticate"
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # The two headers WSGI passes without the HTTP_ prefix.
 _UNPREFIXED_HEADERS = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})
 
 
 def json_body() -> Any:
-    """The request body parsed as strict JSON (``strict_json``), whatever the Content-Type says."""
+    """The request body, which must be sent as JSON (415 otherwise), parsed as strict JSON (``strict_json``)."""
+    if not request.is_json:
+        sent = request.mimetype or "no Content-Type"
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"The body must be JSON sent with 'Content-Type: application/json', not {sent} "
+            "(curl's -d sends a form unless told otherwise: add -H 'Content-Type: application/json').",
+            title="Unsupported Media Type",
+        )
     try:
         return strict_json.loads(request.get_data(cache=True))
     except strict_json.NotStrictJson as exc:
         raise ApiError(
             400, "malformed_json", f"The request body is not valid JSON: {exc}.", title="Malformed JSON"
         ) from exc
+
+
+class AnySegmentConverter(BaseConverter):
+    """Path ids (``<uuid:...>`` in the routes): any segment reaches the view, which decides what one
+    that is not a UUID means (:func:`path_uuid`); Werkzeug's own converter would always make it a 404."""
+
+
+def path_uuid(name: str, value: str, *, missing: bool = False) -> uuid.UUID:
+    """A path parameter that must be a UUID (8-4-4-4-12): else 422 naming it, or, with ``missing``,
+    the 404 of an id that names nothing (a transaction id: no shape of it is told from an unknown one)."""
+    if not _UUID.fullmatch(value):
+        if missing:
+            raise ApiError(404, "not_found", "No such resource.", title="Not Found")
+        raise validation_error({name: ["Must be a UUID such as 3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10."]},
+                               f"The path parameter {name} is not a UUID.")
+    return uuid.UUID(value)
 
 
 def load_body(schema: Schema) -> dict[str, Any]:
@@ -125,6 +153,8 @@ def enforce_request_bounds() -> None:
 
 
 def init_http(app: Flask) -> None:
+    """Before the blueprints are registered: their routes use the ``uuid`` converter set here."""
+    app.url_map.converters["uuid"] = AnySegmentConverter
     origins = frozenset(app.config.get("CORS_ORIGINS", ()))
     proxies = app.config["TRUSTED_PROXIES"]
     if proxies:

@@ -92,33 +92,35 @@ def init_limits(app: Flask, unlimited: list[Blueprint]) -> Limiter:
     limiter.init_app(app)
     for blueprint in unlimited:
         limiter.exempt(blueprint)
-
-    @app.after_request
-    def add_limit_headers(response: Response) -> Response:
-        # The answer is decided (a write may have committed): a storage failure here
-        # costs the headers, never the response.
-        try:
-            current = limiter.current_limit if send_headers else None
-            if current is not None:
-                response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
-                response.headers["X-RateLimit-Remaining"] = str(current.remaining)
-                response.headers["X-RateLimit-Reset"] = str(current.reset_at)
-        except Exception:
-            log.warning("rate-limit headers left out: the limit storage failed", exc_info=True)
-        return response
-
-    @app.errorhandler(RateLimitExceeded)
-    def too_many_requests(error: RateLimitExceeded) -> Response:
-        current = limiter.current_limit
-        retry_after = max(1, math.ceil(current.reset_at - time.time())) if current else 1
-        return problem_response(
-            ApiError(
-                429,
-                "rate_limited",
-                f"Too many requests (limit: {error.description}); retry after {retry_after} s.",
-                title="Too Many Requests",
-                headers={"Retry-After": str(retry_after)},
-            )
-        )
-
+    if send_headers:
+        app.after_request(lambda response: _add_limit_headers(limiter, response))
+    app.register_error_handler(RateLimitExceeded, lambda error: _too_many_requests(limiter, error))
     return limiter
+
+
+def _add_limit_headers(limiter: Limiter, response: Response) -> Response:
+    # The answer is decided (a write may have committed): a storage failure here
+    # costs the headers, never the response.
+    try:
+        current = limiter.current_limit
+        if current is not None:
+            response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
+            response.headers["X-RateLimit-Remaining"] = str(current.remaining)
+            response.headers["X-RateLimit-Reset"] = str(current.reset_at)
+    except Exception:
+        log.warning("rate-limit headers left out: the limit storage failed", exc_info=True)
+    return response
+
+
+def _too_many_requests(limiter: Limiter, error: RateLimitExceeded) -> Response:
+    current = limiter.current_limit
+    retry_after = max(1, math.ceil(current.reset_at - time.time())) if current else 1
+    return problem_response(
+        ApiError(
+            429,
+            "rate_limited",
+            f"Too many requests (limit: {error.description}); retry after {retry_after} s.",
+            title="Too Many Requests",
+            headers={"Retry-After": str(retry_after)},
+        )
+    )

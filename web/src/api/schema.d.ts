@@ -80,7 +80,7 @@ export interface paths {
             header?: never;
             path: {
                 /**
-                 * @description The transaction's id. A value that is not a UUID matches no route (`404 not_found`).
+                 * @description The transaction's id. A value that is not a UUID names no transaction (`404 not_found`, as for an unknown id).
                  * @example 01975c3e-8a41-7c2b-9f1e-3d5a6b7c8d90
                  */
                 transaction_id: components["parameters"]["TransactionId"];
@@ -169,7 +169,7 @@ export interface paths {
             header?: never;
             path: {
                 /**
-                 * @description The user's id, as the identity provider assigned it (the `sub` of the user's tokens). A value that is not a UUID matches no route (`404 not_found`).
+                 * @description The user's id, as the identity provider assigned it (the `sub` of the user's tokens), in the usual 8-4-4-4-12 form. A value that is not a UUID is `422 validation_error` naming `user_id`.
                  * @example 3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10
                  */
                 user_id: components["parameters"]["UserIdPath"];
@@ -340,11 +340,14 @@ export interface components {
             /** @description When the entry last changed (it was recorded or settled). */
             updated_at: components["schemas"]["Timestamp"];
             /**
-             * @description For a usage recorded as `pending`: when its hold lapses. From then
-             *     on its credits no longer count in `held` (reads treat the hold as
+             * @description While a usage is `pending`: when its hold lapses. From then on its
+             *     credits no longer count in `held` (reads treat the hold as
              *     released at once), `flask --app wsgi transactions expire-holds`
              *     marks it `failed`, and completing it is `409 hold_expired`. `null`
-             *     for every other entry.
+             *     for every other entry, and once the hold is gone: a completed or
+             *     failed usage (settled, or lapsed and released) shows `null`. (A
+             *     replayed create shows the transaction as first recorded, pending
+             *     and with its expiry.)
              */
             hold_expires_at: components["schemas"]["Timestamp"] | null;
         };
@@ -382,8 +385,8 @@ export interface components {
              * @description Signed credits: greater than 0 for a purchase, less than 0 for a
              *     usage (`422` otherwise; 0 is never valid). An integer as JSON
              *     Schema defines one: `66` and `66.0` are both accepted (as 66); a
-             *     fraction such as `66.5`, a string such as `"66"` and booleans are
-             *     refused.
+             *     fraction such as `66.5`, a string such as `"66"` (the message says
+             *     a string is not accepted) and booleans are refused.
              * @example 500
              * @example -20
              */
@@ -627,7 +630,9 @@ export interface components {
         };
         /**
          * @description `insufficient_credits`: a completed or pending usage needs more credits
-         *     than the user has available (nothing was recorded).
+         *     than the user has available (nothing was recorded). A caller whose key
+         *     may read balances (`transactions:read`) is told how many are
+         *     available; any other, only how many were needed.
          *     `idempotency_key_in_use`: another request with the same
          *     `Idempotency-Key` is still being processed (sent with `Retry-After`).
          */
@@ -695,8 +700,25 @@ export interface components {
             };
         };
         /**
+         * @description `unsupported_media_type`: the body was not sent as JSON. Send it with
+         *     `Content-Type: application/json` (or another `application/*+json`
+         *     type); nothing was written. curl's `-d` sends a form unless told
+         *     otherwise.
+         */
+        UnsupportedMediaType: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
+        /**
          * @description `database_unavailable`: the ledger database could not be reached or did
          *     not answer in time (`Retry-After: 1`); nothing was written.
+         *     `balance_busy`: other writes held the rows this write needs (the
+         *     user's balance, on a very hot user) for longer than the lock timeout
+         *     (`Retry-After: 1`); nothing was written.
          *     `identity_provider_unavailable`: the identity provider's signing keys
          *     could not be fetched to verify the token (`Retry-After: 5`; only with
          *     `JWT_JWKS_URL`).
@@ -723,12 +745,12 @@ export interface components {
     };
     parameters: {
         /**
-         * @description The transaction's id. A value that is not a UUID matches no route (`404 not_found`).
+         * @description The transaction's id. A value that is not a UUID names no transaction (`404 not_found`, as for an unknown id).
          * @example 01975c3e-8a41-7c2b-9f1e-3d5a6b7c8d90
          */
         TransactionId: string;
         /**
-         * @description The user's id, as the identity provider assigned it (the `sub` of the user's tokens). A value that is not a UUID matches no route (`404 not_found`).
+         * @description The user's id, as the identity provider assigned it (the `sub` of the user's tokens), in the usual 8-4-4-4-12 form. A value that is not a UUID is `422 validation_error` naming `user_id`.
          * @example 3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10
          */
         UserIdPath: string;
@@ -938,6 +960,7 @@ export interface operations {
             409: components["responses"]["CreateConflict"];
             413: components["responses"]["PayloadTooLarge"];
             414: components["responses"]["UriTooLong"];
+            415: components["responses"]["UnsupportedMediaType"];
             422: components["responses"]["CreateRejected"];
             429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
@@ -951,7 +974,7 @@ export interface operations {
             header?: never;
             path: {
                 /**
-                 * @description The transaction's id. A value that is not a UUID matches no route (`404 not_found`).
+                 * @description The transaction's id. A value that is not a UUID names no transaction (`404 not_found`, as for an unknown id).
                  * @example 01975c3e-8a41-7c2b-9f1e-3d5a6b7c8d90
                  */
                 transaction_id: components["parameters"]["TransactionId"];
@@ -986,7 +1009,7 @@ export interface operations {
             header?: never;
             path: {
                 /**
-                 * @description The transaction's id. A value that is not a UUID matches no route (`404 not_found`).
+                 * @description The transaction's id. A value that is not a UUID names no transaction (`404 not_found`, as for an unknown id).
                  * @example 01975c3e-8a41-7c2b-9f1e-3d5a6b7c8d90
                  */
                 transaction_id: components["parameters"]["TransactionId"];
@@ -1015,6 +1038,7 @@ export interface operations {
             409: components["responses"]["InvalidTransition"];
             413: components["responses"]["PayloadTooLarge"];
             414: components["responses"]["UriTooLong"];
+            415: components["responses"]["UnsupportedMediaType"];
             422: components["responses"]["ValidationFailed"];
             429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
@@ -1065,7 +1089,7 @@ export interface operations {
             header?: never;
             path: {
                 /**
-                 * @description The user's id, as the identity provider assigned it (the `sub` of the user's tokens). A value that is not a UUID matches no route (`404 not_found`).
+                 * @description The user's id, as the identity provider assigned it (the `sub` of the user's tokens), in the usual 8-4-4-4-12 form. A value that is not a UUID is `422 validation_error` naming `user_id`.
                  * @example 3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10
                  */
                 user_id: components["parameters"]["UserIdPath"];
@@ -1099,10 +1123,9 @@ export interface operations {
             400: components["responses"]["MalformedJson"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["InsufficientScope"];
-            /** @description The path's `user_id` is not a UUID, so no route matches. */
-            404: components["responses"]["NotFound"];
             413: components["responses"]["PayloadTooLarge"];
             414: components["responses"]["UriTooLong"];
+            415: components["responses"]["UnsupportedMediaType"];
             422: components["responses"]["ValidationFailed"];
             429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];

@@ -1,8 +1,8 @@
 /**
  * Where the billing page gets the signed-in user's token: `getAccessToken()` is
  * the one function that knows. Replace its body with the product's identity
- * provider (Auth.js, Supabase, Clerk: see the README's "Billing page"
- * section); nothing else in the page reads tokens.
+ * provider (Auth.js, Supabase, Clerk: see docs/billing-page.md); nothing
+ * else in the page reads tokens.
  *
  * This development implementation uses a token pasted on /dev/sign-in (kept in
  * sessionStorage for this tab) or else the one inlined at build time from

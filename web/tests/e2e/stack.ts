@@ -173,7 +173,7 @@ export async function startStack(options: {
   try {
     const baseEnv = withoutServiceSettings(process.env);
     const devdb = (command: "start" | "stop") =>
-      run(python, ["-m", "transactions_service.devdb", command, "--data-dir", dataDir, "--database", "postgres"], {
+      run(python, ["-m", "devtools.devdb", command, "--data-dir", dataDir, "--database", "postgres"], {
         env: baseEnv,
         log,
       });

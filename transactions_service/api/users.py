@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
-
 from flask import Blueprint, Response, jsonify, request
 
 from ..auth import authenticated, current_caller
-from ..scopes import WRITE_USERS
-from ..http import load_body
-from . import service
+from ..http import load_body, path_uuid
+from ..ledger import policy, rules
 from .schemas import RegisterUserSchema, UserSchema
 
 bp = Blueprint("users", __name__, url_prefix="/api")
@@ -20,9 +17,11 @@ _user = UserSchema()
 
 @bp.put("/users/<uuid:user_id>")
 @authenticated
-def register_user(user_id: uuid.UUID) -> tuple[Response, int]:
-    current_caller().require_scope(WRITE_USERS)
+def register_user(user_id: str) -> tuple[Response, int]:
+    policy.require_register(current_caller())
+    registered_id = path_uuid("user_id", user_id)
     if request.content_length:
         load_body(_register)
-    created_at, created = service.register_user(user_id)
-    return jsonify(_user.dump({"id": user_id, "created_at": created_at})), 201 if created else 200
+    registration = rules.register_user(registered_id)
+    body = _user.dump({"id": registered_id, "created_at": registration.created_at})
+    return jsonify(body), 201 if registration.created else 200

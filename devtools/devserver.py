@@ -43,8 +43,8 @@ def _exit_on_sigterm(_signum: int, _frame: object) -> None:
 
 def demo_service_keys() -> dict[str, str]:
     """An API key per demo service, kept in ``instance/service-keys.json`` and made anew when it no longer works."""
-    from . import api_keys
-    from .cli import SERVICE_KEYS
+    from transactions_service import api_keys
+    from transactions_service.cli import SERVICE_KEYS
 
     path = INSTANCE / "service-keys.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
@@ -63,7 +63,7 @@ def demo_service_keys() -> dict[str, str]:
 
 
 def print_credentials(user_token: str, service_keys: dict[str, str]) -> None:
-    from .cli import DEMO_USER_ID, SERVICE_KEYS
+    from transactions_service.cli import DEMO_USER_ID, SERVICE_KEYS
 
     print("\nCredentials (copy into your shell):", flush=True)
     print(f"  # the demo user's token (billing page), for 24 hours\n  export USER_TOKEN={user_token}")
@@ -86,9 +86,9 @@ def main() -> int:
 
     from flask_migrate import upgrade
 
-    from . import create_app
-    from .auth import issue_token
-    from .cli import DEMO_USER_ID, seed_demo
+    from transactions_service import create_app
+    from transactions_service.auth import issue_token
+    from transactions_service.cli import DEMO_USER_ID, seed_demo
 
     host = os.environ.get("HOST", "127.0.0.1")
     port = os.environ.get("PORT", "5000")
@@ -100,7 +100,7 @@ def main() -> int:
             seed_demo()
             service_keys = demo_service_keys()
             user_token = issue_token(str(DEMO_USER_ID), expires_in=DEV_USER_TOKEN_SECONDS)
-            from .extensions import db
+            from transactions_service.extensions import db
 
             for engine in db.engines.values():
                 engine.dispose()

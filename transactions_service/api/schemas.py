@@ -1,26 +1,24 @@
-"""Input validation and output shape of the ledger's HTTP resources."""
+"""The HTTP resources' input validation and output shape: the one place for both.
+
+Input is validated by marshmallow schemas (``unknown = RAISE``); output is
+rendered here, transactions by a hand-written renderer, because a history page
+shapes twenty of them per request and this was most of its CPU
+(BENCHMARKS.md). Every shape is checked against openapi.yaml by the tests.
+"""
 
 from __future__ import annotations
 
 import re
-import uuid
-from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
-from json.encoder import encode_basestring_ascii as _json_string
 from decimal import Decimal
+from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from ..errors import ApiError
 from ..ids import rfc3339
-from .models import (
-    MAX_AMOUNT,
-    MAX_CREDITS,
-    MAX_DESCRIPTION_LENGTH,
-    TransactionStatus,
-    TransactionType,
-)
+from ..ledger.models import MAX_AMOUNT, MAX_CREDITS, MAX_DESCRIPTION_LENGTH, TransactionStatus, TransactionType
+from ..ledger.rules import HistoryPage
+from ..ledger.store import Transaction
 
 _AMOUNT_PATTERN = re.compile(r"[0-9]{1,10}(\.[0-9]{1,2})?")
 _CENT = Decimal("0.01")
@@ -89,11 +87,14 @@ class StrictInteger(fields.Integer):
     """
 
     default_error_messages = {
-        "invalid": "Must be a whole number, written as a JSON number (not a string).",
+        "invalid": "Must be a whole number.",
+        "string": "Must be a JSON number, not a string: send 500, not \"500\".",
         "too_large": "Number too large.",
     }
 
     def _validated(self, value: Any) -> int:
+        if isinstance(value, str):
+            raise self.make_error("string")
         if isinstance(value, bool):
             raise self.make_error("invalid")
         if isinstance(value, Decimal):
@@ -152,56 +153,6 @@ class StrictSchema(Schema):
         unknown = RAISE
 
 
-def _utc_text_to_rfc3339(text: str) -> str:
-    """PostgreSQL's UTC timestamp text ("2026-11-26 10:17:45.12") as RFC 3339 with microseconds and a Z.
-
-    PostgreSQL leaves out trailing zeros of the fraction (and the fraction
-    itself when it is zero); the API always shows six digits.
-    """
-    fraction = text[20:26] if len(text) > 19 else ""
-    return f"{text[:10]}T{text[11:19]}.{fraction:0<6}Z"
-
-
-def transaction_json(values: Sequence[Any]) -> str:
-    """A transaction as every endpoint returns it (``Transaction`` in openapi.yaml), as compact JSON text.
-
-    ``values`` are a row read as ``sql.TRANSACTION_COLUMNS`` (or the same
-    values of a row about to be written, see :func:`new_transaction_values`),
-    mostly text already, so nothing is parsed into Python types only to be
-    formatted back: a history page shapes twenty rows per request, and this
-    was most of its CPU (BENCHMARKS.md). The contract tests check every shape.
-    """
-    id_, user_id, kind, amount, credits, description, status, created_at, updated_at, hold_expires_at = values
-    hold = "null" if hold_expires_at is None else f'"{_utc_text_to_rfc3339(hold_expires_at)}"'
-    return (
-        f'{{"id":"{id_}","user_id":"{user_id}","type":"{kind}","amount":"{amount}","credits":{credits},'
-        f'"description":{_json_string(description)},"status":"{status}",'
-        f'"created_at":"{_utc_text_to_rfc3339(created_at)}","updated_at":"{_utc_text_to_rfc3339(updated_at)}",'
-        f'"hold_expires_at":{hold}}}'
-    )
-
-
-def _utc_text(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(sep=" ", timespec="microseconds")[:26]
-
-
-def new_transaction_values(row: dict[str, Any]) -> tuple[Any, ...]:
-    """The ``sql.TRANSACTION_COLUMNS`` of a row about to be inserted, as PostgreSQL will return them."""
-    hold = row["hold_expires_at"]
-    return (
-        str(row["id"]),
-        str(row["user_id"]),
-        row["type"].value,
-        f"{row['amount']:.2f}",
-        row["credits"],
-        row["description"],
-        row["status"].value,
-        _utc_text(row["created_at"]),
-        _utc_text(row["created_at"]),
-        None if hold is None else _utc_text(hold),
-    )
-
-
 class NewTransactionSchema(StrictSchema):
     user_id = fields.UUID(required=True)
     type = fields.Enum(TransactionType, by_value=True, required=True)
@@ -246,7 +197,7 @@ class UserQuerySchema(StrictSchema):
 class HistoryQuerySchema(UserQuerySchema):
     limit = QueryInteger(load_default=20, validate=validate.Range(1, 100))
     cursor = fields.String(load_default=None)
-    type = fields.Enum(TransactionType, by_value=True, load_default=None)
+    kind = fields.Enum(TransactionType, by_value=True, load_default=None, data_key="type")
     status = fields.Enum(TransactionStatus, by_value=True, load_default=None)
 
 
@@ -257,27 +208,28 @@ class BalanceSchema(Schema):
     available = fields.Integer()
 
 
-_CURSOR = re.compile(r"([0-9]{1,16})-([0-9a-f]{32})")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+class UserSchema(Schema):
+    id = fields.UUID()
+    created_at = Timestamp()
 
 
-def encode_cursor(created_at_utc_text: str, transaction_id: str) -> str:
-    """An opaque position in a newest-first history: the last row a page showed.
-
-    Microseconds since the epoch and the row id (both as ``sql.TRANSACTION_COLUMNS``
-    reads them): every string of this shape is a position, so a cursor is
-    either well-formed or refused, never half-read.
-    """
-    created_at = datetime.fromisoformat(created_at_utc_text).replace(tzinfo=timezone.utc)
-    micros = (created_at - _EPOCH) // timedelta(microseconds=1)
-    return f"{micros}-{transaction_id.replace('-', '')}"
+class RegisterUserSchema(StrictSchema):
+    """The body of a registration: empty today; unknown fields are refused."""
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """The position a cursor names (see :func:`encode_cursor`)."""
-    match = _CURSOR.fullmatch(cursor)
-    if match is None:
-        raise ApiError(
-            400, "invalid_cursor", "The cursor is not one this service returned.", title="Invalid cursor"
-        )
-    return _EPOCH + timedelta(microseconds=int(match[1])), uuid.UUID(hex=match[2])
+def transaction_json(transaction: Transaction) -> str:
+    """A transaction as every endpoint returns it (``Transaction`` in openapi.yaml), as compact JSON text."""
+    t = transaction
+    hold = "null" if t.hold_expires_at is None else f'"{t.hold_expires_at}"'
+    return (
+        f'{{"id":"{t.id}","user_id":"{t.user_id}","type":"{t.type}","amount":"{t.amount}","credits":{t.credits},'
+        f'"description":{_json_string(t.description)},"status":"{t.status}",'
+        f'"created_at":"{t.created_at}","updated_at":"{t.updated_at}","hold_expires_at":{hold}}}'
+    )
+
+
+def history_page_json(page: HistoryPage) -> str:
+    """A page of history (``HistoryPage`` in openapi.yaml) as compact JSON text."""
+    cursor = "null" if page.next_cursor is None else f'"{page.next_cursor}"'
+    rows = ",".join(transaction_json(transaction) for transaction in page.transactions)
+    return f'{{"data":[{rows}],"has_more":{"true" if page.has_more else "false"},"next_cursor":{cursor}}}'

@@ -1,4 +1,9 @@
-"""The ledger tables: transactions, per-user balances and idempotency records."""
+"""The ledger's tables: users, transactions, per-user balances and idempotency records.
+
+The tables and their guards (CHECK, FOREIGN KEY, UNIQUE), for migrations and
+for the tests that look at rows; every statement the service runs on them is
+in ``store``.
+"""
 
 from __future__ import annotations
 
@@ -24,13 +29,22 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..extensions import db
+from ..http import MAX_IDEMPOTENCY_KEY_LENGTH
 
 MAX_CREDITS = 1_000_000_000
 MAX_AMOUNT = Decimal("9999999999.99")
 MAX_DESCRIPTION_LENGTH = 500
-MAX_IDEMPOTENCY_KEY_LENGTH = 255
 PENDING_USAGE = "status = 'pending' AND type = 'usage'"
 HOLD_EXPIRED = "hold_expired"
+
+
+class User(db.Model):
+    """A user as this service knows one: an id the identity provider owns."""
+
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class TransactionType(enum.StrEnum):

@@ -1,14 +1,20 @@
-"""Benchmark data: ``flask bench seed`` fills the ledger with a realistic history, fast.
+"""Benchmark data: ``python -m bench.seed`` fills the ledger with a realistic history, fast.
 
-The history is one time-ordered stream: each user's events are sorted
-uniform times in that user's active window, and a heap merges the users, so
-rows reach the table in the order production would have written them (ids,
-physical order and time agree). Every event goes through the ledger's rules
-as it is generated: a usage is written only when the user has the credits
-available, so no balance ever goes below zero. The rows are streamed into
-PostgreSQL with binary ``COPY`` from a generator: memory grows with the
-number of users, never with the number of rows. ``flask bench check``
-verifies the ledger's invariants with SQL, and ``seed`` runs it at the end.
+Development tooling, not part of the service: the production app has no
+command for it. The history is one time-ordered stream: each user's events are
+sorted uniform times in that user's active window, and a heap merges the
+users, so rows reach the table in the order production would have written
+them (ids, physical order and time agree). The simulated users behave as the
+callers would: a usage is generated only when the user has the credits
+available, and a user running low buys more. The rows are streamed into
+PostgreSQL with binary ``COPY`` from a generator: memory grows with the number
+of users, never with the number of rows. The balance rows are then made by the
+ledger's own statement (``store.rebuild_balances``), in the same transaction,
+not from the simulation's numbers. ``python -m bench.seed --check`` verifies
+the ledger's invariants with SQL, and seeding runs it at the end.
+
+    python -m bench.seed --users 10000 --transactions 1000000 [--heavy-user UUID ...]
+    python -m bench.seed --check
 """
 
 from __future__ import annotations
@@ -29,12 +35,11 @@ from typing import Any
 import click
 import psycopg2
 from flask import current_app
-from flask.cli import AppGroup
 
-from .extensions import db
-from .transactions.models import HOLD_EXPIRED
-
-bench_cli = AppGroup("bench", help="Benchmark data: a realistic ledger history, and its invariants.")
+from transactions_service import create_app
+from transactions_service.extensions import db
+from transactions_service.ledger import store
+from transactions_service.ledger.models import HOLD_EXPIRED
 
 SECOND = 1_000_000  # the stream works in integer microseconds since the Unix epoch
 DAY = 86_400 * SECOND
@@ -204,8 +209,7 @@ def history(
 ) -> Iterator[bytes]:
     """The ledger rows, oldest first, in binary COPY format, a chunk of ``chunk_rows`` rows at a time.
 
-    Fills ``totals`` with the final balance, held credits and last balance
-    change of every user, and the rows written so far (for progress).
+    Keeps ``totals["rows"]``, the rows written so far, for progress.
     """
     rand = rng.random
     getrandbits = rng.getrandbits
@@ -226,9 +230,9 @@ def history(
     in_progress = population.in_progress
     user_pack = [packs[index] for index in population.pack]
     refill_below = [credits * 0.3 * rand() for credits, _, _ in user_pack]
+    # What each simulated user knows of their own credits, to decide when to buy and what to spend.
     balance = [0] * len(ids)
     held = [0] * len(ids)
-    changed = [0] * len(ids)
     recent_purchase, pending_usage_after = now - DAY, now - pending_window
     crash_settled_before = now - hold_ttl - 300 * SECOND
 
@@ -269,7 +273,6 @@ def history(
                 status = _COMPLETED
                 updated = created if rand() < 0.2 else created + int((2 + 28 * rand()) * SECOND)
                 balance[user] += credits
-                changed[user] = updated
             out += (row_start(11, 16, transaction_id, 16, ids[user]), _PURCHASE, amount, int4(4, credits),
                     description, status, two_timestamps(8, created - PG_EPOCH, 8, min(updated, now) - PG_EPOCH), _NULL, _NULL)
         else:
@@ -279,7 +282,6 @@ def history(
                 status, updated = _PENDING, created
                 hold = timestamp(8, created + hold_ttl - PG_EPOCH)
                 held[user] += usage_credits
-                changed[user] = created
             else:
                 updated = min(created + shortest + int(spread * rand()), now)
                 luck = rand()
@@ -294,7 +296,6 @@ def history(
                 else:
                     status = _COMPLETED
                     balance[user] -= usage_credits
-                    changed[user] = updated
             out += (row_start(11, 16, transaction_id, 16, ids[user]), _USAGE, _ZERO_DOLLARS,
                     int4(4, -usage_credits), usage_description, status,
                     two_timestamps(8, created - PG_EPOCH, 8, updated - PG_EPOCH), hold, reason)
@@ -309,7 +310,7 @@ def history(
             yield b"".join(out)
             out = []
     out.append(_COPY_TRAILER)
-    totals.update(rows=written, balance=balance, held=held, changed=changed)
+    totals["rows"] = written
     yield b"".join(out)
 
 
@@ -382,13 +383,6 @@ def _user_rows(population: Population, now: int) -> Iterator[bytes]:
     pack = struct.Struct(">hi16siq").pack
     for user_id, joined in zip(population.ids, population.joined):
         yield pack(2, 16, user_id, 8, min(joined, now) - PG_EPOCH)
-
-
-def _balance_rows(population: Population, totals: dict[str, Any]) -> Iterator[bytes]:
-    pack = struct.Struct(">hi16siqiqiq").pack
-    for user_id, balance, held, changed in zip(population.ids, totals["balance"], totals["held"], totals["changed"]):
-        if changed:  # the ledger creates the balance row on a user's first completed purchase
-            yield pack(4, 16, user_id, 8, balance, 8, held, 8, changed - PG_EPOCH)
 
 
 def _connect() -> Any:
@@ -541,7 +535,7 @@ def seed(
                 stream(rows_with_progress()),
                 size=1 << 20,
             )
-            _copy_binary(cursor, "user_balances", "user_id, balance, held, updated_at", _balance_rows(population, totals))
+            store.rebuild_balances(cursor, [str(uuid.UUID(bytes=user_id)) for user_id in population.ids])
         connection.commit()
         if progress is not None:
             progress(totals["rows"], True)
@@ -554,7 +548,7 @@ def seed(
         connection.close()
 
 
-@bench_cli.command("seed")
+@click.command("seed")
 @click.option("--users", type=click.IntRange(min=0), default=10_000, show_default=True,
               help="Users in total, the named ones included.")
 @click.option("--transactions", type=click.IntRange(min=0), default=1_000_000, show_default=True,
@@ -564,7 +558,8 @@ def seed(
 @click.option("--light-user", type=click.UUID, help="A user to give exactly --light-rows rows.")
 @click.option("--light-rows", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--seed", "random_seed", type=int, default=1, show_default=True, help="Random seed: same seed, same history.")
-def seed_command(
+@click.option("--check", "check_only", is_flag=True, help="Seed nothing: only check the ledger's invariants.")
+def main(
     users: int,
     transactions: int,
     heavy_user: uuid.UUID | None,
@@ -572,8 +567,33 @@ def seed_command(
     light_user: uuid.UUID | None,
     light_rows: int,
     random_seed: int,
+    check_only: bool,
 ) -> None:
-    """Add a realistic two-year history (new users only), then check the ledger's invariants."""
+    """Add a realistic two-year history (new users only) to DATABASE_URL, then check the ledger's invariants.
+
+    With --check, only check them (exit status 1 when one is broken).
+    """
+    with create_app().app_context():
+        if check_only:
+            report(seeded=False)
+            return
+        named = _named_users(users, transactions, heavy_user, heavy_rows, light_user, light_rows)
+        bar = Progress(transactions, "seeding")
+        result = seed(users, transactions, named, random_seed=random_seed,
+                      progress=lambda done, final: bar.update(done, final=final))
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        click.echo(
+            f"loaded {result.rows:,} transactions for {result.users:,} users in {result.load_seconds:.1f} s "
+            f"({result.rows / max(result.load_seconds, 1e-9):,.0f} rows/s), VACUUM ANALYZE "
+            f"{result.vacuum_seconds:.1f} s, peak RSS of this process {peak_mb:.0f} MB"
+        )
+        report(seeded=True)
+
+
+def _named_users(
+    users: int, transactions: int, heavy_user: uuid.UUID | None, heavy_rows: int,
+    light_user: uuid.UUID | None, light_rows: int,
+) -> list[NamedUser]:
     named = []
     if heavy_user is not None:
         named.append(NamedUser(heavy_user, heavy_rows, busy=True))
@@ -585,22 +605,7 @@ def seed_command(
         raise click.UsageError("--users and --transactions are totals: they must cover the named users and their rows")
     if transactions > sum(user.rows for user in named) and users == len(named):
         raise click.UsageError("rows left over for other users, but --users leaves no other user")
-    bar = Progress(transactions, "seeding")
-    result = seed(users, transactions, named, random_seed=random_seed,
-                  progress=lambda done, final: bar.update(done, final=final))
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    click.echo(
-        f"loaded {result.rows:,} transactions for {result.users:,} users in {result.load_seconds:.1f} s "
-        f"({result.rows / max(result.load_seconds, 1e-9):,.0f} rows/s), VACUUM ANALYZE {result.vacuum_seconds:.1f} s, "
-        f"peak RSS of this process {peak_mb:.0f} MB"
-    )
-    report(seeded=True)
-
-
-@bench_cli.command("check")
-def check_command() -> None:
-    """Check the ledger's invariants with SQL (exit status 1 when one is broken)."""
-    report(seeded=False)
+    return named
 
 
 def report(*, seeded: bool) -> None:
@@ -613,3 +618,7 @@ def report(*, seeded: bool) -> None:
         connection.close()
     if not sound:
         raise click.ClickException("the ledger's invariants do not hold")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""The ledger's rules: recording, settling, expiring and reading credits.
+
+Rules take validated requests and return domain values (``store.Transaction``,
+``store.Balance``, :class:`HistoryPage`); views and schemas turn them into
+HTTP. Who may do what is asked of ``policy`` before anything is written; every
+statement is in ``store``; keys are ``idempotency``'s.
+
+The balance guards are conditional updates inside single statements, so
+concurrent spends serialise on the user's balance row and never overdraw it;
+the table's CHECK constraints back them up for any other code path.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from flask import current_app
+from sqlalchemy.exc import IntegrityError
+
+from ..auth import Caller
+from ..errors import ApiError, validation_error
+from ..ids import rfc3339, utcnow, uuid7
+from ..observability import LEDGER_HOLDS, LEDGER_REFUSED_SPENDS, LEDGER_TRANSACTIONS
+from ..replica import read_history
+from . import idempotency, policy, store
+from .models import HOLD_EXPIRED, TransactionStatus, TransactionType
+from .store import Balance, Registration, Transaction, TransactionState
+
+_UNKNOWN_USER_CONSTRAINTS = {"fk_user_transactions_user_id_users", "fk_user_balances_user_id_users"}
+_OVERDRAFT_CONSTRAINT = "ck_user_balances_available_not_negative"
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A create's outcome: the transaction as first recorded, and whether this answer is a replay."""
+
+    transaction: Transaction
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    transactions: list[Transaction]
+    has_more: bool
+    next_cursor: str | None
+
+
+# --- recording ------------------------------------------------------------------------------------
+
+
+def _unknown_user(user_id: uuid.UUID) -> ApiError:
+    return ApiError(422, "unknown_user", f"User {user_id} is not registered with this service.", title="Unknown user")
+
+
+def _insufficient_credits(caller: Caller, user_id: uuid.UUID, needed: int) -> ApiError:
+    """409; the caller that may read the user's balance is told how many credits are available."""
+    LEDGER_REFUSED_SPENDS.inc()
+    detail = f"User {user_id} has fewer than {needed} available credits."
+    if policy.reads_any_user(caller):
+        known = store.balance(user_id, utcnow())
+        detail = f"User {user_id} has {known.available if known else 0} available credits; this needs {needed}."
+    return ApiError(409, "insufficient_credits", detail, title="Insufficient credits")
+
+
+def _hold_lifetime(requested_seconds: int | None) -> timedelta:
+    limit = current_app.config["HOLD_TTL_SECONDS"]
+    if requested_seconds is not None and requested_seconds > limit:
+        raise validation_error(
+            {"hold_expires_in": [f"Must be between 1 and {limit}."]}, f"hold_expires_in may be at most {limit} seconds."
+        )
+    return timedelta(seconds=requested_seconds or limit)
+
+
+def _effect(kind: TransactionType, status: TransactionStatus) -> str | None:
+    """Which balance effect a new row has (``store.EFFECTS``); failed rows and pending purchases have none."""
+    if status is TransactionStatus.FAILED:
+        return None
+    if kind is TransactionType.PURCHASE:
+        return "credit" if status is TransactionStatus.COMPLETED else None
+    return "hold" if status is TransactionStatus.PENDING else "spend"
+
+
+def _new_transaction(request: dict[str, Any], now: datetime) -> tuple[Transaction, dict[str, Any]]:
+    """The transaction a request makes, as the API will show it, and the row ``store.record`` inserts."""
+    kind, status = request["type"], request["status"]
+    hold_expires_at = None
+    if kind is TransactionType.USAGE and status is TransactionStatus.PENDING:
+        hold_expires_at = now + _hold_lifetime(request.get("hold_expires_in"))
+    new = Transaction(
+        id=str(uuid7()), user_id=str(request["user_id"]), type=kind.value, amount=f"{request['amount']:.2f}",
+        credits=request["credits"], description=request["description"], status=status.value,
+        created_at=rfc3339(now), updated_at=rfc3339(now),
+        hold_expires_at=None if hold_expires_at is None else rfc3339(hold_expires_at),
+    )
+    row = {
+        **new._asdict(), "amount": request["amount"], "created_at": now, "hold_expires_at": hold_expires_at,
+        "needed": -request["credits"],
+    }
+    return new, row
+
+
+def _applied(write: Callable[[], bool], user_id: uuid.UUID, caller: Caller, needed: int) -> Callable[[], bool]:
+    """``write``, with the database's refusals told as the problems they mean."""
+
+    def translated() -> bool:
+        try:
+            return write()
+        except IntegrityError as error:
+            constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
+            if constraint in _UNKNOWN_USER_CONSTRAINTS:
+                raise _unknown_user(user_id) from error
+            if constraint == _OVERDRAFT_CONSTRAINT:
+                raise _insufficient_credits(caller, user_id, needed) from error
+            raise
+
+    return translated
+
+
+def record_transaction(caller: Caller, request: dict[str, Any], key: str | None) -> Recorded:
+    """Record a purchase or usage with its balance effect, at most once per idempotency key.
+
+    One statement does it all (``store.record``). When it records nothing, the
+    credits were not available: the request may be a replay of one that was
+    recorded, lapsed holds may stand in the way (they are released, or their
+    release by a concurrent request awaited, and the spend is tried once
+    more, so a lapsed hold never refuses a generation), or the user is short
+    of credits or unknown.
+    """
+    policy.require_write(caller, request["type"])
+    now = utcnow()
+    new, row = _new_transaction(request, now)
+    claim = idempotency.claim(caller.name, key, request)
+    snapshot = None if claim is None else idempotency.snapshot(new)
+    user_id, effect = request["user_id"], _effect(request["type"], request["status"])
+    write = _applied(lambda: store.record(row, effect, claim, snapshot), user_id, caller, row["needed"])
+    for attempt in range(2):
+        outcome = idempotency.write_once(claim, write)
+        if outcome.applied:
+            LEDGER_TRANSACTIONS.labels(new.type, new.status).inc()
+            return Recorded(new, replayed=False)
+        if outcome.replay is not None:
+            return Recorded(outcome.replay, replayed=True)
+        if attempt == 0:
+            # Tried again even when this request released nothing: a concurrent request
+            # (this one's own first attempt, say) may have just released those credits.
+            _release_lapsed_holds(now, user_id=user_id)
+    if not store.user_exists(user_id):
+        raise _unknown_user(user_id)
+    raise _insufficient_credits(caller, user_id, row["needed"])
+
+
+# --- settling and expiring -------------------------------------------------------------------------
+
+
+def _not_found(transaction_id: uuid.UUID) -> ApiError:
+    return ApiError(404, "not_found", f"No transaction {transaction_id}.", title="Not Found")
+
+
+def _refused_move(current: TransactionState, requested: TransactionStatus) -> ApiError:
+    if current.failure_reason == HOLD_EXPIRED:
+        lapsed_at = rfc3339(current.hold_expires_at) if current.hold_expires_at else "its expiry"
+        return ApiError(
+            409,
+            "hold_expired",
+            f"The hold lapsed at {lapsed_at} and its credits were released; "
+            "record a new usage to charge for this generation.",
+            title="Hold expired",
+        )
+    return ApiError(
+        409,
+        "invalid_transition",
+        f"The transaction is {current.status}; only a pending transaction can become {requested.value}.",
+        title="Invalid transition",
+    )
+
+
+def _release_lapsed_holds(now: datetime, **which: Any) -> int:
+    released = store.release_lapsed_holds(now, **which)
+    LEDGER_HOLDS.labels("expired").inc(released)
+    return released
+
+
+def settle_transaction(caller: Caller, transaction_id: uuid.UUID, status: TransactionStatus) -> Transaction:
+    """Move a pending transaction to completed or failed, once.
+
+    Only types the caller may write move (decided before the statement runs).
+    Asking for the status a transaction already has changes nothing, so
+    webhook retries are harmless; any other move is refused. A hold that has
+    lapsed is released (failed) instead, and completing it is refused.
+    """
+    now = utcnow()
+    moved = store.settle(transaction_id, status.value, now, policy.writable_types(caller))
+    if moved is not None:
+        if moved.type == TransactionType.USAGE:
+            LEDGER_HOLDS.labels("settled" if status is TransactionStatus.COMPLETED else "released").inc()
+        return moved
+    current = store.state(transaction_id)
+    if current is None:
+        raise _not_found(transaction_id)
+    policy.require_write(caller, current.type)
+    if current.status == TransactionStatus.PENDING:
+        # Not moved although pending and writable: its hold has lapsed. Release it now, for good.
+        _release_lapsed_holds(now, transaction_id=transaction_id)
+        current = store.state(transaction_id)
+    if current.status != status:
+        raise _refused_move(current, status)
+    settled = store.read(transaction_id)
+    assert settled is not None  # transactions are never deleted
+    return settled
+
+
+def expire_holds(batch_size: int = 1000, on_batch: Callable[[int], None] | None = None) -> int:
+    """Expire every lapsed hold, one committed batch at a time; returns how many.
+
+    Safe to run concurrently: each batch skips rows another run has locked.
+    """
+    total = 0
+    while True:
+        count = _release_lapsed_holds(utcnow(), limit=batch_size, skip_locked=True)
+        total += count
+        if on_batch is not None and count:
+            on_batch(total)
+        if count < batch_size:
+            return total
+
+
+# --- reading ----------------------------------------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_CURSOR = re.compile(r"([0-9]{1,16})-([0-9a-f]{32})")
+
+
+def encode_cursor(created_at: str, transaction_id: str) -> str:
+    """An opaque position in a newest-first history: the last row a page showed.
+
+    Microseconds since the epoch and the row id: every string of this shape is
+    a position, so a cursor is either well-formed or refused, never half-read.
+    """
+    moment = datetime.fromisoformat(created_at)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    micros = (moment - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}-{transaction_id.replace('-', '')}"
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The position a cursor names (see :func:`encode_cursor`)."""
+    match = _CURSOR.fullmatch(cursor)
+    if match is None:
+        raise ApiError(400, "invalid_cursor", "The cursor is not one this service returned.", title="Invalid cursor")
+    return _EPOCH + timedelta(microseconds=int(match[1])), uuid.UUID(hex=match[2])
+
+
+def list_history(
+    user_id: uuid.UUID,
+    *,
+    limit: int,
+    cursor: str | None = None,
+    kind: TransactionType | None = None,
+    status: TransactionStatus | None = None,
+) -> HistoryPage:
+    """One page of a user's history, newest first, by keyset on (created_at, id), from the replica if any."""
+    after = None if cursor is None else decode_cursor(cursor)
+    rows = read_history(
+        lambda engine: store.history_page(
+            engine, user_id, limit + 1, kind=kind and kind.value, status=status and status.value, after=after
+        )
+    )
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if has_more else None
+    return HistoryPage(rows, has_more, next_cursor)
+
+
+def get_transaction(caller: Caller, transaction_id: uuid.UUID) -> Transaction:
+    """One transaction, for its owner or a reading service; another user's is reported as missing."""
+    policy.require_read(caller)
+    transaction = store.read(transaction_id)
+    if transaction is None or not policy.can_read(caller, transaction.user_id):
+        raise _not_found(transaction_id)
+    return transaction
+
+
+def get_balance(user_id: uuid.UUID) -> Balance:
+    """The user's totals, with holds that have lapsed already counted as released."""
+    return store.balance(user_id, utcnow()) or Balance(user_id, 0, 0)
+
+
+def register_user(user_id: uuid.UUID) -> Registration:
+    """Make the user known to the ledger (safe to repeat)."""
+    return store.register(user_id)
+
