@@ -29,7 +29,7 @@ from ..observability import LEDGER_HOLDS, LEDGER_REFUSED_SPENDS, LEDGER_TRANSACT
 from ..replica import read_history
 from . import idempotency, policy, store
 from .models import HOLD_EXPIRED, TransactionStatus, TransactionType
-from .store import Balance, Registration, Transaction, TransactionState
+from .store import Balance, Position, Registration, Transaction, TransactionState
 
 _UNKNOWN_USER_CONSTRAINTS = {"fk_user_transactions_user_id_users", "fk_user_balances_user_id_users"}
 _OVERDRAFT_CONSTRAINT = "ck_user_balances_available_not_negative"
@@ -248,12 +248,12 @@ def encode_cursor(created_at: str, transaction_id: str) -> str:
     return f"{micros}-{transaction_id.replace('-', '')}"
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+def decode_cursor(cursor: str) -> Position:
     """The position a cursor names (see :func:`encode_cursor`)."""
     match = _CURSOR.fullmatch(cursor)
     if match is None:
         raise ApiError(400, "invalid_cursor", "The cursor is not one this service returned.", title="Invalid cursor")
-    return _EPOCH + timedelta(microseconds=int(match[1])), uuid.UUID(hex=match[2])
+    return Position(_EPOCH + timedelta(microseconds=int(match[1])), uuid.UUID(hex=match[2]))
 
 
 def list_history(

@@ -114,8 +114,27 @@ class ClaimRecord(NamedTuple):
     snapshot: str
 
 
+class Position(NamedTuple):
+    """Where a newest-first history page ends: the last row it showed."""
+
+    created_at: datetime
+    id: uuid.UUID
+
+
 def _transactions(rows: list[tuple[Any, ...]]) -> list[Transaction]:
     return [Transaction(*row) for row in rows]
+
+
+def _first(shape: Any, statement: str, params: dict[str, Any], **options: Any) -> Any:
+    """The statement's first row as ``shape`` (a NamedTuple of its columns), or None."""
+    rows = run_statement(statement, params, **options)
+    return shape(*rows[0]) if rows else None
+
+
+def _value(statement: str, params: dict[str, Any], **options: Any) -> Any:
+    """The one value of a statement that returns one row of one column (a count, a flag)."""
+    ((value,),) = run_statement(statement, params, **options)
+    return value
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -143,12 +162,12 @@ def history_page(
     *,
     kind: str | None,
     status: str | None,
-    after: tuple[datetime, uuid.UUID] | None,
+    after: Position | None,
 ) -> list[Transaction]:
     """Up to ``limit`` of a user's transactions, newest first, after a keyset position, on ``engine``."""
     params: dict[str, Any] = {"user_id": str(user_id), "limit": limit, "type": kind, "status": status}
     if after is not None:
-        params.update(after_created_at=after[0], after_id=str(after[1]))
+        params.update(after_created_at=after.created_at, after_id=str(after.id))
     statement = _history_page(kind is not None, status is not None, after is not None)
     return _transactions(run_statement(statement, params, engine, repeatable=True))
 
@@ -158,13 +177,11 @@ _STATE = "SELECT type::text, user_id, status::text, failure_reason, hold_expires
 
 
 def read(transaction_id: uuid.UUID) -> Transaction | None:
-    rows = run_statement(_READ, {"id": str(transaction_id)}, repeatable=True)
-    return Transaction(*rows[0]) if rows else None
+    return _first(Transaction, _READ, {"id": str(transaction_id)}, repeatable=True)
 
 
 def state(transaction_id: uuid.UUID) -> TransactionState | None:
-    rows = run_statement(_STATE, {"id": str(transaction_id)}, repeatable=True)
-    return TransactionState(*rows[0]) if rows else None
+    return _first(TransactionState, _STATE, {"id": str(transaction_id)}, repeatable=True)
 
 
 # Holds that have lapsed count as released at once, before the job (or a spend) releases them.
@@ -176,15 +193,14 @@ _BALANCE = (
 
 
 def balance(user_id: uuid.UUID, now: datetime) -> Balance | None:
-    rows = run_statement(_BALANCE, {"user_id": str(user_id), "now": now}, repeatable=True)
-    return Balance(*rows[0]) if rows else None
+    return _first(Balance, _BALANCE, {"user_id": str(user_id), "now": now}, repeatable=True)
 
 
 _USER_EXISTS = "SELECT EXISTS (SELECT 1 FROM users WHERE id = %(id)s)"
 
 
 def user_exists(user_id: uuid.UUID) -> bool:
-    return run_statement(_USER_EXISTS, {"id": str(user_id)}, repeatable=True)[0][0]
+    return _value(_USER_EXISTS, {"id": str(user_id)}, repeatable=True)
 
 
 # --- users ---------------------------------------------------------------------------------------
@@ -199,7 +215,7 @@ _REGISTER = (
 
 def register(user_id: uuid.UUID) -> Registration:
     """Add the user if new (safe to repeat)."""
-    return Registration(*run_statement(_REGISTER, {"id": str(user_id)}, repeatable=True)[0])
+    return _first(Registration, _REGISTER, {"id": str(user_id)}, repeatable=True)
 
 
 # --- recording a transaction, with its effect ---------------------------------------------------
@@ -303,8 +319,7 @@ def settle(transaction_id: uuid.UUID, status: str, now: datetime, types: list[st
     caller then finds the status it asked for.
     """
     params = {"id": str(transaction_id), "status": status, "now": now, "types": types}
-    rows = run_statement(_SETTLE, params, repeatable=True)
-    return Transaction(*rows[0]) if rows else None
+    return _first(Transaction, _SETTLE, params, repeatable=True)
 
 
 # Lapsed holds become failed and release their credits. The rows are locked first (skipped when
@@ -349,7 +364,7 @@ def release_lapsed_holds(
         "id": None if transaction_id is None else str(transaction_id),
     }
     # Safe to run again: a released hold is no longer pending.
-    return run_statement(_release_lapsed(scope, skip_locked), params, repeatable=True)[0][0]
+    return _value(_release_lapsed(scope, skip_locked), params, repeatable=True)
 
 
 # The balance rows that ledger rows loaded in bulk imply, by the same definition the effects keep:
@@ -384,8 +399,7 @@ _FIND_CLAIM = "SELECT request_hash, response_body FROM idempotency_keys WHERE ca
 
 
 def find_claim(caller: str, key: str) -> ClaimRecord | None:
-    rows = run_statement(_FIND_CLAIM, {"caller": caller, "key": key}, repeatable=True)
-    return ClaimRecord(*rows[0]) if rows else None
+    return _first(ClaimRecord, _FIND_CLAIM, {"caller": caller, "key": key}, repeatable=True)
 
 
 # Takes the key for a moment in a transaction that is always rolled back: a row inserted means
@@ -414,4 +428,4 @@ _PRUNE_CLAIMS = (
 
 
 def prune_claims(older_than: datetime) -> int:
-    return run_statement(_PRUNE_CLAIMS, {"before": older_than})[0][0]
+    return _value(_PRUNE_CLAIMS, {"before": older_than})
