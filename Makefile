@@ -13,7 +13,7 @@ API_URL ?= http://127.0.0.1:5000
 export NEXT_TELEMETRY_DISABLED := 1
 export NPM_CONFIG_UPDATE_NOTIFIER := false
 
-.PHONY: install web-install run web test test-python test-pooled test-web faults migrate fuzz bench bench-quick bench-profile bench-servers wrk pgbouncer clean
+.PHONY: install web-install run web test test-python test-pooled test-web faults migrate fuzz bench bench-quick bench-profile bench-servers bench-migration wrk pgbouncer clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is required (found " + sys.version.split()[0] + ")") if sys.version_info < (3, 11) else None'
@@ -109,6 +109,10 @@ bench-profile: install wrk
 bench-servers: install wrk
 	@test -x $(BIN)/granian || $(BIN)/python -m pip install --quiet --disable-pip-version-check granian
 	$(BIN)/python -m bench.servers
+
+# Migration 0005 (balances become lots) up, down and up again on the million-row ledger, timed.
+bench-migration: install
+	$(BIN)/python -m bench.migration
 
 # The HTTP load generator, from Debian's packages.
 wrk:

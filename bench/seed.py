@@ -9,7 +9,8 @@ callers would: a usage is generated only when the user has the credits
 available, and a user running low buys more. The rows are streamed into
 PostgreSQL with binary ``COPY`` from a generator: memory grows with the number
 of users, never with the number of rows. The balance rows are then made by the
-ledger's own statement (``store.rebuild_balances``), in the same transaction,
+ledger's own statement (``store.open_balances``, which also opens each user's
+lot), in the same transaction,
 not from the simulation's numbers. ``python -m bench.seed --check`` verifies
 the ledger's invariants with SQL, and seeding runs it at the end.
 
@@ -535,14 +536,14 @@ def seed(
                 stream(rows_with_progress()),
                 size=1 << 20,
             )
-            store.rebuild_balances(cursor, [str(uuid.UUID(bytes=user_id)) for user_id in population.ids])
+            store.open_balances(cursor, [str(uuid.UUID(bytes=user_id)) for user_id in population.ids])
         connection.commit()
         if progress is not None:
             progress(totals["rows"], True)
         loaded = time.monotonic()
         connection.autocommit = True
         with connection.cursor() as cursor:
-            cursor.execute("VACUUM (ANALYZE) users, user_transactions, user_balances")
+            cursor.execute("VACUUM (ANALYZE) users, user_transactions, user_balances, credit_lots, lot_postings")
         return SeedResult(totals["rows"], len(population.ids), loaded - started, time.monotonic() - loaded)
     finally:
         connection.close()

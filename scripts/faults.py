@@ -63,10 +63,11 @@ REQUEST_BUDGET_SECONDS = 30.0
 REPORT_START = "<!-- faults-report:start -->"
 REPORT_END = "<!-- faults-report:end -->"
 
-PAYMENT, GENERATION, AUDITOR = "payment", "generation", "auditor"
+PAYMENT, GENERATION, GROWTH, AUDITOR = "payment", "generation", "growth", "auditor"
 SERVICE_CALLERS = {
     PAYMENT: ("payment-service", ("purchases:write", "users:write")),
     GENERATION: ("generation-service", ("usage:write",)),
+    GROWTH: ("growth-service", ("credits:grant",)),
     AUDITOR: ("faults-auditor", ("transactions:read",)),
 }
 PRICE_LIST = {100: "1.99", 500: "9.99", 1000: "17.99"}
@@ -93,6 +94,7 @@ SCENARIOS = (
     ("generation", 35),
     ("billing_page_read", 25),
     ("new_customer", 5),
+    ("promotional_grant", 5),
 )
 
 
@@ -333,6 +335,11 @@ class LedgerClient:
                 self.tally.record_unexpected(f"GET {path}", response)
             self.outcomes.reads += response is not None
 
+    def promotional_grant(self) -> None:
+        """Free credits that expire after the run (so that every balance stays what the writes add up to),
+        spent before paid ones: they bring a second lot into every spend that follows."""
+        self.create(GROWTH, *grant(self.rng, self.rng.choice(self.customers), self.next_key("gift")))
+
     def new_customer(self) -> None:
         user_id = str(uuid.uuid4())
         response = self.http.send("PUT", f"/api/users/{user_id}", self.plan.tokens[PAYMENT])
@@ -364,6 +371,20 @@ def purchase(
         "credits": credits,
         "description": f"{credits} credits [{key}]",
         "status": status,
+    }
+    return body, key
+
+
+def grant(rng: random.Random, user_id: str, key: str) -> tuple[dict[str, Any], str]:
+    credits = rng.choice((20, 50, 100))
+    body = {
+        "user_id": user_id,
+        "type": "grant",
+        "credits": credits,
+        "description": f"Welcome bonus: {credits} credits [{key}]",
+        "status": "completed",
+        "expires_in": 86_400,
+        "priority": rng.choice((10, 50)),
     }
     return body, key
 
@@ -884,13 +905,21 @@ class FaultRun:
                 {"users": users},
             ).all()
             records = connection.execute(
-                text("SELECT caller, key, transaction_id::text FROM idempotency_keys WHERE key LIKE :evt OR key LIKE :job"),
-                {"evt": f"evt\\_{self.run_id}-%", "job": f"job\\_{self.run_id}-%"},
+                text("SELECT caller, key, transaction_id::text FROM idempotency_keys"
+                     " WHERE key LIKE :evt OR key LIKE :job OR key LIKE :gift"),
+                {"evt": f"evt\\_{self.run_id}-%", "job": f"job\\_{self.run_id}-%", "gift": f"gift\\_{self.run_id}-%"},
             ).all()
             balances = {
                 row.user_id: row
                 for row in connection.execute(
-                    text("SELECT user_id::text, balance, held FROM user_balances WHERE user_id = ANY(CAST(:users AS uuid[]))"),
+                    text(
+                        "SELECT b.user_id::text, b.balance, b.held,"
+                        " (SELECT coalesce(sum(remaining + held), 0) FROM credit_lots WHERE user_id = b.user_id) AS in_lots,"
+                        " (SELECT coalesce(sum(held), 0) FROM credit_lots WHERE user_id = b.user_id) AS held_in_lots,"
+                        " (SELECT coalesce(sum(credits), 0) FROM lot_postings WHERE user_id = b.user_id) AS posted,"
+                        " (SELECT count(*) FROM credit_lots WHERE user_id = b.user_id) AS lots"
+                        " FROM user_balances AS b WHERE b.user_id = ANY(CAST(:users AS uuid[]))"
+                    ),
                     {"users": users},
                 )
             }
@@ -992,6 +1021,16 @@ class FaultRun:
             "every balance equals what the acknowledged writes add up to",
             not drifted,
             f"{len(users)} users; {len(drifted)} whose balance differs from their acknowledged history" + _sample(drifted),
+        ))
+        unlotted = [
+            user_id for user_id, row in balances.items()
+            if (row.in_lots, row.held_in_lots, row.posted) != (row.balance, row.held, row.balance)
+        ]
+        checks.append(Check(
+            "for every user, balance = the lots' remaining + held = the postings, and held = the lots' held",
+            not unlotted,
+            f"{len(balances)} balances in {sum(row.lots for row in balances.values())} lots; "
+            f"{len(unlotted)} that disagree with their lots or postings" + _sample(unlotted),
         ))
         negative = [user_id for user_id in users if min(*stored(user_id), operator.sub(*stored(user_id))) < 0]
         checks.append(Check(

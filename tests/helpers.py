@@ -23,6 +23,16 @@ def lapse(db_session: Any, transaction_id: uuid.UUID | str, ago: timedelta = tim
     db_session.commit()
 
 
+def totals(balance: dict[str, Any]) -> dict[str, Any]:
+    """A balance answer's totals (user, balance, held, available), without its split by lot."""
+    return {name: balance[name] for name in ("user_id", "balance", "held", "available")}
+
+
+def without_postings(transaction: dict[str, Any]) -> dict[str, Any]:
+    """A transaction as read by id, without the postings only that read adds."""
+    return {name: value for name, value in transaction.items() if name != "postings"}
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 

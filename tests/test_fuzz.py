@@ -28,7 +28,7 @@ from .contract import SPEC_PATH
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "25"))
 METRICS_TOKEN = "fuzz-metrics-" + uuid.uuid4().hex
-READS_NAMING_A_USER = {"/api/transactions", "/api/balance"}
+READS_NAMING_A_USER = {"/api/transactions", "/api/balance", "/api/lots"}
 LEDGER_FOOTPRINT = text(
     "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM user_transactions), "
     "(SELECT count(*) FROM idempotency_keys), (SELECT coalesce(sum(balance), 0) FROM user_balances), "

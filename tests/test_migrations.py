@@ -40,8 +40,8 @@ def test_upgrade_downgrade_upgrade_from_an_empty_database(scratch_app):
     with scratch_app.app_context():
         upgrade()
     assert schema_objects(scratch_app) == (
-        {"users", "user_transactions", "user_balances", "idempotency_keys", "api_keys"},
-        {"transaction_type", "transaction_status"},
+        {"users", "user_transactions", "user_balances", "idempotency_keys", "api_keys", "credit_lots", "lot_postings"},
+        {"transaction_type", "transaction_status", "lot_category"},
     )
     with scratch_app.app_context():
         downgrade(revision="base")
@@ -49,7 +49,7 @@ def test_upgrade_downgrade_upgrade_from_an_empty_database(scratch_app):
     with scratch_app.app_context():
         upgrade()
         upgrade()  # a second run is a no-op
-    assert len(schema_objects(scratch_app)[0]) == 5
+    assert len(schema_objects(scratch_app)[0]) == 7
 
 
 def test_models_and_migrations_agree(scratch_app):
@@ -85,3 +85,44 @@ def test_idempotency_records_written_before_they_named_their_user_are_filled_in(
             filled = connection.scalar(text("SELECT user_id::text FROM idempotency_keys WHERE key = 'evt_1'"))
         db.engine.dispose()
     assert filled == "5e1f0000-0000-4000-8000-000000000001"
+
+
+def test_each_balance_becomes_one_paid_lot_with_its_holds_reserved_on_it(scratch_app):
+    user, hold, purchase = (
+        "5e1f0000-0000-4000-8000-000000000002", "01900000-0000-7000-8000-000000000003",
+        "01900000-0000-7000-8000-000000000002",
+    )
+    with scratch_app.app_context():
+        upgrade(revision="0004_api_keys")
+        with db.engine.begin() as connection:
+            connection.execute(text("INSERT INTO users (id) VALUES (:u)"), {"u": user})
+            connection.execute(
+                text("INSERT INTO user_transactions (id, user_id, type, amount, credits, description, status) VALUES"
+                     " (:p, :u, 'purchase', 10.00, 500, 'Pack', 'completed'),"
+                     " (:h, :u, 'usage', 0, -50, 'Upscale', 'pending')"),
+                {"p": purchase, "h": hold, "u": user},
+            )
+            connection.execute(text("INSERT INTO user_balances (user_id, balance, held) VALUES (:u, 500, 50)"), {"u": user})
+        upgrade()
+        with db.engine.connect() as connection:
+            lot = connection.execute(text(
+                "SELECT category::text, credits, remaining, held, expires_at, cost_basis, transaction_id FROM credit_lots"
+            )).one()
+            rows = connection.execute(text(
+                "SELECT transaction_id::text, credits, held, balance_after, held_after FROM lot_postings ORDER BY id"
+            )).all()
+        db.engine.dispose()
+    assert (lot.category, lot.credits, lot.remaining, lot.held, lot.expires_at) == ("paid", 500, 450, 50, None)
+    assert float(lot.cost_basis) == 0.02 and lot.transaction_id is None
+    assert [tuple(row) for row in rows] == [(None, 500, 0, 500, 0), (hold, 0, 50, 500, 50)]
+    client = scratch_app.test_client()
+    with scratch_app.app_context():
+        from transactions_service import api_keys
+
+        key = api_keys.create("migrated", ["usage:write", "transactions:read"]).key
+    settled = client.patch(f"/api/transactions/{hold}", json={"status": "completed"}, headers={"Authorization": f"Bearer {key}"})
+    assert settled.status_code == 200, settled.json
+    balance = client.get(f"/api/balance?user_id={user}", headers={"Authorization": f"Bearer {key}"}).json
+    assert (balance["balance"], balance["held"], balance["paid"]) == (450, 0, 450)
+    with scratch_app.app_context():
+        db.engine.dispose()

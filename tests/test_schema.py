@@ -42,9 +42,10 @@ def test_user_transactions_has_the_seed_columns(db_session):
     columns = {column["name"]: column for column in inspect(db_session.get_bind()).get_columns("user_transactions")}
     seed_columns = {"id", "user_id", "type", "amount", "credits", "description", "status", "created_at"}
     hold_columns = {"hold_expires_at", "failure_reason"}
-    assert set(columns) == seed_columns | {"updated_at"} | hold_columns
+    lot_terms = {"lot_expires_at", "lot_priority", "lot_category"}
+    assert set(columns) == seed_columns | {"updated_at"} | hold_columns | lot_terms
     assert not any(columns[name]["nullable"] for name in seed_columns | {"updated_at"})
-    assert all(columns[name]["nullable"] for name in hold_columns)
+    assert all(columns[name]["nullable"] for name in hold_columns | lot_terms)
     assert str(columns["amount"]["type"]) == "NUMERIC(12, 2)"
     assert str(columns["credits"]["type"]) == "INTEGER"
     assert str(columns["created_at"]["type"]) == "TIMESTAMP"
@@ -59,8 +60,9 @@ def test_enums_have_exactly_the_ledger_values(db_session):
         )
     ).all()
     assert dict(rows) == {
-        "transaction_type": ["purchase", "usage"],
+        "transaction_type": ["purchase", "usage", "grant", "expiration"],
         "transaction_status": ["completed", "pending", "failed"],
+        "lot_category": ["paid", "promotional"],
     }
 
 

@@ -23,7 +23,7 @@ from transactions_service import api_keys
 from transactions_service.scopes import SERVICE_SCOPES
 
 from .conftest import TEST_SECRET, make_app
-from .helpers import bearer
+from .helpers import bearer, without_postings
 
 TRANSACTION = "01975c3e-8a41-7c2b-9f1e-3d5a6b7c8d90"
 USER = "3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10"
@@ -187,7 +187,7 @@ def test_api3_a_settlement_changes_nothing_but_the_status(api, client, extra):
         f"/api/transactions/{hold['id']}", json={"status": "completed", **extra}, headers=bearer(api.admin_token)
     )
     assert response.status_code == 422
-    assert client.get(f"/api/transactions/{hold['id']}", headers=bearer(api.admin_token)).json == hold
+    assert without_postings(client.get(f"/api/transactions/{hold['id']}", headers=bearer(api.admin_token)).json) == hold
 
 
 def test_api3_responses_expose_only_the_documented_fields(api):

@@ -43,6 +43,7 @@ LEDGER_TRANSACTIONS = Counter(
 LEDGER_HOLDS = Counter(
     "ledger_holds_total", "Usage holds that ended, by outcome (settled, released, expired).", ["outcome"]
 )
+LEDGER_LOTS_EXPIRED = Counter("ledger_lots_expired_total", "Credit lots whose unheld credits expired.")
 LEDGER_REPLAYS = Counter("ledger_idempotent_replays_total", "Writes answered by replaying an idempotency record.")
 LEDGER_REFUSED_SPENDS = Counter(
     "ledger_insufficient_credits_total", "Usage refused because the user had too few available credits."

@@ -11,7 +11,8 @@ READ_TRANSACTIONS = "transactions:read"
 WRITE_PURCHASES = "purchases:write"
 WRITE_USAGE = "usage:write"
 WRITE_USERS = "users:write"
-SERVICE_SCOPES = frozenset({READ_TRANSACTIONS, WRITE_PURCHASES, WRITE_USAGE, WRITE_USERS})
+GRANT_CREDITS = "credits:grant"
+SERVICE_SCOPES = frozenset({READ_TRANSACTIONS, WRITE_PURCHASES, WRITE_USAGE, WRITE_USERS, GRANT_CREDITS})
 
 
 def parse_scopes(text: str) -> list[str]:

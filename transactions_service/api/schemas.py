@@ -8,17 +8,25 @@ shapes twenty of them per request and this was most of its CPU
 
 from __future__ import annotations
 
+import json
 import re
 from decimal import Decimal
 from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
-from ..ids import rfc3339
-from ..ledger.models import MAX_AMOUNT, MAX_CREDITS, MAX_DESCRIPTION_LENGTH, TransactionStatus, TransactionType
-from ..ledger.rules import HistoryPage
-from ..ledger.store import Transaction
+from ..ids import rfc3339, utcnow
+from ..ledger.models import (
+    MAX_AMOUNT,
+    MAX_CREDITS,
+    MAX_DESCRIPTION_LENGTH,
+    LotCategory,
+    TransactionStatus,
+    TransactionType,
+)
+from ..ledger.rules import HistoryPage, LotsPage
+from ..ledger.store import Posting, Transaction
 
 _AMOUNT_PATTERN = re.compile(r"[0-9]{1,10}(\.[0-9]{1,2})?")
 _CENT = Decimal("0.01")
@@ -153,15 +161,33 @@ class StrictSchema(Schema):
         unknown = RAISE
 
 
+# The types a caller may write, and what each does to credits ("expiration" is the service's own).
+_SIGNS = {
+    TransactionType.PURCHASE: (1, "A purchase adds credits: must be greater than 0."),
+    TransactionType.GRANT: (1, "A grant adds credits: must be greater than 0."),
+    TransactionType.USAGE: (-1, "Usage spends credits: must be less than 0."),
+}
+_LOT_TERMS = ("expires_at", "expires_in", "priority")
+
+
 class NewTransactionSchema(StrictSchema):
     user_id = fields.UUID(required=True)
-    type = fields.Enum(TransactionType, by_value=True, required=True)
-    amount = Money(required=True)
+    type = fields.Enum(
+        TransactionType, by_value=True, required=True,
+        validate=validate.OneOf(list(_SIGNS), error="Must be one of: purchase, usage, grant."),
+    )
+    # Required but for a grant, whose amount is 0.00 when left out.
+    amount = Money(load_default=None)
     credits = StrictInteger(required=True, validate=validate.Range(-MAX_CREDITS, MAX_CREDITS))
     description = Text(required=True, validate=validate.Length(1, MAX_DESCRIPTION_LENGTH))
     status = fields.Enum(TransactionStatus, by_value=True, load_default=TransactionStatus.COMPLETED)
     # Seconds until a pending usage's hold lapses; at most HOLD_TTL_SECONDS (checked by the ledger).
     hold_expires_in = StrictInteger(load_default=None, allow_none=False, validate=validate.Range(min=1))
+    # The terms of the lot a purchase or grant makes: when it expires, and its place in the spend order.
+    expires_at = fields.AwareDateTime(format="iso", load_default=None, allow_none=False)
+    expires_in = StrictInteger(load_default=None, allow_none=False, validate=validate.Range(1, 100 * 365 * 86_400))
+    priority = StrictInteger(load_default=None, allow_none=False, validate=validate.Range(0, 100))
+    category = fields.Enum(LotCategory, by_value=True, load_default=None, allow_none=False)
 
     @validates_schema
     def hold_only_on_pending_usage(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -173,12 +199,41 @@ class NewTransactionSchema(StrictSchema):
     @validates_schema
     def credits_sign_matches_type(self, data: dict[str, Any], **kwargs: Any) -> None:
         credits, kind = data.get("credits"), data.get("type")
-        if credits is None or kind is None:
+        if credits is None or kind not in _SIGNS:
             return
-        if kind is TransactionType.PURCHASE and credits <= 0:
-            raise ValidationError("A purchase adds credits: must be greater than 0.", "credits")
-        if kind is TransactionType.USAGE and credits >= 0:
-            raise ValidationError("Usage spends credits: must be less than 0.", "credits")
+        sign, message = _SIGNS[kind]
+        if credits * sign <= 0:
+            raise ValidationError(message, "credits")
+
+    @validates_schema
+    def amount_per_type(self, data: dict[str, Any], **kwargs: Any) -> None:
+        kind, amount = data.get("type"), data.get("amount")
+        if kind is TransactionType.GRANT:
+            if amount is not None and amount != 0:
+                raise ValidationError("A grant is free: its amount is 0.00 (or left out).", "amount")
+            if data.get("status") is not TransactionStatus.COMPLETED:
+                raise ValidationError("A grant takes effect at once: its status is completed.", "status")
+        elif amount is None and kind is not None:
+            raise ValidationError("Missing data for required field.", "amount")
+
+    @validates_schema
+    def lot_terms_only_on_credits(self, data: dict[str, Any], **kwargs: Any) -> None:
+        kind = data.get("type")
+        given = [name for name in _LOT_TERMS if data.get(name) is not None]
+        if kind is TransactionType.USAGE and given:
+            raise ValidationError("Only a purchase or a grant makes a lot with these terms.", given[0])
+        if data.get("category") is not None and kind is not TransactionType.GRANT:
+            raise ValidationError("Only a grant chooses its category; a purchase's credits are paid.", "category")
+        if data.get("expires_at") is not None and data.get("expires_in") is not None:
+            raise ValidationError("Give expires_at or expires_in, not both.", "expires_in")
+        if data.get("expires_at") is not None and data["expires_at"] <= utcnow():
+            raise ValidationError("Must lie in the future.", "expires_at")
+
+    @post_load
+    def free_grants(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if data.get("amount") is None and data.get("type") is TransactionType.GRANT:
+            data["amount"] = Decimal("0.00")
+        return data
 
 
 class SettleSchema(StrictSchema):
@@ -201,11 +256,54 @@ class HistoryQuerySchema(UserQuerySchema):
     status = fields.Enum(TransactionStatus, by_value=True, load_default=None)
 
 
+class NextExpirySchema(Schema):
+    credits = fields.Integer(attribute="next_expiry_credits")
+    expires_at = Timestamp(attribute="next_expiry_at")
+
+
 class BalanceSchema(Schema):
     user_id = fields.UUID()
     balance = fields.Integer()
     held = fields.Integer()
     available = fields.Integer()
+    paid = fields.Integer()
+    promotional = fields.Integer()
+    next_expiry = fields.Method("_next_expiry")
+
+    def _next_expiry(self, balance: Any) -> dict[str, Any] | None:
+        return None if balance.next_expiry_at is None else NextExpirySchema().dump(balance)
+
+
+class LotSchema(Schema):
+    id = fields.UUID()
+    user_id = fields.UUID()
+    transaction_id = fields.UUID(allow_none=True)
+    category = fields.String()
+    credits = fields.Integer()
+    remaining = fields.Integer()
+    held = fields.Integer()
+    priority = fields.Integer()
+    expires_at = Timestamp(allow_none=True)
+    cost_basis = fields.Method("_cost_basis")
+    created_at = Timestamp()
+    status = fields.String()
+
+    def _cost_basis(self, lot: Any) -> str:
+        return f"{lot.cost_basis.normalize():f}" if lot.cost_basis else "0"
+
+
+class LotQuerySchema(StrictSchema):
+    user_id = fields.UUID(load_default=None)
+    limit = QueryInteger(load_default=20, validate=validate.Range(1, 100))
+    cursor = fields.String(load_default=None)
+    status = fields.String(load_default="active", validate=validate.OneOf(["active", "all"]))
+
+
+class PostingSchema(Schema):
+    lot_id = fields.UUID()
+    credits = fields.Integer()
+    held = fields.Integer()
+    created_at = Timestamp()
 
 
 class UserSchema(Schema):
@@ -217,15 +315,23 @@ class RegisterUserSchema(StrictSchema):
     """The body of a registration: empty today; unknown fields are refused."""
 
 
-def transaction_json(transaction: Transaction) -> str:
-    """A transaction as every endpoint returns it (``Transaction`` in openapi.yaml), as compact JSON text."""
+def transaction_json(transaction: Transaction, postings: list[Posting] | None = None) -> str:
+    """A transaction as every endpoint returns it (``Transaction`` in openapi.yaml), as compact JSON text.
+
+    A single transaction's read adds its ``postings`` (``TransactionDetail``); pages stay lean.
+    """
     t = transaction
     hold = "null" if t.hold_expires_at is None else f'"{t.hold_expires_at}"'
+    detail = "" if postings is None else f',"postings":{json.dumps(_posting.dump(postings, many=True), separators=(",", ":"))}'
     return (
         f'{{"id":"{t.id}","user_id":"{t.user_id}","type":"{t.type}","amount":"{t.amount}","credits":{t.credits},'
         f'"description":{_json_string(t.description)},"status":"{t.status}",'
-        f'"created_at":"{t.created_at}","updated_at":"{t.updated_at}","hold_expires_at":{hold}}}'
+        f'"created_at":"{t.created_at}","updated_at":"{t.updated_at}","hold_expires_at":{hold}{detail}}}'
     )
+
+
+def lots_page_json(page: LotsPage) -> dict[str, Any]:
+    return {"data": _lot.dump(page.lots, many=True), "has_more": page.has_more, "next_cursor": page.next_cursor}
 
 
 def history_page_json(page: HistoryPage) -> str:
@@ -233,3 +339,7 @@ def history_page_json(page: HistoryPage) -> str:
     cursor = "null" if page.next_cursor is None else f'"{page.next_cursor}"'
     rows = ",".join(transaction_json(transaction) for transaction in page.transactions)
     return f'{{"data":[{rows}],"has_more":{"true" if page.has_more else "false"},"next_cursor":{cursor}}}'
+
+
+_posting = PostingSchema()
+_lot = LotSchema()

@@ -10,10 +10,12 @@ from ..ledger import policy, rules
 from .schemas import (
     BalanceSchema,
     HistoryQuerySchema,
+    LotQuerySchema,
     NewTransactionSchema,
     SettleSchema,
     UserQuerySchema,
     history_page_json,
+    lots_page_json,
     transaction_json,
 )
 
@@ -24,6 +26,7 @@ _settle = SettleSchema()
 _history_query = HistoryQuerySchema()
 _user_query = UserQuerySchema()
 _balance = BalanceSchema()
+_lot_query = LotQuerySchema()
 
 
 def _json(body: str, status: int = 200) -> Response:
@@ -54,7 +57,7 @@ def create_transaction() -> Response:
 @authenticated
 def get_transaction(transaction_id: str) -> Response:
     transaction = rules.get_transaction(current_caller(), path_uuid("transaction_id", transaction_id, missing=True))
-    return _json(transaction_json(transaction))
+    return _json(transaction_json(transaction, rules.postings_of(transaction)))
 
 
 @bp.patch("/transactions/<uuid:transaction_id>")
@@ -70,3 +73,11 @@ def settle_transaction(transaction_id: str) -> Response:
 def get_balance() -> Response:
     user_id = policy.readable_user(current_caller(), load_query(_user_query)["user_id"])
     return jsonify(_balance.dump(rules.get_balance(user_id)))
+
+
+@bp.get("/lots")
+@authenticated
+def list_lots() -> Response:
+    query = load_query(_lot_query)
+    user_id = policy.readable_user(current_caller(), query.pop("user_id"))
+    return jsonify(lots_page_json(rules.list_lots(user_id, **query)))

@@ -50,6 +50,14 @@ class User(db.Model):
 class TransactionType(enum.StrEnum):
     PURCHASE = "purchase"
     USAGE = "usage"
+    GRANT = "grant"
+    # Written by the service only: credits of a lot that expired.
+    EXPIRATION = "expiration"
+
+
+class LotCategory(enum.StrEnum):
+    PAID = "paid"
+    PROMOTIONAL = "promotional"
 
 
 class TransactionStatus(enum.StrEnum):
@@ -69,9 +77,15 @@ class UserTransaction(db.Model):
     __table_args__ = (
         CheckConstraint("amount >= 0", name="amount_not_negative"),
         CheckConstraint(
-            "(type = 'purchase' AND credits > 0) OR (type = 'usage' AND credits < 0)",
+            "(type IN ('purchase', 'grant') AND credits > 0) OR (type IN ('usage', 'expiration') AND credits < 0)",
             name="credits_sign_matches_type",
         ),
+        CheckConstraint(
+            "(lot_expires_at IS NULL AND lot_priority IS NULL AND lot_category IS NULL)"
+            " OR type IN ('purchase', 'grant')",
+            name="lot_terms_only_on_credits",
+        ),
+        CheckConstraint("lot_priority BETWEEN 0 AND 100", name="lot_priority_range"),
         CheckConstraint(f"credits BETWEEN -{MAX_CREDITS} AND {MAX_CREDITS}", name="credits_bounded"),
         CheckConstraint(
             f"char_length(description) BETWEEN 1 AND {MAX_DESCRIPTION_LENGTH}", name="description_length"
@@ -102,13 +116,85 @@ class UserTransaction(db.Model):
     hold_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Why the service itself failed the row (e.g. "hold_expired"); NULL when a caller settled it.
     failure_reason: Mapped[str | None] = mapped_column(Text)
+    # The terms of the lot a purchase or grant creates (a pending purchase's, until it completes).
+    lot_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lot_priority: Mapped[int | None] = mapped_column(SmallInteger)
+    lot_category: Mapped[LotCategory | None] = mapped_column(
+        Enum(LotCategory, name="lot_category", values_callable=_values)
+    )
+
+
+class CreditLot(db.Model):
+    """Credits that entered together (a purchase, a grant), spent in spend order and perhaps expiring.
+
+    ``remaining`` is neither spent, held nor expired; ``held`` is reserved by
+    pending usage. A lot is changed only together with a posting saying how.
+    """
+
+    __tablename__ = "credit_lots"
+    __table_args__ = (
+        CheckConstraint("credits > 0", name="credits_positive"),
+        CheckConstraint("remaining >= 0", name="remaining_not_negative"),
+        CheckConstraint("held >= 0", name="held_not_negative"),
+        CheckConstraint("remaining + held <= credits", name="within_credits"),
+        CheckConstraint("priority BETWEEN 0 AND 100", name="priority_range"),
+        CheckConstraint("cost_basis >= 0", name="cost_basis_not_negative"),
+        # A user's lots with credits left: the spend's candidates, and the ones that may have lapsed.
+        Index("ix_credit_lots_user_open", "user_id", "expires_at", postgresql_where=db.text("remaining > 0")),
+        Index("ix_credit_lots_expiring", "expires_at", postgresql_where=db.text("remaining > 0")),
+        Index("ix_credit_lots_user_created", "user_id", db.text("created_at DESC"), db.text("id DESC")),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id"))
+    # The purchase or grant that created it; NULL for the opening lot a balance became (migration 0005).
+    transaction_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("user_transactions.id"), unique=True)
+    category: Mapped[LotCategory] = mapped_column(Enum(LotCategory, name="lot_category", values_callable=_values))
+    credits: Mapped[int] = mapped_column(Integer)
+    remaining: Mapped[int] = mapped_column(Integer)
+    held: Mapped[int] = mapped_column(Integer, server_default="0")
+    priority: Mapped[int] = mapped_column(SmallInteger, server_default="50")
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Dollars per credit: the purchase's amount / credits; 0 for grants.
+    cost_basis: Mapped[Decimal] = mapped_column(Numeric(20, 10), server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class LotPosting(db.Model):
+    """One change to one lot, never updated or deleted (a trigger refuses both).
+
+    ``credits`` changes the lot's ``remaining + held`` (so a user's postings
+    sum to the balance) and ``held`` its held credits (they sum to held);
+    ``balance_after`` and ``held_after`` are the user's totals after it.
+    """
+
+    __tablename__ = "lot_postings"
+    __table_args__ = (
+        CheckConstraint("credits <> 0 OR held <> 0", name="changes_something"),
+        Index("ix_lot_postings_transaction", "transaction_id"),
+        Index("ix_lot_postings_lot", "lot_id"),
+        Index("ix_lot_postings_user", "user_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    # NULL for the opening posting of a lot a balance became (migration 0005).
+    transaction_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("user_transactions.id"))
+    lot_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("credit_lots.id"))
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id"))
+    credits: Mapped[int] = mapped_column(Integer)
+    held: Mapped[int] = mapped_column(Integer)
+    balance_after: Mapped[int] = mapped_column(BigInteger)
+    held_after: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class UserBalance(db.Model):
     """The running totals of a user's ledger, read in O(1).
 
-    ``balance`` is the sum of completed credits and ``held`` the credits
-    reserved by pending usage. The CHECKs make ``balance - held`` (available
+    ``balance`` is the sum of completed credits (and of the user's lots'
+    ``remaining + held``, and of their postings' ``credits``) and ``held`` the
+    credits reserved by pending usage; it changes in the same statement as the
+    lots and postings. The CHECKs make ``balance - held`` (available
     credits) impossible to take below zero, whatever code writes here.
     """
 

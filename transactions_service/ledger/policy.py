@@ -3,8 +3,8 @@
 A user (a JWT) reads only their own data and writes nothing. A service (an
 API key) may do what its key's scopes grant: read any user's data with
 ``transactions:read``, write a transaction with the scope of its *type*
-(``purchases:write`` for purchases, ``usage:write`` for usage), register
-users with ``users:write``. Views, rules and the command line all ask here.
+(``purchases:write`` for purchases, ``usage:write`` for usage,
+``credits:grant`` for grants), register users with ``users:write``. Views, rules and the command line all ask here.
 """
 
 from __future__ import annotations
@@ -13,10 +13,14 @@ import uuid
 
 from ..auth import Caller
 from ..errors import ApiError, validation_error
-from ..scopes import READ_TRANSACTIONS, WRITE_PURCHASES, WRITE_USAGE, WRITE_USERS
+from ..scopes import GRANT_CREDITS, READ_TRANSACTIONS, WRITE_PURCHASES, WRITE_USAGE, WRITE_USERS
 from .models import TransactionType
 
-WRITE_SCOPE = {TransactionType.PURCHASE: WRITE_PURCHASES, TransactionType.USAGE: WRITE_USAGE}
+WRITE_SCOPE = {
+    TransactionType.PURCHASE: WRITE_PURCHASES,
+    TransactionType.USAGE: WRITE_USAGE,
+    TransactionType.GRANT: GRANT_CREDITS,
+}
 _INSUFFICIENT_SCOPE = {"WWW-Authenticate": 'Bearer error="insufficient_scope"'}
 
 

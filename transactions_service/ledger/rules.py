@@ -25,11 +25,11 @@ from sqlalchemy.exc import IntegrityError
 from ..auth import Caller
 from ..errors import ApiError, validation_error
 from ..ids import rfc3339, utcnow, uuid7
-from ..observability import LEDGER_HOLDS, LEDGER_REFUSED_SPENDS, LEDGER_TRANSACTIONS
+from ..observability import LEDGER_HOLDS, LEDGER_LOTS_EXPIRED, LEDGER_REFUSED_SPENDS, LEDGER_TRANSACTIONS
 from ..replica import read_history
 from . import idempotency, policy, store
-from .models import HOLD_EXPIRED, TransactionStatus, TransactionType
-from .store import Balance, Position, Registration, Transaction, TransactionState
+from .models import HOLD_EXPIRED, LotCategory, TransactionStatus, TransactionType
+from .store import Balance, Lot, Position, Posting, Registration, Transaction, TransactionState
 
 _UNKNOWN_USER_CONSTRAINTS = {"fk_user_transactions_user_id_users", "fk_user_balances_user_id_users"}
 _OVERDRAFT_CONSTRAINT = "ck_user_balances_available_not_negative"
@@ -46,6 +46,13 @@ class Recorded:
 @dataclass(frozen=True)
 class HistoryPage:
     transactions: list[Transaction]
+    has_more: bool
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class LotsPage:
+    lots: list[Lot]
     has_more: bool
     next_cursor: str | None
 
@@ -80,9 +87,30 @@ def _effect(kind: TransactionType, status: TransactionStatus) -> str | None:
     """Which balance effect a new row has (``store.EFFECTS``); failed rows and pending purchases have none."""
     if status is TransactionStatus.FAILED:
         return None
-    if kind is TransactionType.PURCHASE:
+    if kind in _CREDITS:
         return "credit" if status is TransactionStatus.COMPLETED else None
     return "hold" if status is TransactionStatus.PENDING else "spend"
+
+
+_CREDITS = {TransactionType.PURCHASE: LotCategory.PAID, TransactionType.GRANT: LotCategory.PROMOTIONAL}
+DEFAULT_PRIORITY = 50
+
+
+def _lot_terms(request: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """The terms of the lot a purchase or grant makes: category, priority, expiry, cost per credit."""
+    kind = request["type"]
+    if kind not in _CREDITS:
+        return {"lot_category": None, "lot_priority": None, "lot_expires_at": None, "lot_id": None, "cost_basis": 0}
+    expires_at = request.get("expires_at")
+    if request.get("expires_in") is not None:
+        expires_at = now + timedelta(seconds=request["expires_in"])
+    return {
+        "lot_category": (request.get("category") or _CREDITS[kind]).value,
+        "lot_priority": DEFAULT_PRIORITY if request.get("priority") is None else request["priority"],
+        "lot_expires_at": expires_at,
+        "lot_id": str(uuid.uuid4()),
+        "cost_basis": request["amount"] / request["credits"],
+    }
 
 
 def _new_transaction(request: dict[str, Any], now: datetime) -> tuple[Transaction, dict[str, Any]]:
@@ -99,17 +127,20 @@ def _new_transaction(request: dict[str, Any], now: datetime) -> tuple[Transactio
     )
     row = {
         **new._asdict(), "amount": request["amount"], "created_at": now, "hold_expires_at": hold_expires_at,
-        "needed": -request["credits"],
+        "needed": -request["credits"], **_lot_terms(request, now),
     }
     return new, row
 
 
-def _applied(write: Callable[[], bool], user_id: uuid.UUID, caller: Caller, needed: int) -> Callable[[], bool]:
-    """``write``, with the database's refusals told as the problems they mean."""
+def _applied(
+    write: Callable[[], store.Recorded | None], user_id: uuid.UUID, caller: Caller, needed: int, found: dict[str, bool]
+) -> Callable[[], bool]:
+    """``write``, with the database's refusals told as the problems they mean; ``found["lapsed_lots"]``
+    says whether the user has lots whose expiry is to be recorded."""
 
     def translated() -> bool:
         try:
-            return write()
+            recorded = write()
         except IntegrityError as error:
             constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
             if constraint in _UNKNOWN_USER_CONSTRAINTS:
@@ -117,6 +148,8 @@ def _applied(write: Callable[[], bool], user_id: uuid.UUID, caller: Caller, need
             if constraint == _OVERDRAFT_CONSTRAINT:
                 raise _insufficient_credits(caller, user_id, needed) from error
             raise
+        found["lapsed_lots"] = recorded is not None and recorded.lapsed_lots
+        return recorded is not None
 
     return translated
 
@@ -137,11 +170,16 @@ def record_transaction(caller: Caller, request: dict[str, Any], key: str | None)
     claim = idempotency.claim(caller.name, key, request)
     snapshot = None if claim is None else idempotency.snapshot(new)
     user_id, effect = request["user_id"], _effect(request["type"], request["status"])
-    write = _applied(lambda: store.record(row, effect, claim, snapshot), user_id, caller, row["needed"])
+    found = {"lapsed_lots": False}
+    write = _applied(lambda: store.record(row, effect, claim, snapshot), user_id, caller, row["needed"], found)
     for attempt in range(2):
         outcome = idempotency.write_once(claim, write)
         if outcome.applied:
             LEDGER_TRANSACTIONS.labels(new.type, new.status).inc()
+            if found["lapsed_lots"]:
+                # A write spends only lots that have not expired, whatever is recorded yet; the
+                # expiry of those that have is recorded by the first write that finds them.
+                expire_lots_of(user_id, now)
             return Recorded(new, replayed=False)
         if outcome.replay is not None:
             return Recorded(outcome.replay, replayed=True)
@@ -149,6 +187,7 @@ def record_transaction(caller: Caller, request: dict[str, Any], key: str | None)
             # Tried again even when this request released nothing: a concurrent request
             # (this one's own first attempt, say) may have just released those credits.
             _release_lapsed_holds(now, user_id=user_id)
+            expire_lots_of(user_id, now)
     if not store.user_exists(user_id):
         raise _unknown_user(user_id)
     raise _insufficient_credits(caller, user_id, row["needed"])
@@ -194,10 +233,13 @@ def settle_transaction(caller: Caller, transaction_id: uuid.UUID, status: Transa
     lapsed is released (failed) instead, and completing it is refused.
     """
     now = utcnow()
-    moved = store.settle(transaction_id, status.value, now, policy.writable_types(caller))
-    if moved is not None:
+    settled = store.settle(transaction_id, status.value, now, policy.writable_types(caller))
+    if settled is not None:
+        moved = settled.transaction
         if moved.type == TransactionType.USAGE:
             LEDGER_HOLDS.labels("settled" if status is TransactionStatus.COMPLETED else "released").inc()
+        if settled.lapsed_lots:
+            expire_lots_of(moved.user_id, now)
         return moved
     current = store.state(transaction_id)
     if current is None:
@@ -206,27 +248,41 @@ def settle_transaction(caller: Caller, transaction_id: uuid.UUID, status: Transa
     if current.status == TransactionStatus.PENDING:
         # Not moved although pending and writable: its hold has lapsed. Release it now, for good.
         _release_lapsed_holds(now, transaction_id=transaction_id)
+        expire_lots_of(current.user_id, now)
         current = store.state(transaction_id)
     if current.status != status:
         raise _refused_move(current, status)
-    settled = store.read(transaction_id)
-    assert settled is not None  # transactions are never deleted
-    return settled
+    unchanged = store.read(transaction_id)
+    assert unchanged is not None  # transactions are never deleted
+    return unchanged
 
 
-def expire_holds(batch_size: int = 1000, on_batch: Callable[[int], None] | None = None) -> int:
-    """Expire every lapsed hold, one committed batch at a time; returns how many.
+def expire_lots_of(user_id: uuid.UUID | str, now: datetime | None = None) -> int:
+    """Record the expiry of the user's lapsed lots (their unheld credits); returns how many lots expired."""
+    expired = store.expire_lots(user_id, now or utcnow())
+    LEDGER_LOTS_EXPIRED.inc(expired)
+    return expired
 
-    Safe to run concurrently: each batch skips rows another run has locked.
+
+def expire(batch_size: int = 1000, on_batch: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+    """Release every lapsed hold, then record every lapsed lot's expiry, a batch at a time.
+
+    Returns (holds released, lots expired). Safe to run concurrently and again:
+    hold batches skip rows another run has locked, and a lot is expired once.
     """
-    total = 0
+    holds = lots = 0
     while True:
         count = _release_lapsed_holds(utcnow(), limit=batch_size, skip_locked=True)
-        total += count
+        holds += count
         if on_batch is not None and count:
-            on_batch(total)
+            on_batch(holds, lots)
         if count < batch_size:
-            return total
+            break
+    while users := store.users_with_lapsed_lots(utcnow(), batch_size):
+        lots += sum(expire_lots_of(user_id) for user_id in users)
+        if on_batch is not None:
+            on_batch(holds, lots)
+    return holds, lots
 
 
 # --- reading ----------------------------------------------------------------------------------------
@@ -284,6 +340,21 @@ def get_transaction(caller: Caller, transaction_id: uuid.UUID) -> Transaction:
     if transaction is None or not policy.can_read(caller, transaction.user_id):
         raise _not_found(transaction_id)
     return transaction
+
+
+def list_lots(user_id: uuid.UUID, *, limit: int, cursor: str | None = None, status: str = "active") -> LotsPage:
+    """One page of a user's lots, newest first: those with credits left and not expired, or all."""
+    after = None if cursor is None else decode_cursor(cursor)
+    lots = store.lots_page(user_id, limit + 1, utcnow(), active_only=status == "active", after=after)
+    has_more = len(lots) > limit
+    lots = lots[:limit]
+    next_cursor = encode_cursor(rfc3339(lots[-1].created_at), str(lots[-1].id)) if has_more else None
+    return LotsPage(lots, has_more, next_cursor)
+
+
+def postings_of(transaction: Transaction) -> list[Posting]:
+    """Which lots a transaction changed, and by how much: which lots paid for a generation."""
+    return store.postings(transaction.id)
 
 
 def get_balance(user_id: uuid.UUID) -> Balance:

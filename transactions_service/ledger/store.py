@@ -70,6 +70,8 @@ _TRANSACTION_SQL = {
 }
 assert tuple(_TRANSACTION_SQL) == Transaction._fields
 TRANSACTION_COLUMNS = ", ".join(_TRANSACTION_SQL.values())
+# The names those columns come out under, for selecting them again from a CTE.
+_TRANSACTION_OUTPUT = [sql.rsplit(" AS ", 1)[1] if " AS " in sql else name for name, sql in _TRANSACTION_SQL.items()]
 
 
 class TransactionState(NamedTuple):
@@ -80,18 +82,6 @@ class TransactionState(NamedTuple):
     status: str
     failure_reason: str | None
     hold_expires_at: datetime | None
-
-
-class Balance(NamedTuple):
-    """A user's totals: completed credits, and credits held by pending usage."""
-
-    user_id: uuid.UUID
-    balance: int
-    held: int
-
-    @property
-    def available(self) -> int:
-        return self.balance - self.held
 
 
 class Registration(NamedTuple):
@@ -184,16 +174,113 @@ def state(transaction_id: uuid.UUID) -> TransactionState | None:
     return _first(TransactionState, _STATE, {"id": str(transaction_id)}, repeatable=True)
 
 
-# Holds that have lapsed count as released at once, before the job (or a spend) releases them.
+class Balance(NamedTuple):
+    """A user's totals as of now: completed credits, and credits held by pending usage."""
+
+    user_id: uuid.UUID
+    balance: int
+    held: int
+    # Available credits by category, and the soonest-expiring lot with credits left (or None).
+    paid: int = 0
+    promotional: int = 0
+    next_expiry_credits: int | None = None
+    next_expiry_at: datetime | None = None
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
+
+
+# The balance row, with what has lapsed and is not recorded yet counted as gone at once: holds past
+# their expiry release their credits, and lots past theirs lose their unheld credits (and what a
+# lapsed hold held on them). Available credits by category and the next expiry come from the lots.
 _BALANCE = (
-    "SELECT user_id, balance, held - coalesce((SELECT sum(-credits) FROM user_transactions"
-    " WHERE user_id = %(user_id)s AND status = 'pending' AND type = 'usage' AND hold_expires_at <= %(now)s), 0)"
-    " FROM user_balances WHERE user_id = %(user_id)s"
+    "WITH lapsed_holds AS MATERIALIZED (SELECT p.lot_id, sum(p.held) AS held FROM user_transactions AS t"
+    " JOIN lot_postings AS p ON p.transaction_id = t.id"
+    " WHERE t.user_id = %(user_id)s AND t.status = 'pending' AND t.type = 'usage' AND t.hold_expires_at <= %(now)s"
+    " GROUP BY p.lot_id HAVING sum(p.held) > 0),"
+    " open_lots AS MATERIALIZED (SELECT l.category, l.expires_at, l.remaining + coalesce(h.held, 0) AS free,"
+    " (l.expires_at IS NOT NULL AND l.expires_at <= %(now)s) AS lapsed FROM credit_lots AS l"
+    " LEFT JOIN lapsed_holds AS h ON h.lot_id = l.id"
+    " WHERE l.user_id = %(user_id)s AND (l.remaining > 0 OR h.held IS NOT NULL)),"
+    " soonest AS (SELECT free, expires_at FROM open_lots WHERE NOT lapsed AND expires_at IS NOT NULL AND free > 0"
+    " ORDER BY expires_at LIMIT 1)"
+    " SELECT b.user_id,"
+    " b.balance - coalesce((SELECT sum(free) FROM open_lots WHERE lapsed), 0),"
+    " b.held - coalesce((SELECT sum(held) FROM lapsed_holds), 0),"
+    " coalesce((SELECT sum(free) FROM open_lots WHERE NOT lapsed AND category = 'paid'), 0),"
+    " coalesce((SELECT sum(free) FROM open_lots WHERE NOT lapsed AND category = 'promotional'), 0),"
+    " (SELECT free FROM soonest), (SELECT expires_at FROM soonest)"
+    " FROM user_balances AS b WHERE b.user_id = %(user_id)s"
 )
 
 
 def balance(user_id: uuid.UUID, now: datetime) -> Balance | None:
     return _first(Balance, _BALANCE, {"user_id": str(user_id), "now": now}, repeatable=True)
+
+
+class Lot(NamedTuple):
+    id: uuid.UUID
+    user_id: uuid.UUID
+    transaction_id: uuid.UUID | None
+    category: str
+    credits: int
+    remaining: int
+    held: int
+    priority: int
+    expires_at: datetime | None
+    cost_basis: Any
+    created_at: datetime
+    # active (credits left, not expired), depleted (spent), or expired.
+    status: str
+
+
+_LOT_STATUS = (
+    "CASE WHEN l.expires_at <= %(now)s AND (l.remaining > 0 OR EXISTS (SELECT 1 FROM lot_postings AS p"
+    " JOIN user_transactions AS t ON t.id = p.transaction_id WHERE p.lot_id = l.id AND t.type = 'expiration'))"
+    " THEN 'expired' WHEN l.remaining + l.held > 0 THEN 'active' ELSE 'depleted' END"
+)
+
+
+@functools.cache
+def _lots_page(active_only: bool, after: bool) -> str:
+    conditions = ["l.user_id = %(user_id)s"]
+    if active_only:
+        conditions.append("l.remaining + l.held > 0 AND (l.expires_at IS NULL OR l.expires_at > %(now)s)")
+    if after:
+        conditions.append("(l.created_at, l.id) < (%(after_created_at)s, %(after_id)s)")
+    return (
+        "SELECT l.id, l.user_id, l.transaction_id, l.category::text, l.credits, l.remaining, l.held, l.priority,"
+        f" l.expires_at, l.cost_basis, l.created_at, {_LOT_STATUS} FROM credit_lots AS l"
+        f" WHERE {' AND '.join(conditions)} ORDER BY l.created_at DESC, l.id DESC LIMIT %(limit)s"
+    )
+
+
+def lots_page(user_id: uuid.UUID, limit: int, now: datetime, *, active_only: bool, after: Position | None) -> list[Lot]:
+    """Up to ``limit`` of a user's lots, newest first, after a keyset position."""
+    params: dict[str, Any] = {"user_id": str(user_id), "limit": limit, "now": now}
+    if after is not None:
+        params.update(after_created_at=after.created_at, after_id=str(after.id))
+    rows = run_statement(_lots_page(active_only, after is not None), params, repeatable=True)
+    return [Lot(*row) for row in rows]
+
+
+class Posting(NamedTuple):
+    """How a transaction changed one lot."""
+
+    lot_id: uuid.UUID
+    credits: int
+    held: int
+    created_at: datetime
+
+
+_POSTINGS = (
+    "SELECT lot_id, credits, held, created_at FROM lot_postings WHERE transaction_id = %(id)s ORDER BY id"
+)
+
+
+def postings(transaction_id: uuid.UUID | str) -> list[Posting]:
+    return [Posting(*row) for row in run_statement(_POSTINGS, {"id": str(transaction_id)}, repeatable=True)]
 
 
 _USER_EXISTS = "SELECT EXISTS (SELECT 1 FROM users WHERE id = %(id)s)"
@@ -218,67 +305,134 @@ def register(user_id: uuid.UUID) -> Registration:
     return _first(Registration, _REGISTER, {"id": str(user_id)}, repeatable=True)
 
 
-# --- recording a transaction, with its effect ---------------------------------------------------
+# --- lots: the order every debit takes credits in ------------------------------------------------
+
+# Lower priority first; then the soonest to expire (never-expiring last); promotional before paid;
+# then the oldest. The same for spends, holds and every other debit.
+SPEND_ORDER = "priority, expires_at NULLS LAST, (category = 'paid'), created_at, id"
+# A user's lots whose unheld credits have expired but are not recorded as expired yet.
+_LAPSED_LOTS = "SELECT 1 FROM credit_lots WHERE user_id = %(user_id)s AND remaining > 0 AND expires_at <= %(created_at)s"
 
 
-def _credit(rows: str) -> str:
-    """Credit completed purchases; ``rows`` yields (user_id, credits). Creates the balance row on first use."""
-    return (
-        "INSERT INTO user_balances AS b (user_id, balance, held)"
-        f" SELECT owner, credits, 0 FROM ({rows}) AS credited(owner, credits)"
+def _debit(move: str, balance_change: str, posting: str) -> tuple[list[str], list[str]]:
+    """The CTEs of a debit (spend or hold) of ``%(needed)s`` credits from the user's usable lots, in spend order.
+
+    The balance row is locked first, then the lots, as every write of a user's
+    does, so that concurrent writes serialise and cannot deadlock. Nothing is
+    taken unless the usable lots (unexpired, with credits left) cover all of it:
+    ``applied`` then returns no row, and neither does the statement.
+    """
+    before = [
+        "balance_row AS MATERIALIZED (SELECT balance, held FROM user_balances WHERE user_id = %(user_id)s FOR UPDATE)",
+        "usable AS MATERIALIZED (SELECT id, remaining, priority, expires_at, category, created_at FROM credit_lots"
+        " WHERE user_id = %(user_id)s AND remaining > 0 AND (expires_at IS NULL OR expires_at > %(created_at)s)"
+        " AND EXISTS (SELECT 1 FROM balance_row) FOR UPDATE)",
+        "plan AS MATERIALIZED (SELECT id,"
+        " greatest(0, least(remaining, %(needed)s - (sum(remaining) OVER spend_order - remaining))) AS take,"
+        " least(sum(remaining) OVER spend_order, %(needed)s) AS through"
+        " FROM usable WHERE (SELECT sum(remaining) FROM usable) >= %(needed)s"
+        f" WINDOW spend_order AS (ORDER BY {SPEND_ORDER}))",
+        f"took AS (UPDATE credit_lots AS l SET {move} FROM plan"
+        " WHERE l.id = plan.id AND plan.take > 0 RETURNING l.id, plan.take, plan.through)",
+        f"applied AS (UPDATE user_balances SET {balance_change}, updated_at = now()"
+        " WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM plan) RETURNING balance, held)",
+    ]
+    after = [
+        "posted AS (INSERT INTO lot_postings"
+        " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
+        f" SELECT new.id, took.id, %(user_id)s::uuid, {posting}, %(created_at)s FROM new, took, balance_row)"
+    ]
+    return before, after
+
+
+def _credit(source: str, lot: str) -> tuple[list[str], list[str]]:
+    """The CTEs of a credit: the balance row (made on first use) grows, and a lot is made with a posting.
+
+    ``source`` yields ``(owner, credits)`` and ``lot`` the rest of the lot's
+    columns, as a SELECT over ``new`` (the transaction row the lot belongs to).
+    """
+    before = [
+        "applied AS (INSERT INTO user_balances AS b (user_id, balance, held)"
+        f" SELECT owner, credits, 0 FROM ({source}) AS credited(owner, credits)"
         " ON CONFLICT (user_id) DO UPDATE SET balance = b.balance + excluded.balance, updated_at = now()"
-        " RETURNING b.user_id"
-    )
+        " RETURNING b.user_id, b.balance, b.held)",
+    ]
+    after = [
+        "lot AS (INSERT INTO credit_lots"
+        " (id, user_id, transaction_id, category, credits, remaining, priority, expires_at, cost_basis, created_at)"
+        f" {lot} RETURNING id, user_id, credits, created_at)",
+        "posted AS (INSERT INTO lot_postings"
+        " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
+        " SELECT new.id, lot.id, lot.user_id, lot.credits, 0, applied.balance, applied.held, lot.created_at"
+        " FROM new, lot, applied)",
+    ]
+    return before, after
 
 
-# The balance effect of a new ledger row, as a CTE that returns a row when it applied.
+# The balance effect of a new ledger row: the CTEs before the row's insert (ending in ``applied``,
+# which returns a row when the effect applied) and after it (the lots' postings).
 EFFECTS = {
-    # Completed usage: spend, only if that many credits are available.
-    "spend": (
-        "UPDATE user_balances SET balance = balance - %(needed)s, updated_at = now()"
-        " WHERE user_id = %(user_id)s AND balance - held >= %(needed)s RETURNING user_id"
+    # Completed usage: spend from the lots in spend order.
+    "spend": _debit(
+        "remaining = l.remaining - plan.take",
+        "balance = balance - %(needed)s",
+        "-took.take, 0, balance_row.balance - took.through, balance_row.held",
     ),
-    # Pending usage: hold, on the same condition (its inverses: _CONSUME_OR_RELEASE, _RELEASE_LAPSED).
-    "hold": (
-        "UPDATE user_balances SET held = held + %(needed)s, updated_at = now()"
-        " WHERE user_id = %(user_id)s AND balance - held >= %(needed)s RETURNING user_id"
+    # Pending usage: hold on the lots in spend order (its inverses: _SETTLE's consume and release,
+    # and the release of lapsed holds).
+    "hold": _debit(
+        "remaining = l.remaining - plan.take, held = l.held + plan.take",
+        "held = held + %(needed)s",
+        "0, took.take, balance_row.balance, balance_row.held + took.through",
     ),
-    # Completed purchase: credit.
-    "credit": _credit("VALUES (%(user_id)s::uuid, %(credits)s::integer)"),
+    # Completed purchase, or grant: a new lot.
+    "credit": _credit(
+        "VALUES (%(user_id)s::uuid, %(credits)s::integer)",
+        "SELECT %(lot_id)s::uuid, %(user_id)s::uuid, new.id, %(lot_category)s::lot_category, %(credits)s,"
+        " %(credits)s, %(lot_priority)s, %(lot_expires_at)s::timestamptz, %(cost_basis)s, %(created_at)s FROM new",
+    ),
 }
 
 _NEW_ROW = (
     "%(id)s::uuid, %(user_id)s::uuid, %(type)s::transaction_type, %(amount)s::numeric, %(credits)s::integer,"
     " %(description)s::text, %(status)s::transaction_status, %(created_at)s::timestamptz,"
-    " %(created_at)s::timestamptz, %(hold_expires_at)s::timestamptz"
+    " %(created_at)s::timestamptz, %(hold_expires_at)s::timestamptz, %(lot_expires_at)s::timestamptz,"
+    " %(lot_priority)s::smallint, %(lot_category)s::lot_category"
 )
-_LEDGER_COLUMNS = "id, user_id, type, amount, credits, description, status, created_at, updated_at, hold_expires_at"
+_LEDGER_COLUMNS = (
+    "id, user_id, type, amount, credits, description, status, created_at, updated_at, hold_expires_at,"
+    " lot_expires_at, lot_priority, lot_category"
+)
+
+
+class Recorded(NamedTuple):
+    """A ledger row just inserted, and whether the user has lots whose expiry is still to be recorded."""
+
+    id: str
+    lapsed_lots: bool
 
 
 @functools.cache
 def _record(effect: str | None, keyed: bool) -> str:
-    parts = []
-    if effect is None:
-        source = f"VALUES ({_NEW_ROW})"
-    else:
-        parts.append(f"effect AS ({EFFECTS[effect]})")
-        source = f"SELECT {_NEW_ROW} FROM effect"
-    parts.append(f"new AS (INSERT INTO user_transactions ({_LEDGER_COLUMNS}) {source} RETURNING id)")
+    before, after = EFFECTS[effect] if effect is not None else ([], [])
+    source = f"VALUES ({_NEW_ROW})" if effect is None else f"SELECT {_NEW_ROW} FROM applied"
+    parts = [*before, f"new AS (INSERT INTO user_transactions ({_LEDGER_COLUMNS}) {source} RETURNING id)", *after]
     if keyed:
         parts.append(
             "claim AS (INSERT INTO idempotency_keys"
             " (caller, key, request_hash, status_code, response_body, transaction_id, user_id)"
             " SELECT %(caller)s, %(key)s, %(request_hash)s, 201, %(snapshot)s, id, %(user_id)s::uuid FROM new)"
         )
-    return f"WITH {', '.join(parts)} SELECT id FROM new"
+    return f"WITH {', '.join(parts)} SELECT id::text, EXISTS ({_LAPSED_LOTS}) FROM new"
 
 
-def record(row: dict[str, Any], effect: str | None, claim: Claim | None, snapshot: str | None) -> bool:
+def record(row: dict[str, Any], effect: str | None, claim: Claim | None, snapshot: str | None) -> Recorded | None:
     """Insert a ledger row with its balance effect (and the key's record holding ``snapshot``) in one statement.
 
-    ``row`` holds the ledger columns (``_NEW_ROW``) and ``needed``, the credits a
-    spend or hold takes. With an effect, the row is inserted only if the effect
-    applied: False means the credits were not available (or the user has no
+    ``row`` holds the ledger columns (``_NEW_ROW``), ``needed`` (the credits a
+    spend or hold takes), and for a credit the new lot's ``lot_id`` and
+    ``cost_basis``. With an effect, the row is inserted only if the effect
+    applied: None means the credits were not available (or the user has no
     balance row). The key's record is inserted from the ledger row's RETURNING,
     so it exists exactly when the row does; a key used before fails the
     statement on the record's primary key, writing nothing, when the effect
@@ -288,60 +442,112 @@ def record(row: dict[str, Any], effect: str | None, claim: Claim | None, snapsho
     params = dict(row)
     if claim is not None:
         params.update(claim._asdict(), snapshot=snapshot)
-    return bool(run_statement(_record(effect, claim is not None), params, repeatable=claim is not None))
+    return _first(Recorded, _record(effect, claim is not None), params, repeatable=claim is not None)
 
 
 # --- settling a pending transaction: the inverses of hold and of a pending purchase --------------
 
 # Moves one pending row of an allowed type (the caller's, decided before this runs) whose hold
-# has not lapsed; then a usage consumes (completed) or releases (failed) its hold, and a
-# completed purchase credits. The transaction row is locked before the balance row, as when
-# lapsed holds are released, so that the two cannot deadlock.
-_SETTLED_PURCHASE = "SELECT user_id::uuid, credits FROM moved WHERE type = 'purchase' AND %(status)s = 'completed'"
-_SETTLE = (
-    "WITH moved AS (UPDATE user_transactions SET status = %(status)s::transaction_status,"
+# has not lapsed. A usage then consumes (completed) or releases (failed) the credits its hold put
+# on each lot; a completed purchase makes its lot. The transaction row is locked first, then the
+# balance row, then the lots, as when lapsed holds are released, so that the two cannot deadlock.
+_SETTLE_PARTS = [
+    "moved AS (UPDATE user_transactions SET status = %(status)s::transaction_status,"
     " updated_at = greatest(%(now)s, created_at)"
     " WHERE id = %(id)s AND status = 'pending' AND type = ANY(%(types)s::transaction_type[])"
     " AND (hold_expires_at IS NULL OR hold_expires_at > %(now)s)"
-    f" RETURNING {TRANSACTION_COLUMNS}),"
-    " consume_or_release AS (UPDATE user_balances AS b SET held = b.held + m.credits,"
-    " balance = b.balance + CASE WHEN %(status)s = 'completed' THEN m.credits ELSE 0 END, updated_at = now()"
-    " FROM moved AS m WHERE m.type = 'usage' AND b.user_id = m.user_id::uuid RETURNING b.user_id),"
-    f" credit AS ({_credit(_SETTLED_PURCHASE)})"
-    " SELECT * FROM moved"
+    f" RETURNING {TRANSACTION_COLUMNS}, user_id AS owner, type AS kind, credits AS delta, amount AS paid,"
+    " lot_category, lot_priority, lot_expires_at)",
+    "balance_row AS MATERIALIZED (SELECT b.balance, b.held FROM user_balances AS b JOIN moved ON b.user_id = moved.owner"
+    " WHERE moved.kind = 'usage' FOR UPDATE OF b)",
+    "held_lots AS MATERIALIZED (SELECT lot_id, sum(held) AS held FROM lot_postings"
+    " WHERE transaction_id = %(id)s AND EXISTS (SELECT 1 FROM balance_row) GROUP BY lot_id HAVING sum(held) > 0)",
+    "locked AS MATERIALIZED (SELECT l.id FROM credit_lots AS l JOIN held_lots ON held_lots.lot_id = l.id"
+    " ORDER BY l.id FOR UPDATE OF l)",
+    "hold_plan AS MATERIALIZED (SELECT h.lot_id, h.held, sum(h.held) OVER (ORDER BY h.lot_id) AS through"
+    " FROM held_lots AS h JOIN locked ON locked.id = h.lot_id)",
+    "returned AS (UPDATE credit_lots AS l SET held = l.held - hold_plan.held,"
+    " remaining = l.remaining + CASE WHEN %(status)s = 'failed' THEN hold_plan.held ELSE 0 END"
+    " FROM hold_plan WHERE l.id = hold_plan.lot_id)",
+    "consume_or_release AS (UPDATE user_balances AS b SET held = b.held + m.delta,"
+    " balance = b.balance + CASE WHEN %(status)s = 'completed' THEN m.delta ELSE 0 END, updated_at = now()"
+    " FROM moved AS m WHERE m.kind = 'usage' AND b.user_id = m.owner)",
+    "hold_posted AS (INSERT INTO lot_postings"
+    " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
+    " SELECT m.id::uuid, p.lot_id, m.owner, CASE WHEN %(status)s = 'completed' THEN -p.held ELSE 0 END, -p.held,"
+    " b.balance - CASE WHEN %(status)s = 'completed' THEN p.through ELSE 0 END, b.held - p.through, %(now)s"
+    " FROM moved AS m, hold_plan AS p, balance_row AS b)",
+    "credited AS (INSERT INTO user_balances AS b (user_id, balance, held)"
+    " SELECT owner, delta, 0 FROM moved WHERE kind = 'purchase' AND %(status)s = 'completed'"
+    " ON CONFLICT (user_id) DO UPDATE SET balance = b.balance + excluded.balance, updated_at = now()"
+    " RETURNING b.balance, b.held)",
+    "lot AS (INSERT INTO credit_lots"
+    " (id, user_id, transaction_id, category, credits, remaining, priority, expires_at, cost_basis, created_at)"
+    " SELECT gen_random_uuid(), owner, id::uuid, lot_category, delta, delta, lot_priority, lot_expires_at,"
+    " paid / delta, %(now)s FROM moved WHERE kind = 'purchase' AND %(status)s = 'completed'"
+    " RETURNING id, user_id, credits, transaction_id)",
+    "lot_posted AS (INSERT INTO lot_postings"
+    " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
+    " SELECT lot.transaction_id, lot.id, lot.user_id, lot.credits, 0, credited.balance, credited.held, %(now)s"
+    " FROM lot, credited)",
+]
+_SETTLE = (
+    f"WITH {', '.join(_SETTLE_PARTS)} SELECT {', '.join(_TRANSACTION_OUTPUT)},"
+    " EXISTS (SELECT 1 FROM credit_lots WHERE user_id = moved.owner AND remaining > 0 AND expires_at <= %(now)s)"
+    " FROM moved"
 )
 
 
-def settle(transaction_id: uuid.UUID, status: str, now: datetime, types: list[str]) -> Transaction | None:
+class Settled(NamedTuple):
+    transaction: Transaction
+    lapsed_lots: bool
+
+
+def settle(transaction_id: uuid.UUID, status: str, now: datetime, types: list[str]) -> Settled | None:
     """Move a pending transaction of one of ``types`` to ``status`` with its effect; None if none moved.
 
     Safe to run again (on a fresh connection, after one died): a second run moves nothing, and the
     caller then finds the status it asked for.
     """
     params = {"id": str(transaction_id), "status": status, "now": now, "types": types}
-    return _first(Transaction, _SETTLE, params, repeatable=True)
+    rows = run_statement(_SETTLE, params, repeatable=True)
+    return Settled(Transaction(*rows[0][:-1]), rows[0][-1]) if rows else None
 
 
-# Lapsed holds become failed and release their credits. The rows are locked first (skipped when
-# another run holds them, or awaited), then each user's balance row in user-id order, so that
-# two runs releasing holds of the same users cannot deadlock.
+# Lapsed holds become failed, and the credits they held go back to their lots (where a lot has
+# expired meanwhile, they lapse with it: see expire_lots). The rows are locked first (skipped
+# when another run holds them, or awaited), then each user's balance row in user-id order, then
+# the lots in id order, so that runs releasing holds of the same users cannot deadlock.
 @functools.cache
 def _release_lapsed(scope: str, skip_locked: bool) -> str:
     condition = {"all": "true", "user": "user_id = %(user_id)s", "one": "id = %(id)s"}[scope]
-    return (
-        "WITH lapsed AS MATERIALIZED (SELECT id FROM user_transactions"
+    parts = [
+        "lapsed AS MATERIALIZED (SELECT id FROM user_transactions"
         f" WHERE status = 'pending' AND type = 'usage' AND hold_expires_at <= %(now)s AND {condition}"
-        f" ORDER BY hold_expires_at LIMIT %(limit)s FOR UPDATE{' SKIP LOCKED' if skip_locked else ''}),"
-        " expired AS (UPDATE user_transactions AS t SET status = 'failed', failure_reason = %(reason)s,"
+        f" ORDER BY hold_expires_at LIMIT %(limit)s FOR UPDATE{' SKIP LOCKED' if skip_locked else ''})",
+        "expired AS (UPDATE user_transactions AS t SET status = 'failed', failure_reason = %(reason)s,"
         " updated_at = greatest(%(now)s, t.created_at) FROM lapsed WHERE t.id = lapsed.id"
-        " RETURNING t.user_id, t.credits),"
-        " released AS MATERIALIZED (SELECT user_id, sum(credits) AS credits FROM expired GROUP BY user_id),"
-        " locked AS MATERIALIZED (SELECT b.user_id FROM user_balances AS b JOIN released USING (user_id)"
-        " ORDER BY b.user_id FOR UPDATE OF b),"
-        " release AS (UPDATE user_balances AS b SET held = b.held + released.credits, updated_at = now()"
-        " FROM released JOIN locked USING (user_id) WHERE b.user_id = released.user_id RETURNING b.user_id)"
-        " SELECT count(*) FROM expired"
-    )
+        " RETURNING t.id, t.user_id, t.credits)",
+        "released AS MATERIALIZED (SELECT user_id, sum(credits) AS credits FROM expired GROUP BY user_id)",
+        "locked AS MATERIALIZED (SELECT b.user_id, b.balance, b.held FROM user_balances AS b JOIN released USING (user_id)"
+        " ORDER BY b.user_id FOR UPDATE OF b)",
+        "held_lots AS MATERIALIZED (SELECT p.transaction_id, p.lot_id, p.user_id, sum(p.held) AS held"
+        " FROM lot_postings AS p JOIN expired ON expired.id = p.transaction_id"
+        " WHERE EXISTS (SELECT 1 FROM locked) GROUP BY 1, 2, 3 HAVING sum(p.held) > 0)",
+        "lots_locked AS MATERIALIZED (SELECT l.id FROM credit_lots AS l"
+        " WHERE l.id IN (SELECT lot_id FROM held_lots) ORDER BY l.id FOR UPDATE)",
+        "per_lot AS (SELECT lot_id, sum(held) AS held FROM held_lots GROUP BY lot_id)",
+        "returned AS (UPDATE credit_lots AS l SET held = l.held - per_lot.held, remaining = l.remaining + per_lot.held"
+        " FROM per_lot JOIN lots_locked ON lots_locked.id = per_lot.lot_id WHERE l.id = per_lot.lot_id)",
+        "release AS (UPDATE user_balances AS b SET held = b.held + released.credits, updated_at = now()"
+        " FROM released JOIN locked USING (user_id) WHERE b.user_id = released.user_id)",
+        "posted AS (INSERT INTO lot_postings"
+        " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
+        " SELECT h.transaction_id, h.lot_id, h.user_id, 0, -h.held, locked.balance,"
+        " locked.held - sum(h.held) OVER (PARTITION BY h.user_id ORDER BY h.transaction_id, h.lot_id), %(now)s"
+        " FROM held_lots AS h JOIN locked USING (user_id))",
+    ]
+    return f"WITH {', '.join(parts)} SELECT count(*) FROM expired"
 
 
 def release_lapsed_holds(
@@ -367,22 +573,79 @@ def release_lapsed_holds(
     return _value(_release_lapsed(scope, skip_locked), params, repeatable=True)
 
 
-# The balance rows that ledger rows loaded in bulk imply, by the same definition the effects keep:
-# balance = completed credits, held = credits of pending usage; a user has a balance row from their
-# first completed purchase on. For the benchmark seed, which loads a history with COPY.
-_REBUILD_BALANCES = (
-    "INSERT INTO user_balances (user_id, balance, held, updated_at)"
-    " SELECT user_id, coalesce(sum(credits) FILTER (WHERE status = 'completed'), 0),"
-    " coalesce(sum(-credits) FILTER (WHERE status = 'pending' AND type = 'usage'), 0),"
-    " max(updated_at) FILTER (WHERE status = 'completed' OR (status = 'pending' AND type = 'usage'))"
-    " FROM user_transactions WHERE user_id = ANY(%(users)s::uuid[]) GROUP BY user_id"
-    " HAVING bool_or(type = 'purchase' AND status = 'completed')"
+# --- expiring lots ------------------------------------------------------------------------------
+
+# The unheld credits of a user's lapsed lots leave the balance: one expiration row and one posting
+# per lot, exactly once (the lot's row lock and remaining > 0). Held credits stay held until their
+# hold is settled (consumed) or released (then they lapse here with the rest).
+_EXPIRE_LOTS = (
+    "WITH balance_row AS MATERIALIZED (SELECT balance, held FROM user_balances WHERE user_id = %(user_id)s FOR UPDATE),"
+    " lapsed AS MATERIALIZED (SELECT id, remaining, category, expires_at FROM credit_lots"
+    " WHERE user_id = %(user_id)s AND remaining > 0 AND expires_at <= %(now)s AND EXISTS (SELECT 1 FROM balance_row)"
+    " ORDER BY expires_at, id FOR UPDATE),"
+    " planned AS MATERIALIZED (SELECT gen_random_uuid() AS transaction_id, id AS lot_id, remaining, category,"
+    " sum(remaining) OVER (ORDER BY expires_at, id) AS through FROM lapsed),"
+    " emptied AS (UPDATE credit_lots AS l SET remaining = 0 FROM planned WHERE l.id = planned.lot_id),"
+    " recorded AS (INSERT INTO user_transactions (id, user_id, type, amount, credits, description, status,"
+    " created_at, updated_at) SELECT transaction_id, %(user_id)s::uuid, 'expiration', 0, -remaining,"
+    " remaining || ' ' || category || ' credits expired', 'completed', %(now)s, %(now)s FROM planned),"
+    " posted AS (INSERT INTO lot_postings"
+    " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
+    " SELECT planned.transaction_id, planned.lot_id, %(user_id)s::uuid, -planned.remaining, 0,"
+    " balance_row.balance - planned.through, balance_row.held, %(now)s FROM planned, balance_row),"
+    " shrunk AS (UPDATE user_balances SET balance = balance - (SELECT sum(remaining) FROM planned), updated_at = now()"
+    " WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM planned))"
+    " SELECT count(*) FROM planned"
+)
+_USERS_WITH_LAPSED_LOTS = (
+    "SELECT DISTINCT user_id FROM credit_lots WHERE remaining > 0 AND expires_at <= %(now)s LIMIT %(limit)s"
 )
 
 
-def rebuild_balances(cursor: Any, user_ids: list[str]) -> None:
-    """Insert the balance rows of users whose ledger rows were loaded in bulk, on the loader's own cursor."""
-    cursor.execute(_REBUILD_BALANCES, {"users": user_ids})
+def expire_lots(user_id: uuid.UUID | str, now: datetime) -> int:
+    """Record the expiry of the user's lots lapsed by ``now``; returns how many lots expired.
+
+    Safe to run again, and concurrently: a lot with nothing left is not expired twice.
+    """
+    return _value(_EXPIRE_LOTS, {"user_id": str(user_id), "now": now}, repeatable=True)
+
+
+def users_with_lapsed_lots(now: datetime, limit: int) -> list[str]:
+    return [str(user_id) for (user_id,) in run_statement(_USERS_WITH_LAPSED_LOTS, {"now": now, "limit": limit})]
+
+
+# --- bulk loads ---------------------------------------------------------------------------------
+
+# The balance rows that ledger rows loaded in bulk imply, by the same definition the effects keep
+# (balance = completed credits, held = credits of pending usage; a balance row from the first
+# completed purchase on), each become one paid, never-expiring opening lot, with an opening posting
+# and a posting per pending hold on it. For the benchmark seed, which loads a history with COPY.
+_OPEN_BALANCES = (
+    "WITH totals AS MATERIALIZED (SELECT user_id, gen_random_uuid() AS lot_id,"
+    " coalesce(sum(credits) FILTER (WHERE status = 'completed'), 0) AS balance,"
+    " coalesce(sum(-credits) FILTER (WHERE status = 'pending' AND type = 'usage'), 0) AS held,"
+    " max(updated_at) FILTER (WHERE status = 'completed' OR (status = 'pending' AND type = 'usage')) AS changed,"
+    " coalesce(sum(amount) FILTER (WHERE type = 'purchase' AND status = 'completed')"
+    "   / nullif(sum(credits) FILTER (WHERE type = 'purchase' AND status = 'completed'), 0), 0) AS cost_basis"
+    " FROM user_transactions WHERE user_id = ANY(%(users)s::uuid[]) GROUP BY user_id"
+    " HAVING bool_or(type = 'purchase' AND status = 'completed')),"
+    " balances AS (INSERT INTO user_balances (user_id, balance, held, updated_at)"
+    " SELECT user_id, balance, held, changed FROM totals),"
+    " lots AS (INSERT INTO credit_lots (id, user_id, category, credits, remaining, held, cost_basis, created_at)"
+    " SELECT lot_id, user_id, 'paid', balance, balance - held, held, cost_basis, changed FROM totals WHERE balance > 0),"
+    " opened AS (INSERT INTO lot_postings (lot_id, user_id, credits, held, balance_after, held_after, created_at)"
+    " SELECT lot_id, user_id, balance, 0, balance, 0, changed FROM totals WHERE balance > 0)"
+    " INSERT INTO lot_postings (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
+    " SELECT t.id, totals.lot_id, t.user_id, 0, -t.credits, totals.balance,"
+    " sum(-t.credits) OVER (PARTITION BY t.user_id ORDER BY t.created_at, t.id), totals.changed"
+    " FROM user_transactions AS t JOIN totals USING (user_id)"
+    " WHERE t.status = 'pending' AND t.type = 'usage' AND totals.balance > 0"
+)
+
+
+def open_balances(cursor: Any, user_ids: list[str]) -> None:
+    """Make the balance rows and opening lots of users whose ledger rows were loaded in bulk, on the loader's cursor."""
+    cursor.execute(_OPEN_BALANCES, {"users": user_ids})
 
 
 # Demo data only (`flask demo seed`): spread a history over the past weeks, as a real one would be.

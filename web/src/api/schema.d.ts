@@ -53,11 +53,12 @@ export interface paths {
          *     (else `422 unknown_user`). Usage normally has amount `"0.00"`, but any
          *     amount is accepted.
          *
-         *     **Authorization.** Services only. The API key needs
-         *     `purchases:write` or `usage:write` to call this at all (else `403
-         *     insufficient_scope`), and then the write scope of the body's `type`:
-         *     `purchases:write` for a purchase, `usage:write` for a usage. User
-         *     tokens always get `403 insufficient_scope`.
+         *     **Authorization.** Services only. The API key needs one of the
+         *     write scopes (`purchases:write`, `usage:write`, `credits:grant`) to
+         *     call this at all (else `403 insufficient_scope`), and then the write
+         *     scope of the body's `type`: `purchases:write` for a purchase,
+         *     `usage:write` for a usage, `credits:grant` for a grant. User tokens
+         *     always get `403 insufficient_scope`.
          *
          *     **Idempotency.** Send an `Idempotency-Key` (e.g. the payment provider's
          *     event id, or the generation job id) to make retries safe; see the
@@ -155,6 +156,34 @@ export interface paths {
          *     validation_error`).
          */
         get: operations["getBalance"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/lots": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List a user's credit lots, newest first
+         * @description The lots a user's credits are in: each purchase and grant makes one,
+         *     and debits take from them in spend order (`priority`, then the
+         *     soonest expiry, then promotional before paid, then the oldest).
+         *     `status=active` (the default) lists those with credits left and not
+         *     expired; `status=all` lists every lot. Page with `limit` and the
+         *     previous page's `next_cursor`.
+         *
+         *     **Authorization.** As `getBalance`: a *user token* reads its own; a
+         *     *service* needs `transactions:read` and names the user.
+         */
+        get: operations["listLots"];
         put?: never;
         post?: never;
         delete?: never;
@@ -302,10 +331,19 @@ export interface components {
          */
         Timestamp: string;
         /**
-         * @description `purchase` adds credits (`credits` > 0); `usage` spends them (`credits` < 0).
+         * @description `purchase` adds paid credits (`credits` > 0) as a lot; `grant` adds
+         *     free ones (promotional unless `category` says paid); `usage` spends
+         *     them (`credits` < 0) from the user's lots in spend order;
+         *     `expiration` (written only by the service) records the credits of a
+         *     lot that expired (`credits` < 0).
          * @enum {string}
          */
-        TransactionType: "purchase" | "usage";
+        TransactionType: "purchase" | "usage" | "grant" | "expiration";
+        /**
+         * @description The types a caller writes; `expiration` is the service's own.
+         * @enum {string}
+         */
+        NewTransactionType: "purchase" | "usage" | "grant";
         /**
          * @description `completed` entries count towards the balance; `pending` usage holds
          *     its credits and a pending purchase adds nothing yet; `failed` entries
@@ -314,7 +352,9 @@ export interface components {
          */
         TransactionStatus: "completed" | "pending" | "failed";
         /** @description One ledger entry, as every endpoint returns it. */
-        Transaction: {
+        Transaction: components["schemas"]["TransactionFields"];
+        /** @description The fields of a transaction (see `Transaction` and `TransactionDetail`). */
+        TransactionFields: {
             /** @description Assigned by the service (a time-ordered UUID, version 7). */
             id: components["schemas"]["Uuid"];
             /** @description The user whose ledger this entry belongs to. */
@@ -352,7 +392,7 @@ export interface components {
             hold_expires_at: components["schemas"]["Timestamp"] | null;
         };
         /**
-         * @description A purchase or usage to record.
+         * @description A purchase, usage or grant to record.
          * @example {
          *       "user_id": "3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10",
          *       "type": "purchase",
@@ -367,7 +407,7 @@ export interface components {
              * @description A user registered with `PUT /api/users/{user_id}` (else `422 unknown_user`).
              */
             user_id: string;
-            type: components["schemas"]["TransactionType"];
+            type: components["schemas"]["NewTransactionType"];
             /**
              * @description What the user paid, in dollars: at most two decimals, between 0 and
              *     9999999999.99. Preferably a string (`"9.99"`); a JSON number (`9.99`,
@@ -380,7 +420,7 @@ export interface components {
              * @example 0
              * @example 19.99
              */
-            amount: string | number;
+            amount?: string | number;
             /**
              * @description Signed credits: greater than 0 for a purchase, less than 0 for a
              *     usage (`422` otherwise; 0 is never valid). An integer as JSON
@@ -421,7 +461,32 @@ export interface components {
              * @example 600
              */
             hold_expires_in?: number;
-        } & (unknown & unknown & unknown);
+            /**
+             * Format: date-time
+             * @description Only for a purchase or grant: when the lot's credits expire (RFC
+             *     3339 with an offset, in the future; else `422`). From that moment
+             *     its unheld credits count nowhere and cannot be spent; the
+             *     expiration is recorded by `flask --app wsgi transactions expire`
+             *     or the user's next write. Left out (and `expires_in` too): never.
+             */
+            expires_at?: string;
+            /** @description Only for a purchase or grant, instead of `expires_at`; seconds from this request. */
+            expires_in?: number;
+            /**
+             * @description Only for a purchase or grant: the lot's place in the spend order
+             *     (lower is spent first). Every debit takes credits by `priority`,
+             *     then the soonest `expires_at` (never-expiring last), then
+             *     promotional before paid, then the oldest.
+             * @default 50
+             */
+            priority: number;
+            /**
+             * @description Only for a grant; a purchase's credits are always `paid`.
+             * @default promotional
+             * @enum {string}
+             */
+            category: "paid" | "promotional";
+        } & (unknown & unknown & unknown & unknown & unknown);
         /**
          * @description The status a pending transaction moves to.
          * @example {
@@ -441,12 +506,21 @@ export interface components {
             next_cursor: string | null;
         };
         /**
-         * @description A user's credit totals. `available` = `balance` - `held`.
+         * @description A user's credit totals. `available` = `balance` - `held` = `paid` +
+         *     `promotional`. What has lapsed counts as gone at once: a hold past its
+         *     expiry is released, and a lot past its expiry loses its unheld
+         *     credits, whether or not the job has recorded it yet.
          * @example {
          *       "user_id": "3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10",
-         *       "balance": 500,
+         *       "balance": 600,
          *       "held": 20,
-         *       "available": 480
+         *       "available": 580,
+         *       "paid": 480,
+         *       "promotional": 100,
+         *       "next_expiry": {
+         *         "credits": 100,
+         *         "expires_at": "2025-07-12T09:30:00.000000Z"
+         *       }
          *     }
          */
         Balance: {
@@ -457,7 +531,60 @@ export interface components {
             held: number;
             /** @description What a new usage may spend (`balance - held`); never negative. */
             available: number;
+            /** @description Available credits from paid lots (purchases). */
+            paid: number;
+            /** @description Available credits from promotional lots (grants). */
+            promotional: number;
+            /** @description The soonest-expiring lot with available credits, or null when none expires. */
+            next_expiry: null | {
+                credits: number;
+                expires_at: components["schemas"]["Timestamp"];
+            };
         };
+        /** @description Credits that entered together (a purchase, a grant), spent in spend order. */
+        Lot: {
+            id: components["schemas"]["Uuid"];
+            user_id: components["schemas"]["Uuid"];
+            /** @description The purchase or grant that made the lot; null for the opening lot a balance became when lots began. */
+            transaction_id: components["schemas"]["Uuid"] | null;
+            /** @enum {string} */
+            category: "paid" | "promotional";
+            /** @description Credits the lot began with. */
+            credits: number;
+            /** @description Neither spent, held nor expired. */
+            remaining: number;
+            /** @description Reserved by pending usage. */
+            held: number;
+            priority: number;
+            expires_at: components["schemas"]["Timestamp"] | null;
+            /** @description Dollars per credit (the purchase's amount / credits); "0" for grants. */
+            cost_basis: string;
+            created_at: components["schemas"]["Timestamp"];
+            /**
+             * @description `active`: credits left and not expired; `depleted`: all spent; `expired`: its expiry passed with credits left.
+             * @enum {string}
+             */
+            status: "active" | "depleted" | "expired";
+        };
+        LotsPage: {
+            data: components["schemas"]["Lot"][];
+            has_more: boolean;
+            /** @description Pass as `cursor` to get the next page; `null` on the last page. */
+            next_cursor: string | null;
+        };
+        /** @description How a transaction changed one lot. */
+        Posting: {
+            lot_id: components["schemas"]["Uuid"];
+            /** @description The change to the lot's credits (remaining + held); a user's postings sum to the balance. */
+            credits: number;
+            /** @description The change to the lot's held credits (a hold places them, its settlement takes them off). */
+            held: number;
+            created_at: components["schemas"]["Timestamp"];
+        };
+        /** @description A transaction, with the postings that say which lots it changed. */
+        TransactionDetail: {
+            postings: components["schemas"]["Posting"][];
+        } & components["schemas"]["TransactionFields"];
         /** @description The body of a registration - empty today; any field is refused. */
         RegisterUser: Record<string, never>;
         /** @description A user the ledger knows about. */
@@ -773,7 +900,7 @@ export interface components {
          */
         Cursor: string;
         /** @description Only transactions of this type. */
-        TypeFilter: "purchase" | "usage";
+        TypeFilter: components["schemas"]["TransactionType"];
         /** @description Only transactions with this status. */
         StatusFilter: "completed" | "pending" | "failed";
         /**
@@ -989,7 +1116,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Transaction"];
+                    "application/json": components["schemas"]["TransactionDetail"];
                 };
             };
             401: components["responses"]["Unauthorized"];
@@ -1073,6 +1200,56 @@ export interface operations {
                     "application/json": components["schemas"]["Balance"];
                 };
             };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["ForbiddenRead"];
+            414: components["responses"]["UriTooLong"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+            default: components["responses"]["Problem"];
+        };
+    };
+    listLots: {
+        parameters: {
+            query?: {
+                /**
+                 * @description The user whose data to read. **Required for services** (`422
+                 *     validation_error` without it). Optional for user tokens, which read
+                 *     their own user whatever they send; naming any other user is `403
+                 *     forbidden`.
+                 * @example 3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10
+                 */
+                user_id?: components["parameters"]["UserIdQuery"];
+                /** @description Page size, in the ASCII digits 0-9 (`１`, `+1` or `1_0` are `422`). */
+                limit?: components["parameters"]["Limit"];
+                /**
+                 * @description Opaque: the `next_cursor` of the previous page, to get the page after
+                 *     it. Use it with the same `user_id`, `type` and `status` as that page.
+                 *     Any value of this shape names a position in the history (the next
+                 *     page starts after it); a value of any other shape is
+                 *     `400 invalid_cursor`.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+                /** @description `active` (default): lots with credits left and not expired; `all`: every lot. */
+                status?: "active" | "all";
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One page of lots. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LotsPage"];
+                };
+            };
+            400: components["responses"]["InvalidCursor"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["ForbiddenRead"];
             414: components["responses"]["UriTooLong"];

@@ -3,7 +3,7 @@ import type { ReactNode } from "react";
 import type { Balance } from "@/api/client";
 
 import styles from "./billing.module.css";
-import { formatCredits } from "./format";
+import { formatCredits, formatDateTime, formatExpiringCredits, formatUtc } from "./format";
 import { BalanceSkeleton } from "./Skeletons";
 
 export interface BalanceCardProps {
@@ -20,6 +20,12 @@ export interface BalanceCardProps {
  * Available credits large, with the balance and the credits held by generations in progress beside
  * them; a skeleton while they are on their way; and when they could not be loaded, the same frame and
  * heading with the reason in place of the numbers, so the card keeps its place on the page.
+ *
+ * Under the number, how much of it is paid and how much promotional, but only while some credits are
+ * promotional: for a customer who only ever bought credits the split would repeat the number beside
+ * "0 promotional", a word that only raises questions. And when some credits will expire, the soonest
+ * expiry ("100 credits expire on Jul 12, 2025, 9:30 AM", in the viewer's time zone, the exact UTC
+ * moment on hover as in the history), so that nobody loses credits by surprise.
  */
 export function BalanceCard({ balance, error }: BalanceCardProps) {
   if (error != null) {
@@ -39,9 +45,20 @@ export function BalanceCard({ balance, error }: BalanceCardProps) {
   if (!balance) return <BalanceSkeleton />;
   return (
     <CardFrame>
-      <p className={styles.available} data-testid="balance-available">
-        {formatCredits(balance.available)}
-      </p>
+      <div className={styles.availableBlock}>
+        <p className={styles.available} data-testid="balance-available">
+          {formatCredits(balance.available)}
+        </p>
+        {balance.promotional > 0 && (
+          <p className={styles.split} data-testid="balance-split">
+            <span className={styles.splitValue} data-testid="balance-paid">{formatCredits(balance.paid)}</span> paid
+            {/* The dot is for the eye; a screen reader hears a pause (the hidden comma) instead. */}
+            <span aria-hidden="true"> · </span>
+            <span className={styles.visuallyHidden}>, </span>
+            <span className={styles.splitValue} data-testid="balance-promotional">{formatCredits(balance.promotional)}</span> promotional
+          </p>
+        )}
+      </div>
       <dl className={styles.totals}>
         <div>
           <dt>Balance</dt>
@@ -53,6 +70,14 @@ export function BalanceCard({ balance, error }: BalanceCardProps) {
           <dd className={styles.totalsHint}>reserved by generations in progress</dd>
         </div>
       </dl>
+      {balance.next_expiry && (
+        <p className={styles.expiry} data-testid="balance-next-expiry">
+          {formatExpiringCredits(balance.next_expiry.credits)} on{" "}
+          <time dateTime={balance.next_expiry.expires_at} title={formatUtc(balance.next_expiry.expires_at)}>
+            {formatDateTime(balance.next_expiry.expires_at)}
+          </time>
+        </p>
+      )}
     </CardFrame>
   );
 }

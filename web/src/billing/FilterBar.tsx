@@ -1,5 +1,11 @@
 import styles from "./billing.module.css";
-import { hasFilters, parseStatusChoice, parseTypeChoice, type HistoryFilters } from "./filters";
+import {
+  hasFilters,
+  parseStatusChoice,
+  parseTypeChoice,
+  TYPE_FILTER_LABELS,
+  type HistoryFilters,
+} from "./filters";
 import { STATUS_LABELS } from "./format";
 
 export function FilterBar({
@@ -18,8 +24,11 @@ export function FilterBar({
           onChange={(event) => onChange({ ...filters, type: parseTypeChoice(event.target.value) })}
         >
           <option value="">All types</option>
-          <option value="purchase">Purchases</option>
-          <option value="usage">Usage</option>
+          {Object.entries(TYPE_FILTER_LABELS).map(([value, label]) => (
+            <option key={value} value={value}>
+              {label}
+            </option>
+          ))}
         </select>
       </label>
       <label className={styles.filter}>

@@ -5,15 +5,31 @@
  */
 import type { TransactionStatus, TransactionType } from "@/api/client";
 
-import { STATUS_LABELS, TYPE_LABELS } from "./format";
+import { STATUS_LABELS } from "./format";
+
+/**
+ * The type filter's choices, in the order offered, in the plural a list of entries reads in. Every
+ * type is offered, expirations too: they are the one entry a customer did not cause and the one most
+ * likely to surprise them ("where did my credits go?"), so "Expired credits" answers that in one
+ * step, and the service filters by it like any other type. A Record, so that a type added to the
+ * contract fails the typecheck here until someone decides how (or whether) to offer it.
+ */
+export const TYPE_FILTER_LABELS: Record<TransactionType, string> = {
+  purchase: "Purchases",
+  usage: "Usage",
+  grant: "Free credits",
+  expiration: "Expired credits",
+};
 
 export interface HistoryFilters {
   type?: TransactionType;
   status?: TransactionStatus;
 }
 
+// A type counts in the URL only when the filter offers it, so a link never selects a filter the
+// select cannot show.
 function isType(value: string | null): value is TransactionType {
-  return value !== null && Object.hasOwn(TYPE_LABELS, value);
+  return value !== null && Object.hasOwn(TYPE_FILTER_LABELS, value);
 }
 
 function isStatus(value: string | null): value is TransactionStatus {

@@ -7,9 +7,27 @@ import type { TransactionStatus, TransactionType } from "@/api/client";
 
 const MINUS = "\u2212"; // a real minus sign, not a hyphen
 
+/**
+ * The badge of each type, in the customer's words: a grant is the credits we gave them ("Free
+ * credits", whatever its lot's category), an expiration the credits of a lot that ran out ("Expired").
+ */
 export const TYPE_LABELS: Record<TransactionType, string> = {
   purchase: "Purchase",
   usage: "Usage",
+  grant: "Free credits",
+  expiration: "Expired",
+};
+
+/**
+ * Whether a zero amount of this type reads as an em dash: usage normally costs no money, a grant is
+ * free by definition and an expiration refunds nothing, so "$0.00" would only be noise. A purchase
+ * of $0.00 is shown as such, as it is unusual and worth seeing.
+ */
+const ZERO_AMOUNT_AS_DASH: Record<TransactionType, boolean> = {
+  purchase: false,
+  usage: true,
+  grant: true,
+  expiration: true,
 };
 
 export const STATUS_LABELS: Record<TransactionStatus, string> = {
@@ -31,13 +49,19 @@ export function formatSignedCredits(credits: number, locale?: string): string {
   return magnitude;
 }
 
+/** The start of the balance card's expiry line: 100 -> "100 credits expire", 1 -> "1 credit expires". */
+export function formatExpiringCredits(credits: number, locale?: string): string {
+  const rule = new Intl.PluralRules(locale).select(credits);
+  return `${formatCredits(credits, locale)} ${rule === "one" ? "credit expires" : "credits expire"}`;
+}
+
 /**
  * "9.99" -> "$9.99". The amount stays a decimal string all the way to
  * Intl.NumberFormat, which formats strings exactly (no binary floating point).
- * Usage normally costs no money: its "0.00" reads as an em dash.
+ * Usage, grants and expirations normally move no money: their "0.00" reads as an em dash.
  */
 export function formatAmount(amount: string, type: TransactionType, locale?: string): string {
-  if (type === "usage" && /^0+(\.0+)?$/.test(amount)) return "\u2014";
+  if (ZERO_AMOUNT_AS_DASH[type] && /^0+(\.0+)?$/.test(amount)) return "\u2014";
   return new Intl.NumberFormat(locale, { style: "currency", currency: "USD" }).format(
     amount as Intl.StringNumericLiteral,
   );

@@ -10,6 +10,7 @@ import { randomUUID } from "node:crypto";
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
+import type { Balance } from "../../src/api/client";
 import { DEV_TOKEN_KEY } from "../../src/auth/access-token";
 
 import { signToken, startStack, WEB_ROOT, type Stack } from "./stack";
@@ -20,7 +21,7 @@ const ZONE = "America/New_York";
 const MINUS = "\u2212";
 
 interface Kind {
-  type: "purchase" | "usage";
+  type: "purchase" | "usage" | "grant" | "expiration";
   amount: string;
   credits: number;
   status: "completed" | "pending" | "failed";
@@ -97,6 +98,21 @@ async function apiGet<T>(path: string, token = stack!.userToken): Promise<{ stat
   return { status: response.status, body: (await response.json()) as T };
 }
 
+/** A write through the HTTP API with the seeding service's key, as the service's callers make it. */
+async function serviceWrite(method: "PUT" | "POST", path: string, body?: object, idempotencyKey?: string) {
+  const response = await fetch(`${stack!.apiUrl}${path}`, {
+    method,
+    headers: {
+      Authorization: `Bearer ${stack!.serviceToken}`,
+      "Content-Type": "application/json",
+      ...(idempotencyKey ? { "Idempotency-Key": idempotencyKey } : {}),
+    },
+    ...(body ? { body: JSON.stringify(body) } : {}),
+  });
+  const text = await response.text();
+  return { status: response.status, text, body: (text ? JSON.parse(text) : null) as { id: string; created_at: string } };
+}
+
 async function newPage(viewport = { width: 1280, height: 900 }): Promise<{ context: BrowserContext; page: Page }> {
   const context = await browser!.newContext({ viewport, locale: "en-US", timezoneId: ZONE });
   const page = await context.newPage();
@@ -128,15 +144,18 @@ async function readRows(page: Page) {
   );
 }
 
-function expectedRow(transaction: Recorded) {
-  const moment = new Date(transaction.createdAt);
-  const date = new Intl.DateTimeFormat("en-US", { dateStyle: "medium", timeStyle: "short", timeZone: ZONE })
-    .format(moment)
+/** A moment as the page shows it to a viewer in ZONE ("Jun 12, 2025, 5:30 AM"), spaces normalised. */
+function shownMoment(iso: string) {
+  return new Intl.DateTimeFormat("en-US", { dateStyle: "medium", timeStyle: "short", timeZone: ZONE })
+    .format(new Date(iso))
     .replace(/[\u202f\u00a0]/g, " ");
+}
+
+function expectedRow(transaction: Recorded) {
   const [day, clock] = transaction.createdAt.replace("Z", "").split("T");
   return {
     id: transaction.id,
-    date,
+    date: shownMoment(transaction.createdAt),
     type: transaction.typeText,
     description: transaction.description,
     credits: transaction.creditsText,
@@ -157,6 +176,8 @@ async function expectBalanceUnavailable(page: Page, reason: string) {
   expect(await card.getByTestId("balance-available").count()).toBe(0);
   expect(await card.getByTestId("balance-total").count()).toBe(0);
   expect(await card.getByTestId("balance-held").count()).toBe(0);
+  expect(await card.getByTestId("balance-promotional").count()).toBe(0);
+  expect(await card.getByTestId("balance-next-expiry").count()).toBe(0);
 }
 
 function normaliseSpaces<T extends { date?: string }>(row: T): T {
@@ -258,10 +279,12 @@ describe("the billing page in Chromium, on the real service", () => {
   });
 
   it("shows the balance that GET /api/balance returns", async () => {
-    const { status, body } = await apiGet<{ balance: number; held: number; available: number }>("/api/balance");
+    const { status, body } = await apiGet<Balance>("/api/balance");
     expect(status).toBe(200);
     // the ledger as seeded: per round of nine, +5,000 +250 −20 −1,000 −50 completed, and 35 held
     expect(body).toMatchObject({ balance: 20_900, held: 175, available: 20_725 });
+    // purchases only: every available credit is paid, and none expires
+    expect(body).toMatchObject({ paid: 20_725, promotional: 0, next_expiry: null });
 
     const { context, page } = await newPage();
     try {
@@ -270,6 +293,171 @@ describe("the billing page in Chromium, on the real service", () => {
       expect(await page.getByTestId("balance-total").textContent()).toBe(body.balance.toLocaleString("en-US"));
       expect(await page.getByTestId("balance-held").textContent()).toBe(body.held.toLocaleString("en-US"));
       expect(await page.getByTestId("balance-available").textContent()).toBe(body.available.toLocaleString("en-US"));
+      // so the card shows no paid/promotional split and no expiry
+      expect(await page.getByTestId("balance-promotional").count()).toBe(0);
+      expect(await page.getByTestId("balance-next-expiry").count()).toBe(0);
+    } finally {
+      await context.close();
+    }
+  });
+
+  it("shows a grant, its expiry and the expiration once it lapses", async () => {
+    // A user of its own, so that the 45 rows and the balances the other tests check stay as they are.
+    const userId = randomUUID();
+    const token = signToken(stack!.secret, userId, 3600);
+    const grantExpiresIn = 5; // seconds: long enough to load the page once, short enough to wait for
+    expect((await serviceWrite("PUT", `/api/users/${userId}`)).status).toBe(201);
+    const purchaseKind: Kind = {
+      type: "purchase", amount: "9.99", credits: 1000, status: "completed", description: "Starter pack: 1,000 credits",
+      creditsText: "+1,000", amountText: "$9.99", typeText: "Purchase", statusText: "Completed",
+    };
+    const purchase = await serviceWrite(
+      "POST",
+      "/api/transactions",
+      { user_id: userId, type: "purchase", amount: "9.99", credits: 1000, description: purchaseKind.description },
+      `billing-e2e-${userId}-purchase`,
+    );
+    expect(purchase.status, purchase.text).toBe(201);
+
+    const { context, page } = await newPage();
+    try {
+      // This tab is signed in as that user on every load (the page prefers a pasted token to the built-in one).
+      await context.addInitScript(
+        ([key, value]) => {
+          try {
+            window.sessionStorage.setItem(key!, value!);
+          } catch {
+            // a document without storage of its own (about:blank): nothing to sign in
+          }
+        },
+        [DEV_TOKEN_KEY, token],
+      );
+      await page.goto(`${stack!.webUrl}/billing`);
+      await expect.poll(() => page.getByTestId("balance-available").textContent()).toBe("1,000");
+      expect(await rows(page).count()).toBe(1);
+      // only paid credits, none expiring: no split, no expiry line
+      expect(await page.getByTestId("balance-promotional").count()).toBe(0);
+      expect(await page.getByTestId("balance-next-expiry").count()).toBe(0);
+
+      // 100 free (promotional) credits that lapse in a few seconds
+      const grantKind: Kind = {
+        type: "grant", amount: "0.00", credits: 100, status: "completed", description: "Welcome bonus: 100 credits",
+        creditsText: "+100", amountText: "\u2014", typeText: "Free credits", statusText: "Completed",
+      };
+      const grant = await serviceWrite(
+        "POST",
+        "/api/transactions",
+        {
+          user_id: userId,
+          type: "grant",
+          amount: "0.00",
+          credits: 100,
+          description: grantKind.description,
+          expires_in: grantExpiresIn,
+        },
+        `billing-e2e-${userId}-grant`,
+      );
+      expect(grant.status, grant.text).toBe(201);
+      const granted = await apiGet<Balance>("/api/balance", token);
+      expect(granted.status).toBe(200);
+      expect(granted.body).toMatchObject({ balance: 1100, held: 0, available: 1100, paid: 1000, promotional: 100 });
+      expect(granted.body.next_expiry?.credits).toBe(100);
+      const expiresAt = granted.body.next_expiry!.expires_at;
+
+      // (If this page load took longer than the grant lives, the card would rightly show 1,000 here.)
+      await page.reload();
+      await expect.poll(() => page.getByTestId("balance-available").textContent()).toBe("1,100");
+      expect(await page.getByTestId("balance-paid").textContent()).toBe("1,000");
+      expect(await page.getByTestId("balance-promotional").textContent()).toBe("100");
+      const expiry = page.getByTestId("balance-next-expiry");
+      expect((await expiry.textContent())?.replace(/[\u202f\u00a0]/g, " ")).toBe(
+        `100 credits expire on ${shownMoment(expiresAt)}`,
+      );
+      expect(await expiry.locator("time").getAttribute("datetime")).toBe(expiresAt);
+      await expect.poll(() => rows(page).count()).toBe(2);
+      const purchaseRow = expectedRow({ ...purchaseKind, id: purchase.body.id, createdAt: purchase.body.created_at });
+      const grantRow = expectedRow({ ...grantKind, id: grant.body.id, createdAt: grant.body.created_at });
+      expect((await readRows(page)).map(normaliseSpaces)).toEqual([grantRow, purchaseRow]);
+      await screenshot(page, "billing-grant-expiring.png");
+
+      // Once the grant has lapsed, reads count its credits as gone at once, recorded or not.
+      await expect
+        .poll(async () => (await apiGet<Balance>("/api/balance", token)).body, { timeout: 20_000 })
+        .toMatchObject({ available: 1000, paid: 1000, promotional: 0, next_expiry: null });
+      await page.reload();
+      await expect.poll(() => page.getByTestId("balance-available").textContent()).toBe("1,000");
+      expect(await page.getByTestId("balance-promotional").count()).toBe(0);
+      expect(await page.getByTestId("balance-next-expiry").count()).toBe(0);
+
+      // The user's next write records the expiry as an entry of its own.
+      const usageKind: Kind = {
+        type: "usage", amount: "0", credits: -10, status: "completed", description: "Image generation (512x512)",
+        creditsText: `${MINUS}10`, amountText: "\u2014", typeText: "Usage", statusText: "Completed",
+      };
+      const usage = await serviceWrite(
+        "POST",
+        "/api/transactions",
+        { user_id: userId, type: "usage", amount: "0", credits: -10, description: usageKind.description },
+        `billing-e2e-${userId}-usage`,
+      );
+      expect(usage.status, usage.text).toBe(201);
+      const expirations = await apiGet<{ data: { id: string; created_at: string; credits: number; amount: string; description: string }[] }>(
+        "/api/transactions?type=expiration",
+        token,
+      );
+      expect(expirations.status).toBe(200);
+      expect(expirations.body.data).toHaveLength(1);
+      const expired = expirations.body.data[0]!;
+      expect(expired).toMatchObject({ credits: -100, amount: "0.00", description: "100 promotional credits expired" });
+      const expirationRow = expectedRow({
+        type: "expiration", amount: expired.amount, credits: expired.credits, status: "completed",
+        description: expired.description, creditsText: `${MINUS}100`, amountText: "\u2014", typeText: "Expired",
+        statusText: "Completed", id: expired.id, createdAt: expired.created_at,
+      });
+      const usageRow = expectedRow({ ...usageKind, id: usage.body.id, createdAt: usage.body.created_at });
+
+      await page.reload();
+      await expect.poll(() => rows(page).count()).toBe(4);
+      const shown = (await readRows(page)).map(normaliseSpaces);
+      // The expiration is recorded at the moment of the write that found it, so the two may share a
+      // timestamp: either may come first.
+      const byId = (a: { id: string | null }, b: { id: string | null }) => String(a.id).localeCompare(String(b.id));
+      expect(shown.slice(0, 2).sort(byId)).toEqual([expirationRow, usageRow].sort(byId));
+      expect(shown.slice(2)).toEqual([grantRow, purchaseRow]);
+      // no promotional credits left, nothing expiring
+      expect(await page.getByTestId("balance-available").textContent()).toBe("990");
+      expect(await page.getByTestId("balance-total").textContent()).toBe("990");
+      expect(await page.getByTestId("balance-promotional").count()).toBe(0);
+      expect(await page.getByTestId("balance-next-expiry").count()).toBe(0);
+
+      // credits in and out by their sign: the grant like the purchase, the expiration like the usage;
+      // and each type a badge of its own
+      const looks = await page.evaluate(
+        (ids) => {
+          const row = (id: string) => document.querySelector<HTMLElement>(`[data-testid="transaction-row"][data-id="${id}"]`)!;
+          const credits = (id: string) => getComputedStyle(row(id).querySelector('[data-testid="credits"]')!).color;
+          const badge = (id: string) => getComputedStyle(row(id).querySelectorAll("td")[1]!.firstElementChild!).backgroundColor;
+          return {
+            credits: ids.map(credits),
+            badges: ids.map(badge),
+          };
+        },
+        [purchase.body.id, grant.body.id, usage.body.id, expired.id],
+      );
+      const [purchaseColour, grantColour, usageColour, expirationColour] = looks.credits;
+      expect(grantColour).toBe(purchaseColour);
+      expect(expirationColour).toBe(usageColour);
+      expect(grantColour).not.toBe(expirationColour);
+      expect(new Set(looks.badges).size).toBe(4);
+      await screenshot(page, "billing-grant-expired.png");
+
+      // and the history filters by the new types
+      await page.getByLabel("Type").selectOption("expiration");
+      await expect.poll(() => new URL(page.url()).search).toBe("?type=expiration");
+      await expect.poll(async () => (await readRows(page)).map((row) => row.id)).toEqual([expired.id]);
+      await page.getByLabel("Type").selectOption("grant");
+      await expect.poll(() => new URL(page.url()).search).toBe("?type=grant");
+      await expect.poll(async () => (await readRows(page)).map((row) => row.id)).toEqual([grant.body.id]);
     } finally {
       await context.close();
     }

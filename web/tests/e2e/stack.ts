@@ -195,13 +195,14 @@ export async function startStack(options: {
       flask("tokens", "issue", "--user", options.userId, "--expires-in", "1h"),
     ]);
     // The seeding service's API key: the last line `keys create` prints (it needs the migrated table).
+    // `credits:grant` lets the tests record grants (free credits) too.
     const created = await flask(
       "keys",
       "create",
       "--name",
       "billing-e2e",
       "--scope",
-      "users:write purchases:write usage:write transactions:read",
+      "users:write purchases:write usage:write credits:grant transactions:read",
     );
     const serviceToken = created.trim().split("\n").pop() ?? "";
 

@@ -62,6 +62,9 @@ function expectBalanceUnavailable(reason: string | RegExp) {
   expect(within(card).queryByTestId("balance-available")).not.toBeInTheDocument();
   expect(within(card).queryByTestId("balance-total")).not.toBeInTheDocument();
   expect(within(card).queryByTestId("balance-held")).not.toBeInTheDocument();
+  expect(within(card).queryByTestId("balance-paid")).not.toBeInTheDocument();
+  expect(within(card).queryByTestId("balance-promotional")).not.toBeInTheDocument();
+  expect(within(card).queryByTestId("balance-next-expiry")).not.toBeInTheDocument();
   expect(card).not.toHaveTextContent(/\d/); // no numbers at all, stale or not
   expect(screen.queryByTestId("balance-loading")).not.toBeInTheDocument();
   return card;
@@ -279,7 +282,10 @@ describe("the billing page", () => {
   });
 
   it("shows no balance it no longer vouches for when only the history fails", async () => {
-    const answer = ledger(history(3), balance(1587, 50));
+    const answer = ledger(
+      history(3),
+      balance(1587, 50, { promotional: 100, nextExpiry: { credits: 100, expires_at: "2025-07-12T09:30:00.000000Z" } }),
+    );
     renderBilling((call) =>
       call.path === "/api/transactions" ? problem(500, "Internal Server Error", "internal_error") : answer(call),
     );
@@ -479,5 +485,151 @@ describe("the billing page", () => {
     await act(async () => slowUnfiltered.resolve());
     await new Promise((resolve) => setTimeout(resolve, 20));
     expect(descriptions()).toEqual(purchases.map((row) => row.description));
+  });
+
+  it("shows free and expired credits with badges of their own, signs that follow the credits and no amount", async () => {
+    const base = history(1)[0]!;
+    const rows: Transaction[] = [
+      {
+        ...base,
+        id: "01975c50-0000-7000-8000-000000000004",
+        type: "expiration",
+        amount: "0.00",
+        credits: -100,
+        description: "100 promotional credits expired",
+        created_at: "2025-07-12T09:30:00.000000Z",
+      },
+      {
+        ...base,
+        id: "01975c50-0000-7000-8000-000000000003",
+        type: "usage",
+        amount: "0.00",
+        credits: -20,
+        description: "Image generation (1024x1024)",
+        created_at: "2025-06-20T12:00:00.000000Z",
+      },
+      {
+        ...base,
+        id: "01975c50-0000-7000-8000-000000000002",
+        type: "grant",
+        amount: "0.00",
+        credits: 2500,
+        description: "Welcome bonus: 2,500 credits",
+        created_at: "2025-06-12T10:00:00.000000Z",
+      },
+      {
+        ...base,
+        id: "01975c50-0000-7000-8000-000000000001",
+        type: "purchase",
+        amount: "9.99",
+        credits: 500,
+        description: "Starter pack: 500 credits",
+        created_at: "2025-06-12T09:30:15.123456Z",
+      },
+    ];
+    renderBilling(ledger(rows));
+
+    await waitFor(() => expect(shownRows()).toHaveLength(4));
+    const cells = shownRows().map((row) => within(row).getAllByRole("cell").map((cell) => cell.textContent));
+    expect(cells).toEqual([
+      ["Jul 12, 2025, 9:30 AM", "Expired", "100 promotional credits expired", `${MINUS}100`, "\u2014", "Completed"],
+      ["Jun 20, 2025, 12:00 PM", "Usage", "Image generation (1024x1024)", `${MINUS}20`, "\u2014", "Completed"],
+      ["Jun 12, 2025, 10:00 AM", "Free credits", "Welcome bonus: 2,500 credits", "+2,500", "\u2014", "Completed"],
+      ["Jun 12, 2025, 9:30 AM", "Purchase", "Starter pack: 500 credits", "+500", "$9.99", "Completed"],
+    ]);
+
+    const [expiration, usage, grant, purchase] = shownRows();
+    // each type its own badge
+    const badge = (row: HTMLElement | undefined) => within(row!).getAllByRole("cell")[1]!.firstElementChild!.className;
+    expect(badge(grant)).toMatch(/type_grant/);
+    expect(badge(expiration)).toMatch(/type_expiration/);
+    expect(new Set([expiration, usage, grant, purchase].map(badge)).size).toBe(4);
+    // the colour follows the credits: a grant is credits in like a purchase, an expiration credits out like usage
+    const direction = (row: HTMLElement | undefined) => {
+      const className = within(row!).getByTestId("credits").className;
+      return /creditsIn/.test(className) ? "in" : /creditsOut/.test(className) ? "out" : "none";
+    };
+    expect([expiration, usage, grant, purchase].map(direction)).toEqual(["out", "out", "in", "in"]);
+  });
+
+  it("shows the paid and promotional split and the soonest expiry when some credits are promotional", async () => {
+    renderBilling(
+      ledger(
+        history(2),
+        balance(1300, 20, { promotional: 100, nextExpiry: { credits: 100, expires_at: "2025-07-12T09:30:00.000000Z" } }),
+      ),
+    );
+
+    await waitFor(() => expect(screen.getByTestId("balance-available")).toHaveTextContent("1,300"));
+    const card = screen.getByTestId("balance-card");
+    expect(within(card).getByTestId("balance-paid")).toHaveTextContent(/^1,200$/);
+    expect(within(card).getByTestId("balance-promotional")).toHaveTextContent(/^100$/);
+    const split = within(card).getByTestId("balance-split");
+    expect(split).toHaveTextContent("1,200 paid");
+    expect(split).toHaveTextContent("100 promotional");
+    expect(within(split).getByText("·")).toHaveAttribute("aria-hidden", "true");
+
+    const expiry = within(card).getByTestId("balance-next-expiry");
+    expect(expiry.textContent?.replace(/[\u202f\u00a0]/g, " ")).toBe("100 credits expire on Jul 12, 2025, 9:30 AM");
+    const time = within(expiry).getByText(/Jul 12, 2025/);
+    expect(time.tagName).toBe("TIME");
+    expect(time).toHaveAttribute("datetime", "2025-07-12T09:30:00.000000Z");
+    expect(time).toHaveAttribute("title", "2025-07-12 09:30:00.000000 UTC");
+    // the totals beside them are unchanged
+    expect(within(card).getByTestId("balance-total")).toHaveTextContent("1,320");
+    expect(within(card).getByTestId("balance-held")).toHaveTextContent("20");
+  });
+
+  it("shows neither the split nor an expiry when all credits are paid and none expire", async () => {
+    renderBilling(ledger(history(2), balance(1587, 50)));
+
+    await waitFor(() => expect(screen.getByTestId("balance-available")).toHaveTextContent("1,587"));
+    const card = screen.getByTestId("balance-card");
+    expect(within(card).queryByTestId("balance-split")).not.toBeInTheDocument();
+    expect(within(card).queryByTestId("balance-paid")).not.toBeInTheDocument();
+    expect(within(card).queryByTestId("balance-promotional")).not.toBeInTheDocument();
+    expect(within(card).queryByTestId("balance-next-expiry")).not.toBeInTheDocument();
+    expect(card).not.toHaveTextContent(/promotional|expire/);
+  });
+
+  it("shows the expiry of paid credits without a split when none are promotional", async () => {
+    renderBilling(
+      ledger(history(2), balance(1, 0, { nextExpiry: { credits: 1, expires_at: "2025-12-31T23:59:59.000000Z" } })),
+    );
+
+    const expiry = await screen.findByTestId("balance-next-expiry");
+    expect(expiry.textContent?.replace(/[\u202f\u00a0]/g, " ")).toBe("1 credit expires on Dec 31, 2025, 11:59 PM");
+    expect(screen.queryByTestId("balance-split")).not.toBeInTheDocument();
+    expect(screen.queryByTestId("balance-promotional")).not.toBeInTheDocument();
+  });
+
+  it("offers free and expired credits in the type filter, and asks the service for them", async () => {
+    const user = userEvent.setup();
+    const base = history(1)[0]!;
+    const rows: Transaction[] = [
+      { ...base, id: "01975c50-0000-7000-8000-0000000000e1", type: "expiration", amount: "0.00", credits: -100,
+        description: "100 promotional credits expired" },
+      { ...base, id: "01975c50-0000-7000-8000-0000000000e2", type: "grant", amount: "0.00", credits: 100,
+        description: "Welcome bonus: 100 credits" },
+      ...history(4),
+    ];
+    const { calls, onFiltersChange } = renderBilling(ledger(rows), { filters: { type: "expiration" } });
+
+    await waitFor(() => expect(shownRows()).toHaveLength(1));
+    expect(descriptions()).toEqual(["100 promotional credits expired"]);
+    expect(calls.find((call) => call.path === "/api/transactions")?.query).toEqual({ limit: "20", type: "expiration" });
+
+    const select = screen.getByRole("combobox", { name: "Type" });
+    expect(select).toHaveValue("expiration");
+    expect(within(select).getAllByRole("option").map((option) => [option.getAttribute("value"), option.textContent])).toEqual([
+      ["", "All types"],
+      ["purchase", "Purchases"],
+      ["usage", "Usage"],
+      ["grant", "Free credits"],
+      ["expiration", "Expired credits"],
+    ]);
+
+    await user.selectOptions(select, "grant");
+    expect(onFiltersChange).toHaveBeenLastCalledWith({ type: "grant" });
   });
 });

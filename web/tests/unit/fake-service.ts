@@ -50,8 +50,25 @@ export function problem(status: number, title: string, code: string, detail = "D
   return new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/problem+json" } });
 }
 
-export function balance(available: number, held = 0): Balance {
-  return { user_id: USER_ID, balance: available + held, held, available };
+/**
+ * A balance of `available` credits (and `held` more), all paid unless `lots` says how many of them
+ * are promotional and when the soonest of them expire.
+ */
+export function balance(
+  available: number,
+  held = 0,
+  lots: { promotional?: number; nextExpiry?: Balance["next_expiry"] } = {},
+): Balance {
+  const promotional = lots.promotional ?? 0;
+  return {
+    user_id: USER_ID,
+    balance: available + held,
+    held,
+    available,
+    paid: available - promotional,
+    promotional,
+    next_expiry: lots.nextExpiry ?? null,
+  };
 }
 
 /** `count` transactions, newest first, one minute apart, alternating purchases and usage. */

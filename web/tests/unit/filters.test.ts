@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 
-import { filtersFromSearchParams, filtersToSearch } from "@/billing/filters";
+import { filtersFromSearchParams, filtersToSearch, TYPE_FILTER_LABELS } from "@/billing/filters";
 
 describe("filters in the URL", () => {
   it.each([
@@ -8,6 +8,9 @@ describe("filters in the URL", () => {
     ["type=usage", { type: "usage" }],
     ["status=pending", { status: "pending" }],
     ["type=purchase&status=failed", { type: "purchase", status: "failed" }],
+    ["type=grant", { type: "grant" }],
+    ["type=expiration", { type: "expiration" }],
+    ["type=grant&status=completed", { type: "grant", status: "completed" }],
     // values the API does not know are dropped, not sent
     ["type=refund&status=done", {}],
     ["type=__proto__", {}],
@@ -20,7 +23,20 @@ describe("filters in the URL", () => {
     [{}, ""],
     [{ type: "usage" as const }, "type=usage"],
     [{ type: "purchase" as const, status: "completed" as const }, "type=purchase&status=completed"],
+    [{ type: "grant" as const }, "type=grant"],
+    [{ type: "expiration" as const }, "type=expiration"],
   ])("%j writes ?%s", (filters, expected) => {
     expect(filtersToSearch(filters)).toBe(expected);
+  });
+});
+
+describe("the type filter's choices", () => {
+  it("offers every type, free and expired credits included, in this order", () => {
+    expect(Object.entries(TYPE_FILTER_LABELS)).toEqual([
+      ["purchase", "Purchases"],
+      ["usage", "Usage"],
+      ["grant", "Free credits"],
+      ["expiration", "Expired credits"],
+    ]);
   });
 });

@@ -4,8 +4,10 @@ import {
   formatAmount,
   formatCredits,
   formatDateTime,
+  formatExpiringCredits,
   formatSignedCredits,
   formatUtc,
+  TYPE_LABELS,
 } from "@/billing/format";
 
 const MINUS = "\u2212";
@@ -28,6 +30,28 @@ describe("formatSignedCredits", () => {
   });
 });
 
+describe("TYPE_LABELS", () => {
+  it("names every type in the customer's words", () => {
+    expect(TYPE_LABELS).toEqual({
+      purchase: "Purchase",
+      usage: "Usage",
+      grant: "Free credits",
+      expiration: "Expired",
+    });
+  });
+});
+
+describe("formatExpiringCredits", () => {
+  it.each([
+    [100, "en-US", "100 credits expire"],
+    [1, "en-US", "1 credit expires"],
+    [2, "en-US", "2 credits expire"],
+    [12500, "en-US", "12,500 credits expire"],
+  ])("%d in %s is %s", (credits, locale, expected) => {
+    expect(formatExpiringCredits(credits, locale)).toBe(expected);
+  });
+});
+
 describe("formatCredits", () => {
   it.each([
     [0, "0"],
@@ -47,6 +71,14 @@ describe("formatAmount", () => {
     ["0.00", "usage", "en-US", "\u2014"],
     ["0", "usage", "en-US", "\u2014"],
     ["0.25", "usage", "en-US", "$0.25"],
+    // grants are free and expirations refund nothing: no "$0.00" either
+    ["0.00", "grant", "en-US", "\u2014"],
+    ["0", "grant", "en-US", "\u2014"],
+    ["0.00", "expiration", "en-US", "\u2014"],
+    ["0", "expiration", "en-US", "\u2014"],
+    // should one ever carry money, it is shown
+    ["1.50", "grant", "en-US", "$1.50"],
+    ["0.01", "expiration", "en-US", "$0.01"],
     // exact decimal: no binary floating point on the way
     ["9999999999.99", "purchase", "en-US", "$9,999,999,999.99"],
     ["0.10", "purchase", "en-US", "$0.10"],
