@@ -437,6 +437,40 @@ INVARIANTS = [
         "SELECT count(*) FROM user_transactions WHERE failure_reason = 'hold_expired' "
         "AND (status <> 'failed' OR hold_expires_at > updated_at)",
     ),
+    (
+        "no lot below zero, and none holding more than it was given",
+        "SELECT count(*) FROM credit_lots WHERE remaining < 0 OR held < 0 OR remaining + held > credits",
+    ),
+    (
+        # Over every lot, lapsed or not: a lapsed lot's credits leave the balance row only when its
+        # expiry is recorded (store._EXPIRE_LOTS); reads discount them before that (store._BALANCE).
+        "balance = the lots' remaining + held and held = the lots' held, for every user",
+        """
+        WITH lots AS (SELECT user_id, sum(remaining + held) AS balance, sum(held) AS held FROM credit_lots GROUP BY user_id)
+        SELECT count(*) FROM lots FULL JOIN user_balances b USING (user_id)
+        WHERE coalesce(lots.balance, 0) <> coalesce(b.balance, 0) OR coalesce(lots.held, 0) <> coalesce(b.held, 0)
+        """,
+    ),
+    (
+        "every lot's remaining + held = its postings' credits and its held = their held",
+        """
+        WITH posted AS (SELECT lot_id, sum(credits) AS credits, sum(held) AS held FROM lot_postings GROUP BY lot_id)
+        SELECT count(*) FROM credit_lots AS l LEFT JOIN posted ON posted.lot_id = l.id
+        WHERE coalesce(posted.credits, 0) <> l.remaining + l.held OR coalesce(posted.held, 0) <> l.held
+        """,
+    ),
+    (
+        "every posting is on a lot of its own user",
+        "SELECT count(*) FROM lot_postings AS p JOIN credit_lots AS l ON l.id = p.lot_id WHERE p.user_id <> l.user_id",
+    ),
+    (
+        "no credit was taken from a lot (spent or held) at or after the lot expired",
+        """
+        SELECT count(*) FROM lot_postings AS p JOIN credit_lots AS l ON l.id = p.lot_id
+        JOIN user_transactions AS t ON t.id = p.transaction_id
+        WHERE t.type = 'usage' AND (p.held > 0 OR (p.credits < 0 AND p.held = 0)) AND p.created_at >= l.expires_at
+        """,
+    ),
 ]
 # A property of the seeded rows, not of the ledger: the service's own ids sort by created_at only to the
 # millisecond (random bits below), and rows written later by other code may interleave.

@@ -37,7 +37,7 @@ def scalar(app, sql, **params):
 def test_seed_loads_the_rows_asked_for_and_reports_every_invariant_ok(app):
     output = seeded(app).output
     assert "loaded 2,000 transactions for 60 users" in output
-    assert output.count("  ok    ") == 7 and "FAIL" not in output
+    assert output.count("  ok    ") == 12 and "FAIL" not in output
     assert scalar(app, "SELECT count(*) FROM user_transactions") == 2000
     assert scalar(app, "SELECT count(*) FROM users") == 60
     assert scalar(app, "SELECT count(*) FROM user_transactions WHERE user_id = :u", u=HEAVY) == 600
@@ -59,19 +59,51 @@ def test_seeded_balances_are_what_the_api_reports(app, api):
     assert api.balance(HEAVY)["balance"] == expected
 
 
-def test_the_check_finds_a_balance_that_disagrees_with_the_ledger(app):
-    seeded(app)
+def broken_after(app, *statements):
+    """The invariants broken (with their counts) once ``statements`` have run on the seeded ledger."""
     with app.app_context():
-        db.session.execute(text("UPDATE user_balances SET balance = balance + 1 WHERE user_id = :u"), {"u": HEAVY})
+        for statement in statements:
+            db.session.execute(text(statement), {"u": HEAVY})
         db.session.commit()
         connection = _connect()
         try:
-            broken = dict(check_invariants(connection))
+            return {description: count for description, count in check_invariants(connection) if count}
         finally:
             connection.close()
-    assert sum(broken.values()) == 1
+
+
+def test_the_check_finds_a_balance_that_disagrees_with_the_ledger_and_the_lots(app):
+    seeded(app)
+    broken = broken_after(app, "UPDATE user_balances SET balance = balance + 1 WHERE user_id = :u")
+    assert broken == {
+        "balance = sum of completed credits and held = credits of pending usage, for every user": 1,
+        "balance = the lots' remaining + held and held = the lots' held, for every user": 1,
+    }
     result = seed(app, "--check")
     assert result.exit_code == 1 and "FAIL" in result.output
+
+
+def test_the_check_finds_a_spend_that_left_the_lots_untouched(app):
+    seeded(app)
+    broken = broken_after(
+        app,
+        "UPDATE user_balances SET balance = balance - 1 WHERE user_id = :u",
+        "INSERT INTO user_transactions (id, user_id, type, amount, credits, description, status)"
+        " VALUES (uuidv7(), :u, 'usage', 0, -1, 'Image generation (1024x1024)', 'completed')",
+    )
+    assert broken == {"balance = the lots' remaining + held and held = the lots' held, for every user": 1}
+
+
+def test_the_check_finds_a_lot_that_disagrees_with_its_postings(app):
+    seeded(app)
+    broken = broken_after(
+        app,
+        "UPDATE credit_lots SET remaining = remaining - 1 WHERE user_id = :u",
+        "UPDATE user_balances SET balance = balance - 1 WHERE user_id = :u",
+        "INSERT INTO user_transactions (id, user_id, type, amount, credits, description, status)"
+        " VALUES (uuidv7(), :u, 'usage', 0, -1, 'Image generation (1024x1024)', 'completed')",
+    )
+    assert broken == {"every lot's remaining + held = its postings' credits and its held = their held": 1}
 
 
 def test_seed_refuses_a_named_user_that_exists(app):
