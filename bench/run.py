@@ -15,7 +15,8 @@ One run, one machine, every number next to its reference:
    database's own limit, ``bench/openloop.py`` for latency at a fixed rate;
    then G: A and B again through PgBouncer in transaction mode (a second
    gunicorn, as a fleet behind a pooler is configured) beside the direct
-   service, in alternating slices;
+   service, in alternating slices; then H: spends by users with five lots
+   beside spends by users with one;
 5. a table, and one JSON object on the last line, also written to ``bench/results/``.
 
 Everything listens on 127.0.0.1, every load is bounded in time, and every
@@ -70,6 +71,11 @@ DEEP_PAGE = 5_000
 SPENDERS = 100
 MIXED_USERS = 2_000
 TOP_UP_CREDITS = 1_000_000
+# Scenario H: users of each kind (one lot, five lots), and the priorities and lifetime of the five-lot
+# users' four grants: below a purchase's 50, so that a spend draws on the first grant, and far off.
+LOT_HOLDERS = 100
+GRANT_PRIORITIES = (10, 20, 30, 40)
+GRANT_EXPIRES_IN = 365 * 86_400
 # Embedded PostgreSQL: production durability; a buffer cache that holds the working set, as a tuned server's would.
 PG_SETTINGS = ("shared_buffers=512MB", "max_connections=200")
 
@@ -87,6 +93,7 @@ TARGETS = [
     ("balance_ratio", "<=", 1.2),
     ("mixed_p99_ms", "<=", 25.0),
     ("rss_growth", "<=", 1.10),
+    ("lots_five_ratio", ">=", 0.70),
 ]
 
 
@@ -353,7 +360,9 @@ class Load:
         self._invocations = 0
 
     def wrk(self, url: str, script: str, seconds: float, *, connections: int | None = None,
-            threads: int | None = None, headers: dict[str, str] | None = None, counts: bool = True) -> Measured:
+            threads: int | None = None, headers: dict[str, str] | None = None, counts: bool = True,
+            args: tuple[str, ...] = ()) -> Measured:
+        """wrk with ``script``; ``args`` go to the script after the invocation's name (see common.lua)."""
         connections = connections or self.profile.connections
         threads = min(threads or self.profile.threads, connections)
         self._invocations += 1
@@ -361,7 +370,7 @@ class Load:
                    "--timeout", "10s", "-s", str(LUA / script)]
         for name, value in (headers or {}).items():
             command += ["-H", f"{name}: {value}"]
-        command += [url, "--", f"w{self._invocations}"]
+        command += [url, "--", f"w{self._invocations}", *args]
         done = subprocess.run(command, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=seconds + 120)
         line = next((line for line in done.stdout.splitlines() if line.startswith("WRK ")), None)
         if done.returncode != 0 or line is None:
@@ -563,6 +572,16 @@ class Prepared:
     tokens: dict[str, str]
     deep_cursor: str
     seed: dict[str, Any]
+    # Scenario H's users by the name of their list in the data file; H registers them and gives them their lots.
+    lot_holders: dict[str, list[str]]
+
+
+def top_up(api: str, headers: dict[str, str], user_id: str, credits: int, kind: str = "purchase",
+           **lot_terms: Any) -> None:
+    """Credits for a benchmark user, through the API: a completed purchase, or a grant."""
+    body = {"user_id": user_id, "type": kind, "amount": "0", "credits": credits, "description": "Benchmark top-up",
+            **lot_terms}
+    requests.post(f"{api}/transactions", json=body, headers=headers, timeout=30).raise_for_status()
 
 
 def prepare(stack: ExitStack, profile: Profile, pg_settings: tuple[str, ...] = PG_SETTINGS) -> Prepared:
@@ -630,12 +649,14 @@ def prepare(stack: ExitStack, profile: Profile, pg_settings: tuple[str, ...] = P
         "heavy": token(secret, str(HEAVY_USER)),
         "light": token(secret, str(LIGHT_USER)),
     }
+    lot_holders = {name: [str(uuid.uuid4()) for _ in range(LOT_HOLDERS)] for name in ("lots_one", "lots_five")}
     data = {
         "run": run_id,
         "generation_token": tokens["generation"],
         "payment_token": tokens["payment"],
         "spenders": spenders,
         "users": [{"id": user, "token": token(secret, user)} for user in mixed_users],
+        **lot_holders,
     }
     (workdir / "data.lua").write_text("return " + lua_table(data) + "\n")
     (workdir / "data.json").write_text(json.dumps(data))
@@ -644,10 +665,7 @@ def prepare(stack: ExitStack, profile: Profile, pg_settings: tuple[str, ...] = P
     service = stack.enter_context(gunicorn("wsgi:app", env, workdir / "service.log", "/readyz"))
     api = service.url + "/api"
     for spender in spenders:  # enough credits for every spend of scenario A, from the service and pgbench
-        purchase = {"user_id": spender, "type": "purchase", "amount": "0", "credits": TOP_UP_CREDITS,
-                    "description": "Benchmark top-up"}
-        requests.post(f"{api}/transactions", json=purchase, headers=bearer(tokens["payment"]),
-                      timeout=30).raise_for_status()
+        top_up(api, bearer(tokens["payment"]), spender, TOP_UP_CREDITS)
     spend = {"user_id": spenders[0], "type": "usage", "amount": "0", "credits": -1,
              "description": "Image generation (1024x1024)", "status": "completed"}
     sample = requests.post(f"{api}/transactions", json=spend, timeout=30,
@@ -667,7 +685,7 @@ def prepare(stack: ExitStack, profile: Profile, pg_settings: tuple[str, ...] = P
     deep.raise_for_status()
     if deep.json()["data"][0]["id"] != str(deep_first_id):
         raise RuntimeError("the deep cursor does not lead to page 5,000")
-    return Prepared(workdir, env, dsn, run_id, service, spenders, scripts, tokens, deep_cursor, seed)
+    return Prepared(workdir, env, dsn, run_id, service, spenders, scripts, tokens, deep_cursor, seed, lot_holders)
 
 
 class AlsoOwnConditions(Conditions):
@@ -847,6 +865,7 @@ def run(profile: Profile, replica: bool = True) -> dict[str, Any]:
             results.update(measured)
 
         results.update(pooled_vs_direct(setup, load, profile, conditions, scenarios))
+        results.update(lot_spends(setup, load, profile, conditions, scenarios))
 
         sound = subprocess.run([PYTHON, "-m", "bench.seed", "--check"], cwd=REPO, env=env,
                                capture_output=True, text=True)
@@ -920,6 +939,42 @@ def pooled_vs_direct(setup: Prepared, load: Load, profile: Profile, conditions: 
     }
 
 
+def lot_spends(setup: Prepared, load: Load, profile: Profile, conditions: Conditions,
+               scenarios: dict[str, Any]) -> dict[str, Any]:
+    """H: spends by users with five usable lots against spends by users with one, in alternating slices.
+
+    Each one-lot user has one purchase of TOP_UP_CREDITS; each five-lot user a purchase and four grants
+    of a fifth of that, the grants first in the spend order, so that a spend of 1 credit locks five lots
+    and draws on one. The users are new (registered here), so no earlier scenario saw them.
+    """
+    api = setup.service.url + "/api"
+    payment = bearer(setup.tokens["payment"])
+    growth = bearer(api_key(setup.env, "growth-service", "credits:grant transactions:read"))
+    one, five = setup.lot_holders["lots_one"], setup.lot_holders["lots_five"]
+    log(f"H: spends by {len(five)} users with five lots vs {len(one)} with one")
+    for user in one + five:
+        requests.put(f"{api}/users/{user}", headers=payment, timeout=30).raise_for_status()
+    for user in one:
+        top_up(api, payment, user, TOP_UP_CREDITS)
+    share = TOP_UP_CREDITS // 5
+    for user in five:
+        top_up(api, payment, user, share)
+        for priority in GRANT_PRIORITIES:
+            top_up(api, growth, user, share, "grant", priority=priority, expires_in=GRANT_EXPIRES_IN,
+                   category="promotional")
+    url = setup.service.url + "/api/transactions"
+    before = conditions.snapshot()
+    spends = paired(
+        profile.rounds,
+        lambda: load.wrk(url, "spend.lua", profile.seconds, args=("lots_one",)),
+        lambda: load.wrk(url, "spend.lua", profile.seconds, args=("lots_five",)),
+    )
+    scenarios["H"] = {**conditions.between(before, conditions.snapshot()), **spends.slices()}
+    one_rps, five_rps = throughput(spends.reference), throughput(spends.subject)
+    return {"lots_one_rps": round(one_rps, 1), "lots_five_rps": round(five_rps, 1),
+            "lots_five_ratio": round(five_rps / one_rps, 3), "lots_errors": spends.errors}
+
+
 def verdict(value: float, comparison: str, bound: float) -> bool:
     return value >= bound if comparison == ">=" else value <= bound
 
@@ -944,6 +999,8 @@ def table(results: dict[str, Any]) -> str:
          f"max {r['mixed_rps']:,.0f} req/s", "mixed_p99_ms", r["mixed_p99_ms"]),
         ("F worker RSS after requests", f"{max(r['rss_after_mb']):.0f} MB max",
          f"{max(r['rss_before_mb']):.0f} MB warm", "rss_growth", r["rss_growth"]),
+        ("H spend, user with five lots", f"{r['lots_five_rps']:,.0f} req/s",
+         f"one lot {r['lots_one_rps']:,.0f} req/s", "lots_five_ratio", r["lots_five_ratio"]),
     ]
     header = ("scenario", "measured", "reference", "key", "value", "target", "")
     lines = [header] + [(name, measured, reference, key, f"{value:g}", target[key], mark(key))
@@ -975,7 +1032,8 @@ def table(results: dict[str, Any]) -> str:
                     f"{r['replica_fallbacks_logged']} fallbacks to the primary")
     errors = {key: r[key] for key in ("post_errors", "pgbench_failed", "page_errors", "deep_errors",
                                       "balance_errors", "mixed_errors", "service_errors_logged",
-                                      "replica_page_errors", "pooled_errors", "pooled_service_errors_logged")
+                                      "replica_page_errors", "pooled_errors", "pooled_service_errors_logged",
+                                      "lots_errors")
               if r.get(key)}
     text.append(f"errors: {errors or 'none'}; ledger invariants after the run: "
                 f"{'hold' if r['ledger_sound_after'] else 'BROKEN'}")
@@ -983,6 +1041,7 @@ def table(results: dict[str, Any]) -> str:
     measured += [("E max", r["scenarios"]["E"]), ("E half", r["scenarios"]["E"]["open_loop_conditions"])]
     if "G" in r["scenarios"]:
         measured.append(("G", r["scenarios"]["G"]))
+    measured.append(("H", r["scenarios"]["H"]))
     text.append("while measuring (neighbours' CPU in cores, checkpoints, autovacuum runs): " + "; ".join(
         f"{name} {c['neighbour_cores']}, {c['checkpoints']}, {c['autovacuum_runs']}" for name, c in measured))
     text.append(f"{r['workers']} gunicorn workers, {PROFILES[r['profile']].connections} connections; "

@@ -15,8 +15,11 @@ function fresh_key(prefix)
   return string.format("%s-%s-%s-%d-%d", data.run, invocation, prefix, thread_number, sent)
 end
 
+-- The second argument names the list of users spend.lua spends for (scenario H's), "spenders" by default.
 function init(args)
   invocation = args[1] or invocation
+  local list = args[2] or "spenders"
+  spenders = assert(data[list], "no list " .. list .. " in the data file")
   math.randomseed(os.time() * 1000 + thread_number)
 end
 
