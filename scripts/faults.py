@@ -95,7 +95,15 @@ SCENARIOS = (
     ("billing_page_read", 25),
     ("new_customer", 5),
     ("promotional_grant", 5),
+    ("refund", 4),
+    ("reversal", 4),
 )
+# What a create may be refused with, by type, as the rules allow: nothing else is expected.
+EXPECTED_REFUSALS = {
+    "usage": {"insufficient_credits"},
+    "refund": {"refund_exceeds_remaining", "refund_exceeds_amount"},
+    "reversal": {"reversal_exceeds_usage"},
+}
 
 
 def log(message: str) -> None:
@@ -260,7 +268,7 @@ class Outcomes:
     created: list = field(default_factory=list)  # acknowledged 201s: id, key, kind, user_id, credits, status, replayed
     settled: list = field(default_factory=list)  # acknowledged PATCHes: id, status
     registered: list = field(default_factory=list)  # acknowledged PUT /api/users: user ids
-    refused: int = 0  # usage refused with 409 insufficient_credits (writes nothing, by design)
+    refused: int = 0  # creates refused as the rules say (EXPECTED_REFUSALS; they write nothing, by design)
     reads: int = 0
     unknown_creates: list = field(default_factory=list)  # caller, key, body
     unknown_settles: list = field(default_factory=list)  # caller, id, status
@@ -290,6 +298,9 @@ class LedgerClient:
         self.http = RetryingCaller(plan.base_url, self.tally, self.rng)
         self.customers = list(plan.user_tokens)
         self.serial = itertools.count()
+        # This client's acknowledged completed purchases and usage: what refunds and reversals give back.
+        self.paid: list[dict[str, Any]] = []
+        self.spent: list[dict[str, Any]] = []
 
     def next_key(self, prefix: str) -> str:
         return idempotency_key(prefix, self.plan.run_id, f"c{self.plan.index}", next(self.serial))
@@ -304,24 +315,41 @@ class LedgerClient:
         response = self.http.send("POST", "/api/transactions", self.plan.tokens[caller], body=body, key=key)
         return record_create(self.outcomes, self.tally, caller, body, key, response)
 
-    def settle(self, caller: str, created: dict[str, Any], status: str) -> None:
+    def settle(self, caller: str, created: dict[str, Any], status: str) -> bool:
+        """Whether the settlement was acknowledged."""
         response = self.http.send(
             "PATCH", f"/api/transactions/{created['id']}", self.plan.tokens[caller], body={"status": status}
         )
-        record_settle(self.outcomes, self.tally, caller, created["id"], status, response)
+        return record_settle(self.outcomes, self.tally, caller, created["id"], status, response)
 
     def purchase_settled_by_webhook(self) -> None:
         created = self.create(PAYMENT, *purchase(self.rng, self.rng.choice(self.customers), "pending", self.next_key("evt")))
         if created is not None:
-            self.settle(PAYMENT, created, "completed" if self.rng.random() < 0.9 else "failed")
+            status = "completed" if self.rng.random() < 0.9 else "failed"
+            if self.settle(PAYMENT, created, status) and status == "completed":
+                self.paid.append(created)
 
     def purchase_completed_at_once(self) -> None:
-        self.create(PAYMENT, *purchase(self.rng, self.rng.choice(self.customers), "completed", self.next_key("evt")))
+        created = self.create(PAYMENT, *purchase(self.rng, self.rng.choice(self.customers), "completed", self.next_key("evt")))
+        if created is not None:
+            self.paid.append(created)
 
     def generation(self) -> None:
         created = self.create(GENERATION, *hold(self.rng, self.rng.choice(self.customers), self.next_key("job")))
         if created is not None:
-            self.settle(GENERATION, created, "completed" if self.rng.random() < 0.8 else "failed")
+            status = "completed" if self.rng.random() < 0.8 else "failed"
+            if self.settle(GENERATION, created, status) and status == "completed":
+                self.spent.append(created)
+
+    def refund(self) -> None:
+        """The payment service refunds part of a purchase (or loses a chargeback): refused beyond what is left."""
+        if self.paid:
+            self.create(PAYMENT, *refund(self.rng, self.rng.choice(self.paid), self.next_key("evt")))
+
+    def reversal(self) -> None:
+        """A charged generation failed after all: some or all of its credits go back to the lots it used."""
+        if self.spent:
+            self.create(GENERATION, *reversal(self.rng, self.rng.choice(self.spent), self.next_key("job")))
 
     def billing_page_read(self) -> None:
         user_id = self.rng.choice(self.customers)
@@ -389,6 +417,33 @@ def grant(rng: random.Random, user_id: str, key: str) -> tuple[dict[str, Any], s
     return body, key
 
 
+def refund(rng: random.Random, paid: dict[str, Any], key: str) -> tuple[dict[str, Any], str]:
+    credits = rng.randint(1, paid["credits"])
+    body = {
+        "user_id": paid["user_id"],
+        "type": "refund",
+        "refunds": paid["id"],
+        "amount": rng.choice(("0.00", "0.99", "1.50")),
+        "credits": -credits,
+        "description": f"Refund: {credits} credits [{key}]",
+        "status": "completed",
+    }
+    return body, key
+
+
+def reversal(rng: random.Random, spent: dict[str, Any], key: str) -> tuple[dict[str, Any], str]:
+    credits = rng.randint(1, -spent["credits"])
+    body = {
+        "user_id": spent["user_id"],
+        "type": "reversal",
+        "reverses": spent["id"],
+        "credits": credits,
+        "description": f"Generation failed: {credits} credits back [{key}]",
+        "status": "completed",
+    }
+    return body, key
+
+
 def hold(rng: random.Random, user_id: str, key: str) -> tuple[dict[str, Any], str]:
     body = {
         "user_id": user_id,
@@ -425,7 +480,7 @@ def record_create(
         }
         outcomes.created.append(created)
         return created
-    if body["type"] == "usage" and problem_code(response) == "insufficient_credits":
+    if problem_code(response) in EXPECTED_REFUSALS.get(body["type"], ()):
         outcomes.refused += 1
         return None
     tally.record_unexpected(f"POST /api/transactions ({body['type']}, {body['status']})", response)
@@ -434,13 +489,15 @@ def record_create(
 
 def record_settle(
     outcomes: Outcomes, tally: Tally, caller: str, transaction_id: str, status: str, response: requests.Response | None
-) -> None:
+) -> bool:
     if response is None:
         outcomes.unknown_settles.append({"caller": caller, "id": transaction_id, "status": status})
     elif response.status_code == 200 and response.json().get("status") == status:
         outcomes.settled.append({"id": transaction_id, "status": status})
+        return True
     else:
         tally.record_unexpected(f"PATCH /api/transactions/{{id}} -> {status}", response)
+    return False
 
 
 def record_registration(outcomes: Outcomes, tally: Tally, user_id: str, response: requests.Response | None) -> bool:
@@ -1134,7 +1191,7 @@ class FaultRun:
             f"| requests given up after the {REQUEST_BUDGET_SECONDS:.0f} s retry budget | {tally.given_up} |",
             f"| 503 database_unavailable answers | {tally.responses['503 database_unavailable']} |",
             f"| acknowledged writes whose first response was lost (replayed on retry) | {replayed} |",
-            f"| usage refused for lack of credits (409, writes nothing) | {outcomes.refused} |",
+            f"| usage, refunds and reversals refused beyond what there is (409, writes nothing) | {outcomes.refused} |",
             f"| history and balance reads | {outcomes.reads} |",
             f"| slowest recovery after a database start | {_slowest(faults)} |",
             "",

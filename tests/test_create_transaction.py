@@ -115,7 +115,7 @@ VALID = {"type": "purchase", "amount": "9.99", "credits": 500, "description": "S
 @pytest.mark.parametrize(
     "changes, field",
     [
-        ({"type": "refund"}, "type"),
+        ({"type": "chargeback"}, "type"),
         ({"type": None}, "type"),
         ({"credits": 0}, "credits"),
         ({"credits": -5}, "credits"),

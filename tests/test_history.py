@@ -104,7 +104,7 @@ def test_signed_in_user_never_registered_sees_an_empty_history(client, user_toke
         ({"limit": "101"}, "limit"),
         ({"limit": "ten"}, "limit"),
         ({"limit": "2.5"}, "limit"),
-        ({"type": "refund"}, "type"),
+        ({"type": "chargeback"}, "type"),
         ({"status": "done"}, "status"),
         ({"user_id": "nope"}, "user_id"),
         ({"offset": "10"}, "offset"),

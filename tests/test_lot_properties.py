@@ -2,15 +2,18 @@
 money invariants after every step (Hypothesis stateful testing).
 
 Operations: purchases (completed, or pending and then settled), grants with or without expiry,
-spends, holds and their settlement, lots lapsing and holds lapsing (their expiry moved into the
-past), and the expiry job. After each step:
+spends, holds and their settlement, refunds of purchases, reversals of usage, adjustments either
+way, lots lapsing and holds lapsing (their expiry moved into the past), and the expiry job. After
+each step:
 
 - no lot below zero, and no lot holding more than it was granted;
 - the balance row = the sum of the lots = the sum of the postings = the sum of completed credits,
   and the held row = the lots' held = the postings' held;
 - what the API reads as available = its paid + promotional credits; once the job has run,
   the balance it reads is the row's, and available is the unexpired lots' remaining;
-- no credit of a lot was taken (spent or held) at or after the moment the lot expired.
+- no credit of a lot was taken (spent or held) at or after the moment the lot expired;
+- no purchase refunded beyond its credits or its amount, no usage reversed beyond what it spent,
+  and no lot given back more by a usage's reversals than that usage took from it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import uuid
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, multiple, rule
 from sqlalchemy import text
 
 from .helpers import bearer
@@ -46,6 +49,22 @@ TAKEN_AFTER_EXPIRY = text(
     " WHERE p.user_id = :u AND t.type = 'usage' AND (p.held > 0 OR (p.credits < 0 AND p.held = 0))"
     " AND l.expires_at IS NOT NULL AND p.created_at >= l.expires_at"
 )
+# Given back beyond the original: purchases refunded beyond their credits or amount, usage reversed
+# beyond its credits, and lots given back more by a usage's reversals than the usage took from them.
+GIVEN_BACK_TOO_MUCH = text(
+    "SELECT (SELECT count(*) FROM user_transactions AS p WHERE p.user_id = :u AND p.type = 'purchase'"
+    "   AND (p.refunded_amount > p.amount OR p.refunded_amount <> (SELECT coalesce(sum(amount), 0)"
+    "     FROM user_transactions WHERE refunds = p.id)"
+    "   OR (SELECT coalesce(sum(-credits), 0) FROM user_transactions WHERE refunds = p.id) > p.credits)),"
+    " (SELECT count(*) FROM user_transactions AS u WHERE u.user_id = :u AND u.type = 'usage'"
+    "   AND (u.reversed_credits <> (SELECT coalesce(sum(credits), 0) FROM user_transactions WHERE reverses = u.id)"
+    "   OR u.reversed_credits > -u.credits)),"
+    " (SELECT count(*) FROM (SELECT r.reverses, p.lot_id, sum(p.credits) AS back FROM user_transactions AS r"
+    "   JOIN lot_postings AS p ON p.transaction_id = r.id AND p.credits > 0"
+    "   WHERE r.user_id = :u AND r.type = 'reversal' GROUP BY 1, 2) AS b"
+    "   WHERE b.back > (SELECT coalesce(-sum(credits), 0) FROM lot_postings"
+    "     WHERE transaction_id = b.reverses AND lot_id = b.lot_id))"
+)
 
 
 def make_machine(api, engine, app, granter):
@@ -53,11 +72,14 @@ def make_machine(api, engine, app, granter):
         holds = Bundle("holds")
         pending_purchases = Bundle("pending_purchases")
         credit_rows = Bundle("credit_rows")
+        purchases = Bundle("purchases")
+        usages = Bundle("usages")
 
         @initialize()
         def open_account(self):
             self.user_id = api.register()
             self.expiry_recorded = True
+            self.bought = []
 
         def _created(self, response):
             assert response.status_code in (201, 409), response.json
@@ -70,7 +92,33 @@ def make_machine(api, engine, app, granter):
             if priority is not None:
                 fields["priority"] = priority
             created = self._created(api.purchase(self.user_id, credits=credits, amount="1.00", **fields))
+            self.bought.append(created["id"])
             return created["id"]
+
+        @rule(target=purchases)
+        def pick_purchase(self):
+            return multiple(*self.bought[-1:])
+
+        @rule(purchase=purchases, credits=st.integers(1, 300), amount=st.sampled_from(["0", "0.40", "1.00"]))
+        def refund(self, purchase, credits, amount):
+            response = api.create(user_id=self.user_id, type="refund", refunds=purchase, credits=-credits,
+                                  amount=amount, description="refund")
+            assert response.status_code == 201 or response.json["code"] in (
+                "refund_exceeds_remaining", "refund_exceeds_amount"), response.json
+
+        @rule(usage=st.one_of(usages, holds), credits=st.integers(1, 150))
+        def reverse(self, usage, credits):
+            response = api.create(user_id=self.user_id, type="reversal", reverses=usage, credits=credits,
+                                  description="reversal")
+            assert response.status_code == 201 or response.json["code"] in (
+                "reversal_exceeds_usage", "not_reversible", "unknown_transaction"), response.json
+
+        @rule(credits=st.integers(-150, 150).filter(bool), expires=st.sampled_from([None, 60]))
+        def adjust(self, credits, expires):
+            fields = {"expires_in": expires} if expires and credits > 0 else {}
+            response = api.create(token=granter, user_id=self.user_id, type="adjustment", credits=credits,
+                                  description="support", **fields)
+            assert response.status_code == 201 or response.json["code"] == "insufficient_credits", response.json
 
         @rule(target=credit_rows, credits=st.integers(1, 200), expires=st.sampled_from([None, 60, 3600]),
               category=st.sampled_from(["promotional", "paid"]))
@@ -88,9 +136,10 @@ def make_machine(api, engine, app, granter):
         def settle_checkout(self, purchase, outcome):
             assert api.settle(purchase, outcome).status_code in (200, 409)
 
-        @rule(credits=st.integers(1, 150))
+        @rule(target=usages, credits=st.integers(1, 150))
         def spend(self, credits):
-            self._created(api.usage(self.user_id, credits=-credits))
+            created = self._created(api.usage(self.user_id, credits=-credits))
+            return created["id"] if created else str(uuid.uuid4())
 
         @rule(target=holds, credits=st.integers(1, 150))
         def hold(self, credits):
@@ -135,12 +184,14 @@ def make_machine(api, engine, app, granter):
             with engine.connect() as connection:
                 row = connection.execute(SUMS, {"u": self.user_id}).one()
                 taken_late = connection.execute(TAKEN_AFTER_EXPIRY, {"u": self.user_id}).scalar()
+                too_much = connection.execute(GIVEN_BACK_TOO_MUCH, {"u": self.user_id}).one()
             balance, held, lots, lots_held, posted, posted_held, completed, broken, unexpired_remaining = row
             balance, held = balance or 0, held or 0
             assert broken == 0
             assert balance == lots == posted == completed
             assert held == lots_held == posted_held
             assert taken_late == 0
+            assert tuple(too_much) == (0, 0, 0)
             read = api.client.get(f"/api/balance?user_id={self.user_id}", headers=bearer(api.admin_token)).json
             assert read["available"] == read["paid"] + read["promotional"] >= 0
             if self.expiry_recorded:
@@ -151,7 +202,7 @@ def make_machine(api, engine, app, granter):
 
 
 def test_lots_keep_the_money_invariants_after_every_step(api, engine, app, service_token):
-    granter = service_token("credits:grant", name="property-granter")
+    granter = service_token("credits:grant", "credits:adjust", name="property-granter")
     machine = make_machine(api, engine, app, granter)
     machine.TestCase.settings = settings(
         max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,

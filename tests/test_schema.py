@@ -43,9 +43,11 @@ def test_user_transactions_has_the_seed_columns(db_session):
     seed_columns = {"id", "user_id", "type", "amount", "credits", "description", "status", "created_at"}
     hold_columns = {"hold_expires_at", "failure_reason"}
     lot_terms = {"lot_expires_at", "lot_priority", "lot_category"}
-    assert set(columns) == seed_columns | {"updated_at"} | hold_columns | lot_terms
-    assert not any(columns[name]["nullable"] for name in seed_columns | {"updated_at"})
-    assert all(columns[name]["nullable"] for name in hold_columns | lot_terms)
+    links = {"refunds", "reverses"}
+    given_back = {"refunded_amount", "reversed_credits"}
+    assert set(columns) == seed_columns | {"updated_at"} | hold_columns | lot_terms | links | given_back
+    assert not any(columns[name]["nullable"] for name in seed_columns | {"updated_at"} | given_back)
+    assert all(columns[name]["nullable"] for name in hold_columns | lot_terms | links)
     assert str(columns["amount"]["type"]) == "NUMERIC(12, 2)"
     assert str(columns["credits"]["type"]) == "INTEGER"
     assert str(columns["created_at"]["type"]) == "TIMESTAMP"
@@ -60,7 +62,8 @@ def test_enums_have_exactly_the_ledger_values(db_session):
         )
     ).all()
     assert dict(rows) == {
-        "transaction_type": ["purchase", "usage", "grant", "expiration"],
+        # in the order the migrations added them
+        "transaction_type": ["purchase", "usage", "grant", "expiration", "refund", "reversal", "adjustment"],
         "transaction_status": ["completed", "pending", "failed"],
         "lot_category": ["paid", "promotional"],
     }

@@ -63,6 +63,7 @@ class ApiError(Exception):
         title: str | None = None,
         errors: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        extensions: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -71,6 +72,8 @@ class ApiError(Exception):
         self.title = title or code.replace("_", " ").capitalize()
         self.errors = errors
         self.headers = headers or {}
+        # Members of the problem beyond the standard ones (RFC 9457 section 3.2), e.g. how much remains.
+        self.extensions = extensions or {}
 
 
 def problem_response(error: ApiError) -> Response:
@@ -86,6 +89,7 @@ def problem_response(error: ApiError) -> Response:
         body["instance"] = f"urn:request:{identifier}"
     if error.errors is not None:
         body["errors"] = error.errors
+    body.update(error.extensions)
     response = Response(json.dumps(body, separators=(",", ":")), status=error.status, mimetype=PROBLEM_MIMETYPE)
     response.headers.update(error.headers)
     return response

@@ -12,7 +12,10 @@ WRITE_PURCHASES = "purchases:write"
 WRITE_USAGE = "usage:write"
 WRITE_USERS = "users:write"
 GRANT_CREDITS = "credits:grant"
-SERVICE_SCOPES = frozenset({READ_TRANSACTIONS, WRITE_PURCHASES, WRITE_USAGE, WRITE_USERS, GRANT_CREDITS})
+ADJUST_CREDITS = "credits:adjust"
+SERVICE_SCOPES = frozenset(
+    {READ_TRANSACTIONS, WRITE_PURCHASES, WRITE_USAGE, WRITE_USERS, GRANT_CREDITS, ADJUST_CREDITS}
+)
 
 
 def parse_scopes(text: str) -> list[str]:

@@ -161,33 +161,54 @@ class StrictSchema(Schema):
         unknown = RAISE
 
 
-# The types a caller may write, and what each does to credits ("expiration" is the service's own).
+# The types a caller may write, and what each does to credits ("expiration" is the service's own;
+# an adjustment goes either way, never by nothing).
 _SIGNS = {
     TransactionType.PURCHASE: (1, "A purchase adds credits: must be greater than 0."),
     TransactionType.GRANT: (1, "A grant adds credits: must be greater than 0."),
     TransactionType.USAGE: (-1, "Usage spends credits: must be less than 0."),
+    TransactionType.REFUND: (-1, "A refund takes the purchase's credits back: must be less than 0."),
+    TransactionType.REVERSAL: (1, "A reversal gives the usage's credits back: must be greater than 0."),
+    TransactionType.ADJUSTMENT: (0, "An adjustment changes the balance: must not be 0."),
 }
+_WRITABLE = ", ".join(kind.value for kind in _SIGNS)
+# The types that move no money (their amount is 0.00, and may be left out) and that take effect at once.
+_FREE = {TransactionType.GRANT, TransactionType.REVERSAL, TransactionType.ADJUSTMENT}
+_AT_ONCE = {TransactionType.GRANT, TransactionType.REFUND, TransactionType.REVERSAL, TransactionType.ADJUSTMENT}
+# Which field names the transaction a refund or reversal gives back.
+_GIVES_BACK = {TransactionType.REFUND: "refunds", TransactionType.REVERSAL: "reverses"}
 _LOT_TERMS = ("expires_at", "expires_in", "priority")
+
+
+def _makes_lot(data: dict[str, Any]) -> bool:
+    kind = data.get("type")
+    if kind is TransactionType.ADJUSTMENT:
+        return (data.get("credits") or 0) > 0
+    return kind in (TransactionType.PURCHASE, TransactionType.GRANT)
 
 
 class NewTransactionSchema(StrictSchema):
     user_id = fields.UUID(required=True)
     type = fields.Enum(
         TransactionType, by_value=True, required=True,
-        validate=validate.OneOf(list(_SIGNS), error="Must be one of: purchase, usage, grant."),
+        validate=validate.OneOf(list(_SIGNS), error=f"Must be one of: {_WRITABLE}."),
     )
-    # Required but for a grant, whose amount is 0.00 when left out.
+    # Required but for the types that move no money, whose amount is 0.00 when left out.
     amount = Money(load_default=None)
     credits = StrictInteger(required=True, validate=validate.Range(-MAX_CREDITS, MAX_CREDITS))
     description = Text(required=True, validate=validate.Length(1, MAX_DESCRIPTION_LENGTH))
     status = fields.Enum(TransactionStatus, by_value=True, load_default=TransactionStatus.COMPLETED)
     # Seconds until a pending usage's hold lapses; at most HOLD_TTL_SECONDS (checked by the ledger).
     hold_expires_in = StrictInteger(load_default=None, allow_none=False, validate=validate.Range(min=1))
-    # The terms of the lot a purchase or grant makes: when it expires, and its place in the spend order.
+    # The terms of the lot a purchase, grant or positive adjustment makes: when it expires, and its
+    # place in the spend order.
     expires_at = fields.AwareDateTime(format="iso", load_default=None, allow_none=False)
     expires_in = StrictInteger(load_default=None, allow_none=False, validate=validate.Range(1, 100 * 365 * 86_400))
     priority = StrictInteger(load_default=None, allow_none=False, validate=validate.Range(0, 100))
     category = fields.Enum(LotCategory, by_value=True, load_default=None, allow_none=False)
+    # The purchase a refund gives back, the usage a reversal gives back.
+    refunds = fields.UUID(load_default=None, allow_none=False)
+    reverses = fields.UUID(load_default=None, allow_none=False)
 
     @validates_schema
     def hold_only_on_pending_usage(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -202,36 +223,46 @@ class NewTransactionSchema(StrictSchema):
         if credits is None or kind not in _SIGNS:
             return
         sign, message = _SIGNS[kind]
-        if credits * sign <= 0:
+        if credits == 0 or credits * sign < 0:
             raise ValidationError(message, "credits")
 
     @validates_schema
-    def amount_per_type(self, data: dict[str, Any], **kwargs: Any) -> None:
+    def amount_and_status_per_type(self, data: dict[str, Any], **kwargs: Any) -> None:
         kind, amount = data.get("type"), data.get("amount")
-        if kind is TransactionType.GRANT:
-            if amount is not None and amount != 0:
-                raise ValidationError("A grant is free: its amount is 0.00 (or left out).", "amount")
-            if data.get("status") is not TransactionStatus.COMPLETED:
-                raise ValidationError("A grant takes effect at once: its status is completed.", "status")
-        elif amount is None and kind is not None:
+        if kind in _FREE and amount is not None and amount != 0:
+            raise ValidationError(f"A {kind.value} moves no money: its amount is 0.00 (or left out).", "amount")
+        if kind not in _FREE and kind is not None and amount is None:
             raise ValidationError("Missing data for required field.", "amount")
+        if kind in _AT_ONCE and data.get("status") is not TransactionStatus.COMPLETED:
+            raise ValidationError(f"A {kind.value} takes effect at once: its status is completed.", "status")
+
+    @validates_schema
+    def names_what_it_gives_back(self, data: dict[str, Any], **kwargs: Any) -> None:
+        kind = data.get("type")
+        for gives_back, field in _GIVES_BACK.items():
+            if kind is gives_back and data.get(field) is None:
+                raise ValidationError(f"A {kind.value} names the transaction it gives back.", field)
+            if kind is not gives_back and data.get(field) is not None:
+                raise ValidationError(f"Only a {gives_back.value} names a transaction in {field}.", field)
 
     @validates_schema
     def lot_terms_only_on_credits(self, data: dict[str, Any], **kwargs: Any) -> None:
         kind = data.get("type")
-        given = [name for name in _LOT_TERMS if data.get(name) is not None]
-        if kind is TransactionType.USAGE and given:
-            raise ValidationError("Only a purchase or a grant makes a lot with these terms.", given[0])
-        if data.get("category") is not None and kind is not TransactionType.GRANT:
-            raise ValidationError("Only a grant chooses its category; a purchase's credits are paid.", "category")
+        given = [name for name in (*_LOT_TERMS, "category") if data.get(name) is not None]
+        if given and kind is not None and not _makes_lot(data):
+            raise ValidationError(
+                "Only a purchase, a grant or an adjustment that adds credits makes a lot with these terms.", given[0]
+            )
+        if data.get("category") is not None and kind is TransactionType.PURCHASE:
+            raise ValidationError("A purchase's credits are paid; only a grant or adjustment chooses.", "category")
         if data.get("expires_at") is not None and data.get("expires_in") is not None:
             raise ValidationError("Give expires_at or expires_in, not both.", "expires_in")
         if data.get("expires_at") is not None and data["expires_at"] <= utcnow():
             raise ValidationError("Must lie in the future.", "expires_at")
 
     @post_load
-    def free_grants(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        if data.get("amount") is None and data.get("type") is TransactionType.GRANT:
+    def free_of_charge(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if data.get("amount") is None and data.get("type") in _FREE:
             data["amount"] = Decimal("0.00")
         return data
 
@@ -321,13 +352,18 @@ def transaction_json(transaction: Transaction, postings: list[Posting] | None = 
     A single transaction's read adds its ``postings`` (``TransactionDetail``); pages stay lean.
     """
     t = transaction
-    hold = "null" if t.hold_expires_at is None else f'"{t.hold_expires_at}"'
     detail = "" if postings is None else f',"postings":{json.dumps(_posting.dump(postings, many=True), separators=(",", ":"))}'
     return (
         f'{{"id":"{t.id}","user_id":"{t.user_id}","type":"{t.type}","amount":"{t.amount}","credits":{t.credits},'
         f'"description":{_json_string(t.description)},"status":"{t.status}",'
-        f'"created_at":"{t.created_at}","updated_at":"{t.updated_at}","hold_expires_at":{hold}{detail}}}'
+        f'"created_at":"{t.created_at}","updated_at":"{t.updated_at}","hold_expires_at":{_nullable(t.hold_expires_at)},'
+        f'"refunds":{_nullable(t.refunds)},"reverses":{_nullable(t.reverses)}{detail}}}'
     )
+
+
+def _nullable(text: str | None) -> str:
+    """A field PostgreSQL formatted (a timestamp, an id: nothing to escape) as JSON, or null."""
+    return "null" if text is None else f'"{text}"'
 
 
 def lots_page_json(page: LotsPage) -> dict[str, Any]:

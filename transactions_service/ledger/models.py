@@ -14,7 +14,9 @@ from decimal import Decimal
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
+    Computed,
     DateTime,
     Enum,
     ForeignKey,
@@ -35,6 +37,12 @@ MAX_CREDITS = 1_000_000_000
 MAX_AMOUNT = Decimal("9999999999.99")
 MAX_DESCRIPTION_LENGTH = 500
 PENDING_USAGE = "status = 'pending' AND type = 'usage'"
+# Which way each type moves credits (an adjustment either way, never by nothing).
+CREDITS_SIGNS = (
+    "(type IN ('purchase', 'grant', 'reversal') AND credits > 0)"
+    " OR (type IN ('usage', 'refund', 'expiration') AND credits < 0)"
+    " OR (type = 'adjustment' AND credits <> 0)"
+)
 HOLD_EXPIRED = "hold_expired"
 
 
@@ -51,6 +59,12 @@ class TransactionType(enum.StrEnum):
     PURCHASE = "purchase"
     USAGE = "usage"
     GRANT = "grant"
+    # Credits (and dollars) a purchase gave back: ``refunds`` names the purchase.
+    REFUND = "refund"
+    # Credits a usage gave back to the lots it consumed: ``reverses`` names the usage.
+    REVERSAL = "reversal"
+    # Support's correction, with a reason: adds a lot, or spends in spend order.
+    ADJUSTMENT = "adjustment"
     # Written by the service only: credits of a lot that expired.
     EXPIRATION = "expiration"
 
@@ -76,14 +90,22 @@ class UserTransaction(db.Model):
     __tablename__ = "user_transactions"
     __table_args__ = (
         CheckConstraint("amount >= 0", name="amount_not_negative"),
-        CheckConstraint(
-            "(type IN ('purchase', 'grant') AND credits > 0) OR (type IN ('usage', 'expiration') AND credits < 0)",
-            name="credits_sign_matches_type",
-        ),
+        CheckConstraint(CREDITS_SIGNS, name="credits_sign_matches_type"),
         CheckConstraint(
             "(lot_expires_at IS NULL AND lot_priority IS NULL AND lot_category IS NULL)"
-            " OR type IN ('purchase', 'grant')",
+            " OR type IN ('purchase', 'grant', 'adjustment')",
             name="lot_terms_only_on_credits",
+        ),
+        # A refund names its purchase and a reversal its usage; no other row names either.
+        CheckConstraint("(type = 'refund') = (refunds IS NOT NULL)", name="refunds_only_on_refund"),
+        CheckConstraint("(type = 'reversal') = (reverses IS NOT NULL)", name="reverses_only_on_reversal"),
+        CheckConstraint(
+            "refunded_amount = 0 OR (type = 'purchase' AND refunded_amount BETWEEN 0 AND amount)",
+            name="refunded_within_amount",
+        ),
+        CheckConstraint(
+            "reversed_credits = 0 OR (type = 'usage' AND reversed_credits BETWEEN 0 AND -credits)",
+            name="reversed_within_usage",
         ),
         CheckConstraint("lot_priority BETWEEN 0 AND 100", name="lot_priority_range"),
         CheckConstraint(f"credits BETWEEN -{MAX_CREDITS} AND {MAX_CREDITS}", name="credits_bounded"),
@@ -122,6 +144,13 @@ class UserTransaction(db.Model):
     lot_category: Mapped[LotCategory | None] = mapped_column(
         Enum(LotCategory, name="lot_category", values_callable=_values)
     )
+    # The purchase a refund gives back, the usage a reversal gives back.
+    refunds: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("user_transactions.id"))
+    reverses: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("user_transactions.id"))
+    # What has been given back so far: a purchase's dollars refunded, a usage's credits reversed. Kept
+    # on the row that the next refund or reversal locks, so that concurrent ones cannot both fit.
+    refunded_amount: Mapped[Decimal] = mapped_column(Numeric(12, 2), server_default="0")
+    reversed_credits: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 class CreditLot(db.Model):
@@ -139,9 +168,12 @@ class CreditLot(db.Model):
         CheckConstraint("remaining + held <= credits", name="within_credits"),
         CheckConstraint("priority BETWEEN 0 AND 100", name="priority_range"),
         CheckConstraint("cost_basis >= 0", name="cost_basis_not_negative"),
-        # A user's lots with credits left: the spend's candidates, and the ones that may have lapsed.
-        Index("ix_credit_lots_user_open", "user_id", "expires_at", postgresql_where=db.text("remaining > 0")),
-        Index("ix_credit_lots_expiring", "expires_at", postgresql_where=db.text("remaining > 0")),
+        # A user's lots with credits in them: the spend's candidates, and the ones that may have lapsed.
+        # The condition is the generated has_credits, not remaining or held themselves: an index on a
+        # column a spend changes would make every spend write a new entry in every index of the lot
+        # (no HOT update), where now only the spend that empties a lot (or refills it) does.
+        Index("ix_credit_lots_user_open", "user_id", "expires_at", postgresql_where=db.text("has_credits")),
+        Index("ix_credit_lots_expiring", "expires_at", postgresql_where=db.text("has_credits")),
         Index("ix_credit_lots_user_created", "user_id", db.text("created_at DESC"), db.text("id DESC")),
     )
 
@@ -153,6 +185,7 @@ class CreditLot(db.Model):
     credits: Mapped[int] = mapped_column(Integer)
     remaining: Mapped[int] = mapped_column(Integer)
     held: Mapped[int] = mapped_column(Integer, server_default="0")
+    has_credits: Mapped[bool] = mapped_column(Boolean, Computed("remaining + held > 0", persisted=True))
     priority: Mapped[int] = mapped_column(SmallInteger, server_default="50")
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Dollars per credit: the purchase's amount / credits; 0 for grants.
@@ -173,7 +206,6 @@ class LotPosting(db.Model):
         CheckConstraint("credits <> 0 OR held <> 0", name="changes_something"),
         Index("ix_lot_postings_transaction", "transaction_id"),
         Index("ix_lot_postings_lot", "lot_id"),
-        Index("ix_lot_postings_user", "user_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)

@@ -3,8 +3,9 @@
 A user (a JWT) reads only their own data and writes nothing. A service (an
 API key) may do what its key's scopes grant: read any user's data with
 ``transactions:read``, write a transaction with the scope of its *type*
-(``purchases:write`` for purchases, ``usage:write`` for usage,
-``credits:grant`` for grants), register users with ``users:write``. Views, rules and the command line all ask here.
+(``purchases:write`` for purchases and their refunds, ``usage:write`` for
+usage and its reversals, ``credits:grant`` for grants, ``credits:adjust`` for
+support's adjustments), register users with ``users:write``. Views, rules and the command line all ask here.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import uuid
 
 from ..auth import Caller
 from ..errors import ApiError, validation_error
-from ..scopes import GRANT_CREDITS, READ_TRANSACTIONS, WRITE_PURCHASES, WRITE_USAGE, WRITE_USERS
+from ..scopes import ADJUST_CREDITS, GRANT_CREDITS, READ_TRANSACTIONS, WRITE_PURCHASES, WRITE_USAGE, WRITE_USERS
 from .models import TransactionType
 
 WRITE_SCOPE = {
     TransactionType.PURCHASE: WRITE_PURCHASES,
     TransactionType.USAGE: WRITE_USAGE,
     TransactionType.GRANT: GRANT_CREDITS,
+    TransactionType.REFUND: WRITE_PURCHASES,
+    TransactionType.REVERSAL: WRITE_USAGE,
+    TransactionType.ADJUSTMENT: ADJUST_CREDITS,
 }
 _INSUFFICIENT_SCOPE = {"WWW-Authenticate": 'Bearer error="insufficient_scope"'}
 
@@ -35,7 +39,7 @@ def _require(caller: Caller, scope: str) -> None:
 
 def require_writer(caller: Caller) -> None:
     """Writing any transaction needs one of the write scopes (checked before the body is read)."""
-    scopes = list(WRITE_SCOPE.values())
+    scopes = list(dict.fromkeys(WRITE_SCOPE.values()))
     if not caller.scopes.intersection(scopes):
         raise _insufficient_scope(f"This operation needs one of the scopes {', '.join(scopes)}.")
 

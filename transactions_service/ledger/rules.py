@@ -17,13 +17,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
 from ..auth import Caller
-from ..errors import ApiError, validation_error
+from ..errors import ApiError, balance_busy, validation_error
 from ..ids import rfc3339, utcnow, uuid7
 from ..observability import LEDGER_HOLDS, LEDGER_LOTS_EXPIRED, LEDGER_REFUSED_SPENDS, LEDGER_TRANSACTIONS
 from ..replica import read_history
@@ -83,23 +84,37 @@ def _hold_lifetime(requested_seconds: int | None) -> timedelta:
     return timedelta(seconds=requested_seconds or limit)
 
 
-def _effect(kind: TransactionType, status: TransactionStatus) -> str | None:
+def _effect(kind: TransactionType, status: TransactionStatus, credits: int) -> str | None:
     """Which balance effect a new row has (``store.EFFECTS``); failed rows and pending purchases have none."""
     if status is TransactionStatus.FAILED:
         return None
-    if kind in _CREDITS:
+    if _makes_lot(kind, credits):
         return "credit" if status is TransactionStatus.COMPLETED else None
+    if kind is TransactionType.REFUND:
+        return "refund"
+    if kind is TransactionType.REVERSAL:
+        return "reversal"
+    # usage, or an adjustment that takes credits away
     return "hold" if status is TransactionStatus.PENDING else "spend"
 
 
-_CREDITS = {TransactionType.PURCHASE: LotCategory.PAID, TransactionType.GRANT: LotCategory.PROMOTIONAL}
+# The types whose credits enter as a lot of their own, and the lot's category unless the request names one.
+_CREDITS = {
+    TransactionType.PURCHASE: LotCategory.PAID,
+    TransactionType.GRANT: LotCategory.PROMOTIONAL,
+    TransactionType.ADJUSTMENT: LotCategory.PROMOTIONAL,
+}
 DEFAULT_PRIORITY = 50
 
 
+def _makes_lot(kind: TransactionType, credits: int) -> bool:
+    return kind in _CREDITS and credits > 0
+
+
 def _lot_terms(request: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """The terms of the lot a purchase or grant makes: category, priority, expiry, cost per credit."""
+    """The terms of the lot a purchase, grant or positive adjustment makes: category, priority, expiry, cost per credit."""
     kind = request["type"]
-    if kind not in _CREDITS:
+    if not _makes_lot(kind, request["credits"]):
         return {"lot_category": None, "lot_priority": None, "lot_expires_at": None, "lot_id": None, "cost_basis": 0}
     expires_at = request.get("expires_at")
     if request.get("expires_in") is not None:
@@ -113,6 +128,10 @@ def _lot_terms(request: dict[str, Any], now: datetime) -> dict[str, Any]:
     }
 
 
+def _text(value: uuid.UUID | None) -> str | None:
+    return None if value is None else str(value)
+
+
 def _new_transaction(request: dict[str, Any], now: datetime) -> tuple[Transaction, dict[str, Any]]:
     """The transaction a request makes, as the API will show it, and the row ``store.record`` inserts."""
     kind, status = request["type"], request["status"]
@@ -124,12 +143,75 @@ def _new_transaction(request: dict[str, Any], now: datetime) -> tuple[Transactio
         credits=request["credits"], description=request["description"], status=status.value,
         created_at=rfc3339(now), updated_at=rfc3339(now),
         hold_expires_at=None if hold_expires_at is None else rfc3339(hold_expires_at),
+        refunds=_text(request.get("refunds")), reverses=_text(request.get("reverses")),
     )
     row = {
         **new._asdict(), "amount": request["amount"], "created_at": now, "hold_expires_at": hold_expires_at,
         "needed": -request["credits"], **_lot_terms(request, now),
     }
     return new, row
+
+
+# What a refund and a reversal give back: (the field naming it, its type, the problem when it is not one).
+_GIVES_BACK = {
+    TransactionType.REFUND: ("refunds", TransactionType.PURCHASE, "not_refundable"),
+    TransactionType.REVERSAL: ("reverses", TransactionType.USAGE, "not_reversible"),
+}
+
+
+def _check_given_back(request: dict[str, Any]) -> None:
+    """A refund must name a completed purchase, a reversal a completed usage, of the same user (else 422).
+
+    Checked before the write: a transaction's type, owner and completion never change once completed.
+    """
+    field, expected, problem = _GIVES_BACK[request["type"]]
+    target_id = request[field]
+    target = store.state(target_id)
+    if target is None or str(target.user_id) != str(request["user_id"]):
+        raise ApiError(
+            422, "unknown_transaction", f"User {request['user_id']} has no transaction {target_id}.",
+            title="Unknown transaction",
+        )
+    if target.type != expected or target.status != TransactionStatus.COMPLETED:
+        raise ApiError(
+            422, problem,
+            f"Transaction {target_id} is a {target.status} {target.type}; only a completed {expected.value} can be"
+            f" {'refunded' if expected is TransactionType.PURCHASE else 'reversed'}.",
+            title="Not refundable" if expected is TransactionType.PURCHASE else "Not reversible",
+        )
+
+
+def _refusal(caller: Caller, request: dict[str, Any], needed: int, now: datetime) -> ApiError | None:
+    """Why a write that recorded nothing was refused, as of now; None when it would fit now (a concurrent
+    write changed what it depends on, and it is tried again)."""
+    kind, user_id = request["type"], request["user_id"]
+    if kind is TransactionType.REFUND:
+        limits = store.refund_limits(request["refunds"], now)
+        if limits.remaining < needed:
+            return ApiError(
+                409, "refund_exceeds_remaining",
+                f"Purchase {request['refunds']} has {limits.remaining} credits left to refund; this refunds {needed}.",
+                title="Refund exceeds remaining credits", extensions={"remaining": limits.remaining},
+            )
+        if Decimal(limits.amount) < request["amount"]:
+            return ApiError(
+                409, "refund_exceeds_amount",
+                f"Purchase {request['refunds']} has ${limits.amount} left to refund; this refunds ${request['amount']:.2f}.",
+                title="Refund exceeds amount", extensions={"remaining_amount": limits.amount},
+            )
+        return None
+    if kind is TransactionType.REVERSAL:
+        left = store.reversible(request["reverses"])
+        if left < request["credits"]:
+            return ApiError(
+                409, "reversal_exceeds_usage",
+                f"Usage {request['reverses']} has {left} credits left to reverse; this reverses {request['credits']}.",
+                title="Reversal exceeds usage", extensions={"remaining": left},
+            )
+        return None
+    if not store.user_exists(user_id):
+        return _unknown_user(user_id)
+    return _insufficient_credits(caller, user_id, needed)
 
 
 def _applied(
@@ -154,31 +236,41 @@ def _applied(
     return translated
 
 
+# Tries of a write that recorded nothing before it is told busy (503, safe to retry): the second follows the
+# release of lapsed holds and lots, and later ones only a refusal that no longer held when it was explained.
+_ATTEMPTS = 4
+
+
 def record_transaction(caller: Caller, request: dict[str, Any], key: str | None) -> Recorded:
-    """Record a purchase or usage with its balance effect, at most once per idempotency key.
+    """Record a transaction with its balance effect, at most once per idempotency key.
 
     One statement does it all (``store.record``). When it records nothing, the
-    credits were not available: the request may be a replay of one that was
-    recorded, lapsed holds may stand in the way (they are released, or their
-    release by a concurrent request awaited, and the spend is tried once
-    more, so a lapsed hold never refuses a generation), or the user is short
-    of credits or unknown.
+    credits were not available (or, for a refund or reversal, what is left to
+    give back): the request may be a replay of one that was recorded, lapsed
+    holds may stand in the way (they are released, or their release by a
+    concurrent request awaited, and the write is tried once more, so a lapsed
+    hold never refuses a generation), or the limit is exceeded, or the user
+    is unknown.
     """
-    policy.require_write(caller, request["type"])
+    kind = request["type"]
+    policy.require_write(caller, kind)
+    if kind in _GIVES_BACK:
+        _check_given_back(request)
     now = utcnow()
     new, row = _new_transaction(request, now)
     claim = idempotency.claim(caller.name, key, request)
     snapshot = None if claim is None else idempotency.snapshot(new)
-    user_id, effect = request["user_id"], _effect(request["type"], request["status"])
+    user_id, effect = request["user_id"], _effect(kind, request["status"], request["credits"])
     found = {"lapsed_lots": False}
     write = _applied(lambda: store.record(row, effect, claim, snapshot), user_id, caller, row["needed"], found)
-    for attempt in range(2):
+    for attempt in range(_ATTEMPTS):
         outcome = idempotency.write_once(claim, write)
         if outcome.applied:
             LEDGER_TRANSACTIONS.labels(new.type, new.status).inc()
-            if found["lapsed_lots"]:
+            if found["lapsed_lots"] or kind is TransactionType.REVERSAL:
                 # A write spends only lots that have not expired, whatever is recorded yet; the
-                # expiry of those that have is recorded by the first write that finds them.
+                # expiry of those that have is recorded by the first write that finds them. (A
+                # reversal may have given credits back to a lot that has expired since.)
                 expire_lots_of(user_id, now)
             return Recorded(new, replayed=False)
         if outcome.replay is not None:
@@ -188,9 +280,9 @@ def record_transaction(caller: Caller, request: dict[str, Any], key: str | None)
             # (this one's own first attempt, say) may have just released those credits.
             _release_lapsed_holds(now, user_id=user_id)
             expire_lots_of(user_id, now)
-    if not store.user_exists(user_id):
-        raise _unknown_user(user_id)
-    raise _insufficient_credits(caller, user_id, row["needed"])
+        elif (refusal := _refusal(caller, request, row["needed"], now)) is not None:
+            raise refusal
+    raise balance_busy()
 
 
 # --- settling and expiring -------------------------------------------------------------------------

@@ -51,6 +51,10 @@ class Transaction(NamedTuple):
     updated_at: str
     # When a pending usage's hold lapses; None for every other transaction, and once the hold is gone.
     hold_expires_at: str | None
+    # The purchase a refund gives back and the usage a reversal gives back; None on every other row
+    # (and in the idempotency records kept before these fields existed).
+    refunds: str | None = None
+    reverses: str | None = None
 
 
 # How each field of Transaction is read; unqualified, so that it serves in a SELECT and in the
@@ -67,6 +71,8 @@ _TRANSACTION_SQL = {
     "created_at": f"{_RFC3339.format('created_at')} AS created_at_text",
     "updated_at": f"{_RFC3339.format('updated_at')} AS updated_at_text",
     "hold_expires_at": f"CASE WHEN status = 'pending' THEN {_RFC3339.format('hold_expires_at')} END AS hold_expires_at_text",
+    "refunds": "refunds::text",
+    "reverses": "reverses::text",
 }
 assert tuple(_TRANSACTION_SQL) == Transaction._fields
 TRANSACTION_COLUMNS = ", ".join(_TRANSACTION_SQL.values())
@@ -231,14 +237,19 @@ class Lot(NamedTuple):
     expires_at: datetime | None
     cost_basis: Any
     created_at: datetime
-    # active (credits left, not expired), depleted (spent), or expired.
+    # active (credits left, not expired), expired, refunded (nothing left, and a refund took some), or
+    # depleted (spent).
     status: str
 
 
+_POSTED_BY = (
+    "EXISTS (SELECT 1 FROM lot_postings AS p JOIN user_transactions AS t ON t.id = p.transaction_id"
+    " WHERE p.lot_id = l.id AND t.type = '{}')"
+)
 _LOT_STATUS = (
-    "CASE WHEN l.expires_at <= %(now)s AND (l.remaining > 0 OR EXISTS (SELECT 1 FROM lot_postings AS p"
-    " JOIN user_transactions AS t ON t.id = p.transaction_id WHERE p.lot_id = l.id AND t.type = 'expiration'))"
-    " THEN 'expired' WHEN l.remaining + l.held > 0 THEN 'active' ELSE 'depleted' END"
+    f"CASE WHEN l.expires_at <= %(now)s AND (l.remaining > 0 OR {_POSTED_BY.format('expiration')}) THEN 'expired'"
+    f" WHEN l.remaining + l.held > 0 THEN 'active' WHEN {_POSTED_BY.format('refund')} THEN 'refunded'"
+    " ELSE 'depleted' END"
 )
 
 
@@ -283,6 +294,32 @@ def postings(transaction_id: uuid.UUID | str) -> list[Posting]:
     return [Posting(*row) for row in run_statement(_POSTINGS, {"id": str(transaction_id)}, repeatable=True)]
 
 
+class RefundLimits(NamedTuple):
+    """How much of a purchase can still be refunded: credits left on its lot, and dollars."""
+
+    remaining: int
+    amount: str
+
+
+_REFUND_LIMITS = (
+    "SELECT coalesce((SELECT CASE WHEN l.expires_at <= %(now)s THEN 0 ELSE l.remaining END FROM credit_lots AS l"
+    " WHERE l.user_id = p.user_id AND (l.transaction_id = p.id OR l.transaction_id IS NULL)"
+    " ORDER BY l.transaction_id IS NULL LIMIT 1), 0), (p.amount - p.refunded_amount)::text"
+    " FROM user_transactions AS p WHERE p.id = %(id)s"
+)
+_REVERSIBLE = "SELECT -credits - reversed_credits FROM user_transactions WHERE id = %(id)s"
+
+
+def refund_limits(purchase_id: uuid.UUID, now: datetime) -> RefundLimits:
+    """What a refund of this (completed) purchase may still take, as of ``now``: to explain a refusal."""
+    return _first(RefundLimits, _REFUND_LIMITS, {"id": str(purchase_id), "now": now}, repeatable=True)
+
+
+def reversible(usage_id: uuid.UUID) -> int:
+    """How many of this (completed) usage's credits no reversal has given back yet: to explain a refusal."""
+    return _value(_REVERSIBLE, {"id": str(usage_id)}, repeatable=True)
+
+
 _USER_EXISTS = "SELECT EXISTS (SELECT 1 FROM users WHERE id = %(id)s)"
 
 
@@ -310,6 +347,10 @@ def register(user_id: uuid.UUID) -> Registration:
 # Lower priority first; then the soonest to expire (never-expiring last); promotional before paid;
 # then the oldest. The same for spends, holds and every other debit.
 SPEND_ORDER = "priority, expires_at NULLS LAST, (category = 'paid'), created_at, id"
+# The same order backwards: a reversal gives credits back to the lots its usage consumed, the last first.
+LAST_SPENT_FIRST = "priority DESC, expires_at DESC NULLS FIRST, (category = 'paid') DESC, created_at DESC, id DESC"
+# Every write of a user's locks their balance row first (see _debit).
+_BALANCE_ROW = "balance_row AS MATERIALIZED (SELECT balance, held FROM user_balances WHERE user_id = %(user_id)s FOR UPDATE)"
 # A user's lots whose unheld credits have expired but are not recorded as expired yet.
 _LAPSED_LOTS = "SELECT 1 FROM credit_lots WHERE user_id = %(user_id)s AND remaining > 0 AND expires_at <= %(created_at)s"
 
@@ -323,7 +364,7 @@ def _debit(move: str, balance_change: str, posting: str) -> tuple[list[str], lis
     ``applied`` then returns no row, and neither does the statement.
     """
     before = [
-        "balance_row AS MATERIALIZED (SELECT balance, held FROM user_balances WHERE user_id = %(user_id)s FOR UPDATE)",
+        _BALANCE_ROW,
         "usable AS MATERIALIZED (SELECT id, remaining, priority, expires_at, category, created_at FROM credit_lots"
         " WHERE user_id = %(user_id)s AND remaining > 0 AND (expires_at IS NULL OR expires_at > %(created_at)s)"
         " AND EXISTS (SELECT 1 FROM balance_row) FOR UPDATE)",
@@ -369,6 +410,90 @@ def _credit(source: str, lot: str) -> tuple[list[str], list[str]]:
     return before, after
 
 
+def _refund() -> tuple[list[str], list[str]]:
+    """The CTEs of a refund of ``%(needed)s`` credits and ``%(amount)s`` dollars of purchase ``%(refunds)s``.
+
+    The credits leave the purchase's lot (a purchase completed before lots
+    existed gives back from the user's opening lot); only its unheld,
+    unexpired credits can leave. The purchase row keeps the dollars refunded
+    so far. The balance row is locked first, then the purchase, then the lot,
+    and each is read as it is now (FOR UPDATE), so that concurrent refunds of
+    one purchase serialise and the second sees what the first took. Nothing
+    changes unless both limits hold: ``plan`` is then empty, and so is the
+    statement's result.
+    """
+    before = [
+        _BALANCE_ROW,
+        "purchase AS MATERIALIZED (SELECT id FROM user_transactions WHERE id = %(refunds)s"
+        " AND user_id = %(user_id)s AND type = 'purchase' AND status = 'completed'"
+        " AND refunded_amount + %(amount)s <= amount AND EXISTS (SELECT 1 FROM balance_row) FOR UPDATE)",
+        "target AS MATERIALIZED (SELECT id, remaining, expires_at FROM credit_lots WHERE user_id = %(user_id)s"
+        " AND (transaction_id = %(refunds)s OR transaction_id IS NULL) AND EXISTS (SELECT 1 FROM purchase)"
+        " ORDER BY transaction_id IS NULL LIMIT 1 FOR UPDATE)",
+        "plan AS MATERIALIZED (SELECT id FROM target"
+        " WHERE remaining >= %(needed)s AND (expires_at IS NULL OR expires_at > %(created_at)s))",
+        "took AS (UPDATE credit_lots AS l SET remaining = l.remaining - %(needed)s FROM plan WHERE l.id = plan.id)",
+        "counted AS (UPDATE user_transactions SET refunded_amount = refunded_amount + %(amount)s"
+        " WHERE id = %(refunds)s AND EXISTS (SELECT 1 FROM plan))",
+        "applied AS (UPDATE user_balances SET balance = balance - %(needed)s, updated_at = now()"
+        " WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM plan) RETURNING balance, held)",
+    ]
+    after = [
+        "posted AS (INSERT INTO lot_postings"
+        " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
+        " SELECT new.id, plan.id, %(user_id)s::uuid, -%(needed)s, 0, balance_row.balance - %(needed)s,"
+        " balance_row.held, %(created_at)s FROM new, plan, balance_row)"
+    ]
+    return before, after
+
+
+def _reversal() -> tuple[list[str], list[str]]:
+    """The CTEs of a reversal of ``%(credits)s`` credits of usage ``%(reverses)s``.
+
+    The credits go back to the lots the usage consumed, the last consumed
+    first. Where earlier reversals of the usage left off is worked out from
+    the credits reversed so far, kept on the usage row (locked, after the
+    balance row): so two reversals never give the same credits back, and
+    none gives a lot more than the usage took from it. A usage recorded
+    before lots existed consumed no lot: its credits come back as a paid,
+    never-expiring lot of their own, as its opening lot was. A lot that has
+    expired since takes the credits back and lapses at once (the caller
+    records its expiry).
+    """
+    before = [
+        _BALANCE_ROW,
+        "usage AS MATERIALIZED (SELECT id, reversed_credits AS done FROM user_transactions WHERE id = %(reverses)s"
+        " AND user_id = %(user_id)s AND type = 'usage' AND status = 'completed'"
+        " AND reversed_credits + %(credits)s <= -credits AND EXISTS (SELECT 1 FROM balance_row) FOR UPDATE)",
+        "consumed AS MATERIALIZED (SELECT l.id, -sum(p.credits) AS took,"
+        " l.priority, l.expires_at, l.category, l.created_at FROM lot_postings AS p JOIN credit_lots AS l ON l.id = p.lot_id"
+        " WHERE p.transaction_id = %(reverses)s AND EXISTS (SELECT 1 FROM usage) GROUP BY l.id HAVING sum(p.credits) < 0)",
+        # Each lot's share of the usage's reversed credits before and after this reversal, the last spent first.
+        "plan AS MATERIALIZED (SELECT c.id,"
+        " least(c.took, greatest(0, u.done + %(credits)s - c.ahead)) - least(c.took, greatest(0, u.done - c.ahead)) AS give"
+        " FROM usage AS u, (SELECT id, took, sum(took) OVER last_first - took AS ahead FROM consumed"
+        f" WINDOW last_first AS (ORDER BY {LAST_SPENT_FIRST})) AS c)",
+        "returned AS (UPDATE credit_lots AS l SET remaining = l.remaining + plan.give FROM plan"
+        " WHERE l.id = plan.id AND plan.give > 0 RETURNING l.id, plan.give)",
+        "counted AS (UPDATE user_transactions SET reversed_credits = reversed_credits + %(credits)s"
+        " WHERE id = %(reverses)s AND EXISTS (SELECT 1 FROM usage))",
+        "applied AS (UPDATE user_balances SET balance = balance + %(credits)s, updated_at = now()"
+        " WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM usage) RETURNING balance, held)",
+    ]
+    after = [
+        "fresh AS (INSERT INTO credit_lots (id, user_id, transaction_id, category, credits, remaining, created_at)"
+        " SELECT gen_random_uuid(), %(user_id)s::uuid, new.id, 'paid', %(credits)s, %(credits)s, %(created_at)s"
+        " FROM new WHERE NOT EXISTS (SELECT 1 FROM consumed) RETURNING id, credits AS give)",
+        "posted AS (INSERT INTO lot_postings"
+        " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
+        " SELECT new.id, back.id, %(user_id)s::uuid, back.give, 0, balance_row.balance + back.through,"
+        " balance_row.held, %(created_at)s FROM new, balance_row,"
+        " (SELECT id, give, sum(give) OVER (ORDER BY id) AS through FROM"
+        " (SELECT id, give FROM returned UNION ALL SELECT id, give FROM fresh) AS lots) AS back)",
+    ]
+    return before, after
+
+
 # The balance effect of a new ledger row: the CTEs before the row's insert (ending in ``applied``,
 # which returns a row when the effect applied) and after it (the lots' postings).
 EFFECTS = {
@@ -385,7 +510,11 @@ EFFECTS = {
         "held = held + %(needed)s",
         "0, took.take, balance_row.balance, balance_row.held + took.through",
     ),
-    # Completed purchase, or grant: a new lot.
+    # Refund: the purchase's lot gives its credits back.
+    "refund": _refund(),
+    # Reversal: the usage's lots get their credits back.
+    "reversal": _reversal(),
+    # Completed purchase, grant, or positive adjustment: a new lot.
     "credit": _credit(
         "VALUES (%(user_id)s::uuid, %(credits)s::integer)",
         "SELECT %(lot_id)s::uuid, %(user_id)s::uuid, new.id, %(lot_category)s::lot_category, %(credits)s,"
@@ -397,11 +526,11 @@ _NEW_ROW = (
     "%(id)s::uuid, %(user_id)s::uuid, %(type)s::transaction_type, %(amount)s::numeric, %(credits)s::integer,"
     " %(description)s::text, %(status)s::transaction_status, %(created_at)s::timestamptz,"
     " %(created_at)s::timestamptz, %(hold_expires_at)s::timestamptz, %(lot_expires_at)s::timestamptz,"
-    " %(lot_priority)s::smallint, %(lot_category)s::lot_category"
+    " %(lot_priority)s::smallint, %(lot_category)s::lot_category, %(refunds)s::uuid, %(reverses)s::uuid"
 )
 _LEDGER_COLUMNS = (
     "id, user_id, type, amount, credits, description, status, created_at, updated_at, hold_expires_at,"
-    " lot_expires_at, lot_priority, lot_category"
+    " lot_expires_at, lot_priority, lot_category, refunds, reverses"
 )
 
 

@@ -47,18 +47,32 @@ export interface paths {
          *     | purchase | pending | none until it is completed |
          *     | usage | completed | `-credits` spent from the available credits, or `409 insufficient_credits` |
          *     | usage | pending | `-credits` *held* (reserved) from the available credits, or `409 insufficient_credits` |
-         *     | either | failed | none (recorded for the history only) |
+         *     | purchase or usage | failed | none (recorded for the history only) |
+         *     | grant | completed | `credits` added as a lot of its own (promotional unless `category` says paid) |
+         *     | refund | completed | `-credits` taken back from the purchase's lot (`refunds`), and `amount` dollars from what it paid; `409 refund_exceeds_remaining` / `409 refund_exceeds_amount` beyond what is left |
+         *     | reversal | completed | `credits` given back to the lots the usage (`reverses`) consumed, the last consumed first; `409 reversal_exceeds_usage` beyond what it spent |
+         *     | adjustment | completed | positive: a lot of its own, like a grant; negative: spent in spend order, or `409 insufficient_credits` |
+         *
+         *     A refund or reversal names a transaction of the same user (else `422
+         *     unknown_transaction`) that is a completed purchase (else `422
+         *     not_refundable`) or a completed usage (else `422 not_reversible`).
+         *     Several partial refunds (or reversals) may follow one another; their
+         *     sum never exceeds the original, however many race. Credits a reversal
+         *     gives back to a lot that has expired since expire at once (an
+         *     `expiration` entry). Grants, refunds, reversals and adjustments take
+         *     effect at once: their status is `completed`.
          *
          *     The user must have been registered with `PUT /api/users/{user_id}`
          *     (else `422 unknown_user`). Usage normally has amount `"0.00"`, but any
          *     amount is accepted.
          *
          *     **Authorization.** Services only. The API key needs one of the
-         *     write scopes (`purchases:write`, `usage:write`, `credits:grant`) to
-         *     call this at all (else `403 insufficient_scope`), and then the write
-         *     scope of the body's `type`: `purchases:write` for a purchase,
-         *     `usage:write` for a usage, `credits:grant` for a grant. User tokens
-         *     always get `403 insufficient_scope`.
+         *     write scopes (`purchases:write`, `usage:write`, `credits:grant`,
+         *     `credits:adjust`) to call this at all (else `403 insufficient_scope`),
+         *     and then the write scope of the body's `type`: `purchases:write` for
+         *     a purchase or refund, `usage:write` for a usage or reversal,
+         *     `credits:grant` for a grant, `credits:adjust` for an adjustment. User
+         *     tokens always get `403 insufficient_scope`.
          *
          *     **Idempotency.** Send an `Idempotency-Key` (e.g. the payment provider's
          *     event id, or the generation job id) to make retries safe; see the
@@ -333,17 +347,21 @@ export interface components {
         /**
          * @description `purchase` adds paid credits (`credits` > 0) as a lot; `grant` adds
          *     free ones (promotional unless `category` says paid); `usage` spends
-         *     them (`credits` < 0) from the user's lots in spend order;
-         *     `expiration` (written only by the service) records the credits of a
-         *     lot that expired (`credits` < 0).
+         *     them (`credits` < 0) from the user's lots in spend order; `refund`
+         *     takes a purchase's credits back (`credits` < 0) and returns dollars
+         *     (`amount`); `reversal` gives a usage's credits back (`credits` > 0)
+         *     to the lots it consumed; `adjustment` is support's correction either
+         *     way (a lot of its own when positive, spent in spend order when
+         *     negative); `expiration` (written only by the service) records the
+         *     credits of a lot that expired (`credits` < 0).
          * @enum {string}
          */
-        TransactionType: "purchase" | "usage" | "grant" | "expiration";
+        TransactionType: "purchase" | "usage" | "grant" | "refund" | "reversal" | "adjustment" | "expiration";
         /**
          * @description The types a caller writes; `expiration` is the service's own.
          * @enum {string}
          */
-        NewTransactionType: "purchase" | "usage" | "grant";
+        NewTransactionType: "purchase" | "usage" | "grant" | "refund" | "reversal" | "adjustment";
         /**
          * @description `completed` entries count towards the balance; `pending` usage holds
          *     its credits and a pending purchase adds nothing yet; `failed` entries
@@ -367,7 +385,9 @@ export interface components {
              */
             amount: string;
             /**
-             * @description Signed credits - positive for a purchase, negative for usage.
+             * @description Signed credits - positive for a purchase, grant or reversal,
+             *     negative for usage, a refund or an expiration, either for an
+             *     adjustment.
              * @example 500
              * @example -20
              */
@@ -390,9 +410,13 @@ export interface components {
              *     and with its expiry.)
              */
             hold_expires_at: components["schemas"]["Timestamp"] | null;
+            /** @description A refund's purchase; `null` on every other entry. */
+            refunds: components["schemas"]["Uuid"] | null;
+            /** @description A reversal's usage; `null` on every other entry. */
+            reverses: components["schemas"]["Uuid"] | null;
         };
         /**
-         * @description A purchase, usage or grant to record.
+         * @description A purchase, usage, grant, refund, reversal or adjustment to record.
          * @example {
          *       "user_id": "3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10",
          *       "type": "purchase",
@@ -422,8 +446,9 @@ export interface components {
              */
             amount?: string | number;
             /**
-             * @description Signed credits: greater than 0 for a purchase, less than 0 for a
-             *     usage (`422` otherwise; 0 is never valid). An integer as JSON
+             * @description Signed credits: greater than 0 for a purchase, grant or reversal,
+             *     less than 0 for a usage or refund, either for an adjustment (`422`
+             *     otherwise; 0 is never valid). An integer as JSON
              *     Schema defines one: `66` and `66.0` are both accepted (as 66); a
              *     fraction such as `66.5`, a string such as `"66"` (the message says
              *     a string is not accepted) and booleans are refused.
@@ -463,17 +488,17 @@ export interface components {
             hold_expires_in?: number;
             /**
              * Format: date-time
-             * @description Only for a purchase or grant: when the lot's credits expire (RFC
-             *     3339 with an offset, in the future; else `422`). From that moment
+             * @description Only for a purchase, grant or positive adjustment: when the lot's
+             *     credits expire (RFC 3339 with an offset, in the future; else `422`). From that moment
              *     its unheld credits count nowhere and cannot be spent; the
              *     expiration is recorded by `flask --app wsgi transactions expire`
              *     or the user's next write. Left out (and `expires_in` too): never.
              */
             expires_at?: string;
-            /** @description Only for a purchase or grant, instead of `expires_at`; seconds from this request. */
+            /** @description Only for a purchase, grant or positive adjustment, instead of `expires_at`; seconds from this request. */
             expires_in?: number;
             /**
-             * @description Only for a purchase or grant: the lot's place in the spend order
+             * @description Only for a purchase, grant or positive adjustment: the lot's place in the spend order
              *     (lower is spent first). Every debit takes credits by `priority`,
              *     then the soonest `expires_at` (never-expiring last), then
              *     promotional before paid, then the oldest.
@@ -481,12 +506,31 @@ export interface components {
              */
             priority: number;
             /**
-             * @description Only for a grant; a purchase's credits are always `paid`.
+             * @description Only for a grant or positive adjustment; a purchase's credits are always `paid`.
              * @default promotional
              * @enum {string}
              */
             category: "paid" | "promotional";
-        } & (unknown & unknown & unknown & unknown & unknown);
+            /**
+             * @description Only for (and required by) a refund: the completed purchase of the
+             *     same user it gives back. `credits` is at most what is left on the
+             *     purchase's lot, unheld and unexpired (else `409
+             *     refund_exceeds_remaining`, with `remaining`), and `amount` at most
+             *     what it paid less earlier refunds (else `409 refund_exceeds_amount`,
+             *     with `remaining_amount`). A purchase completed before lots existed
+             *     gives back from the user's opening lot.
+             */
+            refunds?: components["schemas"]["Uuid"];
+            /**
+             * @description Only for (and required by) a reversal: the completed usage of the
+             *     same user it gives back. `credits` is at most what it spent less
+             *     earlier reversals (else `409 reversal_exceeds_usage`, with
+             *     `remaining`).
+             */
+            reverses?: components["schemas"]["Uuid"];
+        } & (unknown & unknown & unknown & unknown & unknown & unknown & unknown & unknown & unknown);
+        /** @description The amount of an entry that moves no money (a grant, reversal or adjustment) - 0.00, or left out. */
+        NoMoney: string | 0;
         /**
          * @description The status a pending transaction moves to.
          * @example {
@@ -533,7 +577,7 @@ export interface components {
             available: number;
             /** @description Available credits from paid lots (purchases). */
             paid: number;
-            /** @description Available credits from promotional lots (grants). */
+            /** @description Available credits from promotional lots (grants, adjustments). */
             promotional: number;
             /** @description The soonest-expiring lot with available credits, or null when none expires. */
             next_expiry: null | {
@@ -541,11 +585,15 @@ export interface components {
                 expires_at: components["schemas"]["Timestamp"];
             };
         };
-        /** @description Credits that entered together (a purchase, a grant), spent in spend order. */
+        /** @description Credits that entered together (a purchase, a grant, an adjustment), spent in spend order. */
         Lot: {
             id: components["schemas"]["Uuid"];
             user_id: components["schemas"]["Uuid"];
-            /** @description The purchase or grant that made the lot; null for the opening lot a balance became when lots began. */
+            /**
+             * @description The purchase, grant or positive adjustment that made the lot (or
+             *     the reversal of a usage recorded before lots existed); null for the
+             *     opening lot a balance became when lots began.
+             */
             transaction_id: components["schemas"]["Uuid"] | null;
             /** @enum {string} */
             category: "paid" | "promotional";
@@ -561,10 +609,12 @@ export interface components {
             cost_basis: string;
             created_at: components["schemas"]["Timestamp"];
             /**
-             * @description `active`: credits left and not expired; `depleted`: all spent; `expired`: its expiry passed with credits left.
+             * @description `active`: credits left and not expired; `expired`: its expiry
+             *     passed with credits left; `refunded`: nothing left, and a refund
+             *     took some of it; `depleted`: all spent.
              * @enum {string}
              */
-            status: "active" | "depleted" | "expired";
+            status: "active" | "depleted" | "expired" | "refunded";
         };
         LotsPage: {
             data: components["schemas"]["Lot"][];
@@ -634,6 +684,14 @@ export interface components {
              * @example urn:request:5f0c6a0e2b7d4c6a9f3e1d2c3b4a5968
              */
             instance?: string;
+            /**
+             * @description With `refund_exceeds_remaining`: the credits left to refund on the
+             *     purchase's lot; with `reversal_exceeds_usage`: the usage's credits
+             *     left to reverse.
+             */
+            remaining?: number;
+            /** @description With `refund_exceeds_amount`, the dollars the purchase has left to refund. */
+            remaining_amount?: string;
             /**
              * @description With `validation_error` only: the offending field (or `_schema` for
              *     the body as a whole, or `Idempotency-Key` for that header) mapped to
@@ -760,6 +818,12 @@ export interface components {
          *     than the user has available (nothing was recorded). A caller whose key
          *     may read balances (`transactions:read`) is told how many are
          *     available; any other, only how many were needed.
+         *     `refund_exceeds_remaining` / `refund_exceeds_amount`: a refund takes
+         *     more credits than are left on the purchase's lot, or more dollars than
+         *     the purchase has left to refund (the problem's `remaining` or
+         *     `remaining_amount` says how much is left).
+         *     `reversal_exceeds_usage`: a reversal gives back more credits than the
+         *     usage has left to reverse (`remaining`).
          *     `idempotency_key_in_use`: another request with the same
          *     `Idempotency-Key` is still being processed (sent with `Retry-After`).
          */
@@ -806,6 +870,9 @@ export interface components {
         /**
          * @description `validation_error`: the body or the `Idempotency-Key` header is not
          *     valid (see `errors`). `unknown_user`: the user is not registered.
+         *     `unknown_transaction`: a refund or reversal names no transaction of
+         *     this user. `not_refundable` / `not_reversible`: it names one that is
+         *     not a completed purchase / usage.
          *     `idempotency_key_reused`: the `Idempotency-Key` was already used with a
          *     different request. Nothing was recorded.
          */

@@ -76,8 +76,9 @@ export function HistoryTable({
               <td role="cell" className={styles.descriptionCell}>
                 {transaction.description}
               </td>
-              {/* Sign and colour follow `credits`, not the type: a purchase or grant adds (+, green),
-                  a usage or expiration takes away (−, red). The sign says it without the colour. */}
+              {/* Sign and colour follow `credits`, not the type: a purchase, grant or reversal adds
+                  (+, green), a usage, refund or expiration takes away (−, red), and an adjustment may do
+                  either. The sign says it without the colour. */}
               <td
                 role="cell"
                 className={`${styles.numeric} ${styles.creditsCell} ${

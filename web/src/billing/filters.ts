@@ -11,13 +11,19 @@ import { STATUS_LABELS } from "./format";
  * The type filter's choices, in the order offered, in the plural a list of entries reads in. Every
  * type is offered, expirations too: they are the one entry a customer did not cause and the one most
  * likely to surprise them ("where did my credits go?"), so "Expired credits" answers that in one
- * step, and the service filters by it like any other type. A Record, so that a type added to the
- * contract fails the typecheck here until someone decides how (or whether) to offer it.
+ * step, and the service filters by it like any other type. Refunds, returned credits (reversals) and
+ * adjustments are offered too, in the contract's order: each answers a question a customer asks ("was
+ * I refunded?", "did I get the credits of that failed generation back?", "what did support change?").
+ * A Record, so that a type added to the contract fails the typecheck here until someone decides how
+ * (or whether) to offer it.
  */
 export const TYPE_FILTER_LABELS: Record<TransactionType, string> = {
   purchase: "Purchases",
   usage: "Usage",
   grant: "Free credits",
+  refund: "Refunds",
+  reversal: "Returned credits",
+  adjustment: "Adjustments",
   expiration: "Expired credits",
 };
 

@@ -10,23 +10,36 @@ const MINUS = "\u2212"; // a real minus sign, not a hyphen
 /**
  * The badge of each type, in the customer's words: a grant is the credits we gave them ("Free
  * credits", whatever its lot's category), an expiration the credits of a lot that ran out ("Expired").
+ * A refund is money back for a purchase, in the customer's own word ("Refund"); a reversal is a
+ * generation's credits coming back, as after one that failed ("Credits returned": "reversal" is the
+ * ledger's word, not theirs); an adjustment is support's correction, its reason in the description
+ * ("Adjustment": one plain word for either sign, where "Credit" or "Debit" would change with it).
  */
 export const TYPE_LABELS: Record<TransactionType, string> = {
   purchase: "Purchase",
   usage: "Usage",
   grant: "Free credits",
+  refund: "Refund",
+  reversal: "Credits returned",
+  adjustment: "Adjustment",
   expiration: "Expired",
 };
 
 /**
  * Whether a zero amount of this type reads as an em dash: usage normally costs no money, a grant is
- * free by definition and an expiration refunds nothing, so "$0.00" would only be noise. A purchase
- * of $0.00 is shown as such, as it is unusual and worth seeing.
+ * free by definition, a reversal or an adjustment moves credits and never money, and an expiration
+ * refunds nothing, so "$0.00" would only be noise. A purchase of $0.00 is shown as such, as it is
+ * unusual and worth seeing. So is a refund of $0.00 (credits taken back with no money returned):
+ * the dollars that came back are the one thing a customer reads a refund for, and "$0.00" says
+ * plainly "none", where a dash would look like "not applicable" and hide it.
  */
 const ZERO_AMOUNT_AS_DASH: Record<TransactionType, boolean> = {
   purchase: false,
   usage: true,
   grant: true,
+  refund: false,
+  reversal: true,
+  adjustment: true,
   expiration: true,
 };
 
@@ -58,7 +71,8 @@ export function formatExpiringCredits(credits: number, locale?: string): string 
 /**
  * "9.99" -> "$9.99". The amount stays a decimal string all the way to
  * Intl.NumberFormat, which formats strings exactly (no binary floating point).
- * Usage, grants and expirations normally move no money: their "0.00" reads as an em dash.
+ * Usage, grants, reversals, adjustments and expirations normally move no money: their "0.00" reads
+ * as an em dash. A refund's amount is the dollars given back, shown as they are, $0.00 included.
  */
 export function formatAmount(amount: string, type: TransactionType, locale?: string): string {
   if (ZERO_AMOUNT_AS_DASH[type] && /^0+(\.0+)?$/.test(amount)) return "\u2014";

@@ -21,7 +21,7 @@ const ZONE = "America/New_York";
 const MINUS = "\u2212";
 
 interface Kind {
-  type: "purchase" | "usage" | "grant" | "expiration";
+  type: "purchase" | "usage" | "grant" | "refund" | "expiration";
   amount: string;
   credits: number;
   status: "completed" | "pending" | "failed";
@@ -110,7 +110,11 @@ async function serviceWrite(method: "PUT" | "POST", path: string, body?: object,
     ...(body ? { body: JSON.stringify(body) } : {}),
   });
   const text = await response.text();
-  return { status: response.status, text, body: (text ? JSON.parse(text) : null) as { id: string; created_at: string } };
+  return {
+    status: response.status,
+    text,
+    body: (text ? JSON.parse(text) : null) as { id: string; created_at: string; refunds?: string | null },
+  };
 }
 
 async function newPage(viewport = { width: 1280, height: 900 }): Promise<{ context: BrowserContext; page: Page }> {
@@ -458,6 +462,80 @@ describe("the billing page in Chromium, on the real service", () => {
       await page.getByLabel("Type").selectOption("grant");
       await expect.poll(() => new URL(page.url()).search).toBe("?type=grant");
       await expect.poll(async () => (await readRows(page)).map((row) => row.id)).toEqual([grant.body.id]);
+    } finally {
+      await context.close();
+    }
+  });
+
+  it("shows a refund of part of a purchase, with the dollars it gave back", async () => {
+    // A user of its own, like the grant's, so that the 45 rows and their balances stay as they are.
+    const userId = randomUUID();
+    const token = signToken(stack!.secret, userId, 3600);
+    expect((await serviceWrite("PUT", `/api/users/${userId}`)).status).toBe(201);
+    const purchaseKind: Kind = {
+      type: "purchase", amount: "9.99", credits: 1000, status: "completed", description: "Starter pack: 1,000 credits",
+      creditsText: "+1,000", amountText: "$9.99", typeText: "Purchase", statusText: "Completed",
+    };
+    const purchase = await serviceWrite(
+      "POST",
+      "/api/transactions",
+      { user_id: userId, type: "purchase", amount: "9.99", credits: 1000, description: purchaseKind.description },
+      `billing-e2e-${userId}-purchase`,
+    );
+    expect(purchase.status, purchase.text).toBe(201);
+    // A quarter of the credits, and $2.50 of the $9.99, back through the payment provider.
+    const refundKind: Kind = {
+      type: "refund", amount: "2.50", credits: -250, status: "completed", description: "Refund: Starter pack (partial)",
+      creditsText: `${MINUS}250`, amountText: "$2.50", typeText: "Refund", statusText: "Completed",
+    };
+    const refund = await serviceWrite(
+      "POST",
+      "/api/transactions",
+      { user_id: userId, type: "refund", refunds: purchase.body.id, amount: "2.50", credits: -250, description: refundKind.description },
+      `billing-e2e-${userId}-refund`,
+    );
+    expect(refund.status, refund.text).toBe(201);
+    expect(refund.body.refunds).toBe(purchase.body.id);
+
+    const { context, page } = await newPage();
+    try {
+      await context.addInitScript(
+        ([key, value]) => {
+          try {
+            window.sessionStorage.setItem(key!, value!);
+          } catch {
+            // a document without storage of its own (about:blank): nothing to sign in
+          }
+        },
+        [DEV_TOKEN_KEY, token],
+      );
+      await page.goto(`${stack!.webUrl}/billing`);
+      await expect.poll(() => page.getByTestId("balance-available").textContent()).toBe("750");
+      expect(await page.getByTestId("balance-total").textContent()).toBe("750");
+      await expect.poll(() => rows(page).count()).toBe(2);
+      const refundRow = expectedRow({ ...refundKind, id: refund.body.id, createdAt: refund.body.created_at });
+      const purchaseRow = expectedRow({ ...purchaseKind, id: purchase.body.id, createdAt: purchase.body.created_at });
+      expect((await readRows(page)).map(normaliseSpaces)).toEqual([refundRow, purchaseRow]);
+
+      // credits out (like usage), and a badge unlike the purchase's
+      const looks = await page.evaluate(
+        (ids) => {
+          const row = (id: string) => document.querySelector<HTMLElement>(`[data-testid="transaction-row"][data-id="${id}"]`)!;
+          return ids.map((id) => ({
+            credits: getComputedStyle(row(id).querySelector('[data-testid="credits"]')!).color,
+            badge: getComputedStyle(row(id).querySelectorAll("td")[1]!.firstElementChild!).backgroundColor,
+          }));
+        },
+        [refund.body.id, purchase.body.id],
+      );
+      expect(looks[0]!.credits).not.toBe(looks[1]!.credits);
+      expect(looks[0]!.badge).not.toBe(looks[1]!.badge);
+      await screenshot(page, "billing-refund.png");
+
+      // and the history filters by refunds
+      await page.getByLabel("Type").selectOption("refund");
+      await expect.poll(() => new URL(page.url()).search).toBe("?type=refund");
+      await expect.poll(async () => (await readRows(page)).map((row) => row.id)).toEqual([refund.body.id]);
     } finally {
       await context.close();
     }

@@ -195,7 +195,7 @@ export async function startStack(options: {
       flask("tokens", "issue", "--user", options.userId, "--expires-in", "1h"),
     ]);
     // The seeding service's API key: the last line `keys create` prints (it needs the migrated table).
-    // `credits:grant` lets the tests record grants (free credits) too.
+    // `credits:grant` lets the tests record grants (free credits) too; `purchases:write` covers refunds.
     const created = await flask(
       "keys",
       "create",

@@ -626,10 +626,150 @@ describe("the billing page", () => {
       ["purchase", "Purchases"],
       ["usage", "Usage"],
       ["grant", "Free credits"],
+      ["refund", "Refunds"],
+      ["reversal", "Returned credits"],
+      ["adjustment", "Adjustments"],
       ["expiration", "Expired credits"],
     ]);
 
     await user.selectOptions(select, "grant");
     expect(onFiltersChange).toHaveBeenLastCalledWith({ type: "grant" });
+  });
+
+  it("shows refunds, returned credits and adjustments with badges of their own, signs that follow the credits and dollars only for refunds", async () => {
+    const base = history(1)[0]!;
+    const purchaseId = "01975c60-0000-7000-8000-000000000001";
+    const usageId = "01975c60-0000-7000-8000-000000000002";
+    const rows: Transaction[] = [
+      {
+        ...base,
+        id: "01975c60-0000-7000-8000-000000000007",
+        type: "adjustment",
+        amount: "0.00",
+        credits: -30,
+        description: "Correction: duplicate make-good (ticket 4813)",
+        created_at: "2025-06-14T08:00:00.000000Z",
+      },
+      {
+        ...base,
+        id: "01975c60-0000-7000-8000-000000000006",
+        type: "adjustment",
+        amount: "0.00",
+        credits: 50,
+        description: "Make-good for the outage of 2025-06-11 (ticket 4812)",
+        created_at: "2025-06-13T16:00:00.000000Z",
+      },
+      {
+        ...base,
+        id: "01975c60-0000-7000-8000-000000000005",
+        type: "refund",
+        amount: "0.00",
+        credits: -100,
+        description: "Refund: Starter pack (credits only)",
+        created_at: "2025-06-13T12:00:00.000000Z",
+        refunds: purchaseId,
+      },
+      {
+        ...base,
+        id: "01975c60-0000-7000-8000-000000000004",
+        type: "refund",
+        amount: "5.00",
+        credits: -250,
+        description: "Refund: Starter pack (partial)",
+        created_at: "2025-06-13T09:00:00.000000Z",
+        refunds: purchaseId,
+      },
+      {
+        ...base,
+        id: "01975c60-0000-7000-8000-000000000003",
+        type: "reversal",
+        amount: "0.00",
+        credits: 8,
+        description: "Reversal: generation failed after charging",
+        created_at: "2025-06-12T10:05:00.000000Z",
+        reverses: usageId,
+      },
+      {
+        ...base,
+        id: usageId,
+        type: "usage",
+        amount: "0.00",
+        credits: -8,
+        description: "Text generation, 4k tokens",
+        created_at: "2025-06-12T10:00:00.000000Z",
+      },
+      {
+        ...base,
+        id: purchaseId,
+        type: "purchase",
+        amount: "9.99",
+        credits: 500,
+        description: "Starter pack: 500 credits",
+        created_at: "2025-06-12T09:30:15.123456Z",
+      },
+    ];
+    renderBilling(ledger(rows));
+
+    await waitFor(() => expect(shownRows()).toHaveLength(7));
+    const cells = shownRows().map((row) => within(row).getAllByRole("cell").map((cell) => cell.textContent));
+    expect(cells).toEqual([
+      ["Jun 14, 2025, 8:00 AM", "Adjustment", "Correction: duplicate make-good (ticket 4813)", `${MINUS}30`, "\u2014", "Completed"],
+      ["Jun 13, 2025, 4:00 PM", "Adjustment", "Make-good for the outage of 2025-06-11 (ticket 4812)", "+50", "\u2014", "Completed"],
+      // a refund shows the dollars it gave back, none included: credits taken back for nothing say "$0.00"
+      ["Jun 13, 2025, 12:00 PM", "Refund", "Refund: Starter pack (credits only)", `${MINUS}100`, "$0.00", "Completed"],
+      ["Jun 13, 2025, 9:00 AM", "Refund", "Refund: Starter pack (partial)", `${MINUS}250`, "$5.00", "Completed"],
+      ["Jun 12, 2025, 10:05 AM", "Credits returned", "Reversal: generation failed after charging", "+8", "\u2014", "Completed"],
+      ["Jun 12, 2025, 10:00 AM", "Usage", "Text generation, 4k tokens", `${MINUS}8`, "\u2014", "Completed"],
+      ["Jun 12, 2025, 9:30 AM", "Purchase", "Starter pack: 500 credits", "+500", "$9.99", "Completed"],
+    ]);
+
+    const [adjustmentOut, adjustmentIn, freeRefund, refund, reversal, usage, purchase] = shownRows();
+    // each type its own badge, the same for both adjustments whichever their sign
+    const badge = (row: HTMLElement | undefined) => within(row!).getAllByRole("cell")[1]!.firstElementChild!.className;
+    expect(badge(refund)).toMatch(/type_refund/);
+    expect(badge(freeRefund)).toMatch(/type_refund/);
+    expect(badge(reversal)).toMatch(/type_reversal/);
+    expect(badge(adjustmentIn)).toMatch(/type_adjustment/);
+    expect(badge(adjustmentOut)).toBe(badge(adjustmentIn));
+    expect(new Set([adjustmentIn, refund, reversal, usage, purchase].map(badge)).size).toBe(5);
+    // the colour follows the credits: a refund is credits out like usage, a reversal credits in like a
+    // purchase, and an adjustment goes the way its sign says
+    const direction = (row: HTMLElement | undefined) => {
+      const className = within(row!).getByTestId("credits").className;
+      return /creditsIn/.test(className) ? "in" : /creditsOut/.test(className) ? "out" : "none";
+    };
+    expect([adjustmentOut, adjustmentIn, freeRefund, refund, reversal, usage, purchase].map(direction)).toEqual([
+      "out", "in", "out", "out", "in", "out", "in",
+    ]);
+  });
+
+  it("offers refunds, returned credits and adjustments in the type filter, and asks the service for them", async () => {
+    const user = userEvent.setup();
+    const older = history(4); // a purchase, then usage
+    const [purchase, usage] = [older[0]!, older[1]!];
+    const rows: Transaction[] = [
+      { ...purchase, id: "01975c60-0000-7000-8000-0000000000a1", type: "adjustment", amount: "0.00", credits: 50,
+        description: "Make-good (ticket 4812)" },
+      { ...purchase, id: "01975c60-0000-7000-8000-0000000000a2", type: "reversal", amount: "0.00", credits: 8,
+        description: "Reversal: generation failed", reverses: usage.id },
+      { ...purchase, id: "01975c60-0000-7000-8000-0000000000a3", type: "refund", amount: "5.00", credits: -250,
+        description: "Refund: Starter pack (partial)", refunds: purchase.id },
+      ...older,
+    ];
+    const { calls, onFiltersChange } = renderBilling(ledger(rows), { filters: { type: "refund" } });
+
+    await waitFor(() => expect(shownRows()).toHaveLength(1));
+    expect(descriptions()).toEqual(["Refund: Starter pack (partial)"]);
+    expect(calls.find((call) => call.path === "/api/transactions")?.query).toEqual({ limit: "20", type: "refund" });
+
+    const select = screen.getByRole("combobox", { name: "Type" });
+    expect(select).toHaveValue("refund");
+    const label = (value: string) => within(select).getAllByRole("option").find((option) => option.getAttribute("value") === value)?.textContent;
+    expect(["refund", "reversal", "adjustment"].map(label)).toEqual(["Refunds", "Returned credits", "Adjustments"]);
+
+    await user.selectOptions(select, "reversal");
+    expect(onFiltersChange).toHaveBeenLastCalledWith({ type: "reversal" });
+    await user.selectOptions(select, "adjustment");
+    expect(onFiltersChange).toHaveBeenLastCalledWith({ type: "adjustment" });
   });
 });

@@ -1,7 +1,7 @@
 // @vitest-environment node
 /**
- * Every type has a badge of its own, and every badge (and the balance card's expiry line) is
- * readable: at least 4.5:1 (WCAG AA for small text) with the colours app/globals.css defines.
+ * Every type of the contract has a badge of its own, and every badge (and the balance card's expiry
+ * line) is readable: at least 4.5:1 (WCAG AA for small text) with the colours app/globals.css defines.
  */
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
@@ -13,6 +13,14 @@ import { TYPE_LABELS } from "@/billing/format";
 const read = (path: string) => readFileSync(fileURLToPath(new URL(`../../${path}`, import.meta.url)), "utf8");
 const globals = read("app/globals.css");
 const billing = read("src/billing/billing.module.css");
+const schema = read("src/api/schema.d.ts");
+
+/** The transaction types of the contract, from the generated schema, not from the page's own list. */
+function contractTypes(): string[] {
+  const match = /\bTransactionType:\s*([^;]+);/.exec(schema);
+  if (!match) throw new Error("src/api/schema.d.ts defines no TransactionType");
+  return match[1]!.split("|").map((member) => JSON.parse(member.trim()) as string);
+}
 
 function variable(name: string): string {
   const match = new RegExp(`--${name}:\\s*(#[0-9a-fA-F]{6})\\s*;`).exec(globals);
@@ -52,7 +60,12 @@ function contrast(a: string, b: string): number {
 }
 
 describe("the type badges", () => {
-  const types = Object.keys(TYPE_LABELS);
+  const types = contractTypes();
+
+  it("cover every type of the contract, refunds, reversals and adjustments included", () => {
+    expect(types).toEqual(expect.arrayContaining(["purchase", "usage", "grant", "refund", "reversal", "adjustment", "expiration"]));
+    expect(Object.keys(TYPE_LABELS).sort()).toEqual([...types].sort());
+  });
 
   it.each(types)("%s has its own readable colours", (type) => {
     const badge = rule(`type_${type}`);

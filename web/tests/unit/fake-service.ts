@@ -88,6 +88,9 @@ export function history(count: number, start = Date.UTC(2025, 5, 12, 9, 30, 15))
       created_at: created,
       updated_at: created,
       hold_expires_at: pending && !purchase ? new Date(Date.parse(created) + 3_600_000).toISOString() : null,
+      // only a refund (its purchase) or a reversal (its usage) names another entry; tests that make one set it
+      refunds: null,
+      reverses: null,
     } satisfies Transaction;
   });
 }

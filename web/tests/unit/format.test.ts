@@ -36,6 +36,9 @@ describe("TYPE_LABELS", () => {
       purchase: "Purchase",
       usage: "Usage",
       grant: "Free credits",
+      refund: "Refund",
+      reversal: "Credits returned",
+      adjustment: "Adjustment",
       expiration: "Expired",
     });
   });
@@ -76,9 +79,20 @@ describe("formatAmount", () => {
     ["0", "grant", "en-US", "\u2014"],
     ["0.00", "expiration", "en-US", "\u2014"],
     ["0", "expiration", "en-US", "\u2014"],
+    // reversals and adjustments move credits, never money: no "$0.00" either
+    ["0.00", "reversal", "en-US", "\u2014"],
+    ["0", "reversal", "en-US", "\u2014"],
+    ["0.00", "adjustment", "en-US", "\u2014"],
+    ["0", "adjustment", "en-US", "\u2014"],
+    // a refund shows the dollars given back, and "$0.00" when credits were taken back without money
+    ["5.00", "refund", "en-US", "$5.00"],
+    ["1234.56", "refund", "en-US", "$1,234.56"],
+    ["0.00", "refund", "en-US", "$0.00"],
     // should one ever carry money, it is shown
     ["1.50", "grant", "en-US", "$1.50"],
     ["0.01", "expiration", "en-US", "$0.01"],
+    ["0.50", "reversal", "en-US", "$0.50"],
+    ["2.00", "adjustment", "en-US", "$2.00"],
     // exact decimal: no binary floating point on the way
     ["9999999999.99", "purchase", "en-US", "$9,999,999,999.99"],
     ["0.10", "purchase", "en-US", "$0.10"],
