@@ -68,9 +68,10 @@ def test_sigterm_lets_an_in_flight_request_finish(server, admin, engine):
         thread.start()
         deadline = time.monotonic() + 30
         # Polled from its own connection in autocommit: pg_stat_activity is a snapshot per transaction.
+        # The spend waits on the blocker's row lock (its text is the EXECUTE of a prepared statement).
         observer = observer.execution_options(isolation_level="AUTOCOMMIT")
         while not observer.execute(
-            text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%user_balances%'")
+            text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
         ).scalar():
             assert time.monotonic() < deadline, "the spend never reached the database"
             time.sleep(0.05)

@@ -87,6 +87,8 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "DATABASE_STATEMENT_TIMEOUT_MS": _int(env, "DATABASE_STATEMENT_TIMEOUT_MS", 10_000),
         "DATABASE_LOCK_TIMEOUT_MS": _int(env, "DATABASE_LOCK_TIMEOUT_MS", 5_000),
         "DATABASE_CONNECT_OPTIONS": _bool(env, "DATABASE_CONNECT_OPTIONS", True),
+        # Defaults to DATABASE_CONNECT_OPTIONS (finalise_database): direct connections, not a pooler's.
+        "DATABASE_PREPARED_STATEMENTS": _bool(env, "DATABASE_PREPARED_STATEMENTS", None),
         "HOLD_TTL_SECONDS": _int(env, "HOLD_TTL_SECONDS", 3600),
         "LOG_FORMAT": env.get("LOG_FORMAT") or "json",
         "LOG_LEVEL": (env.get("LOG_LEVEL") or "INFO").upper(),
@@ -150,6 +152,9 @@ def finalise_database(config: dict[str, Any]) -> None:
         )
     url = _postgresql_url(url, "DATABASE_URL", "; no other database is supported")
     config["SQLALCHEMY_DATABASE_URI"] = url
+    # A pooler in transaction mode hands each statement any server connection, which may not have
+    # the statement prepared: prepare only on connections of our own.
+    config.setdefault("DATABASE_PREPARED_STATEMENTS", config.get("DATABASE_CONNECT_OPTIONS", True))
     engine_options = _engine_options(config)
     config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options
     # The single statements run on connections that stay in autocommit mode

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
+from flask import current_app
 from flask_jwt_extended import JWTManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
@@ -33,6 +37,65 @@ migrate = Migrate()
 jwt = JWTManager()
 
 
+class _Prepared(NamedTuple):
+    """A statement as a server-side prepared statement: its name, how to prepare it, how to run it."""
+
+    name: str
+    prepare: str
+    execute: str
+
+
+_PARAMETER = re.compile(r"%\((\w+)\)s")
+# The connection.info key of the names prepared on that connection.
+_PREPARED_ON_CONNECTION = "prepared_statements"
+_UNDEFINED_PREPARED_STATEMENT = "26000"
+
+
+@functools.lru_cache(maxsize=512)
+def _prepared(statement: str) -> _Prepared:
+    """The statement with its ``%(name)s`` parameters numbered (``$1``...), named by its text."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"${names.index(match[1]) + 1}"
+
+    body = _PARAMETER.sub(number, statement).replace("%%", "%")
+    name = "ledger_" + hashlib.blake2b(statement.encode(), digest_size=8).hexdigest()
+    arguments = ", ".join(f"%({parameter})s" for parameter in names)
+    return _Prepared(name, f"PREPARE {name} AS {body}", f"EXECUTE {name}({arguments})" if names else f"EXECUTE {name}")
+
+
+def _execute(connection: Any, cursor: Any, statement: str, params: Mapping[str, Any], prepare: bool) -> None:
+    """Run the statement, as a prepared statement of this connection's if ``prepare``.
+
+    Planning a statement of the ledger's (a spend: a dozen CTEs) costs as much
+    as running it; a prepared statement is planned once per connection. The
+    names prepared are kept with the connection (``connection.info``), which
+    a new connection starts without.
+    """
+    if not prepare:
+        cursor.execute(statement, params)
+        return
+    form = _prepared(statement)
+    names = connection.info.setdefault(_PREPARED_ON_CONNECTION, set())
+    if form.name not in names:
+        cursor.execute(form.prepare)
+        names.add(form.name)
+    try:
+        cursor.execute(form.execute, params)
+    except Exception as error:
+        if getattr(error, "pgcode", None) != _UNDEFINED_PREPARED_STATEMENT:
+            raise
+        # Gone from the session (DISCARD ALL, say): nothing ran, and autocommit left no transaction to
+        # abort. Prepare everything again as needed, starting with this one.
+        names.clear()
+        cursor.execute(form.prepare)
+        names.add(form.name)
+        cursor.execute(form.execute, params)
+
+
 def run_statement(
     statement: str, params: Mapping[str, Any], engine: Engine | None = None, *, repeatable: bool = False
 ) -> list[tuple[Any, ...]]:
@@ -45,6 +108,9 @@ def run_statement(
     statement itself (BENCHMARKS.md). Errors are raised as SQLAlchemy's
     exceptions all the same (``IntegrityError``, ``OperationalError``).
 
+    With ``DATABASE_PREPARED_STATEMENTS`` (the default on direct connections)
+    each statement is prepared once per connection and then only executed.
+
     Its connections are not pinged before use (a round trip per request).
     A pooled connection found dead instead replaces the pool (the server went
     away, so every other pooled connection is as dead), and a ``repeatable``
@@ -55,13 +121,14 @@ def run_statement(
     """
     engine = engine or db.engines[STATEMENTS_BIND]
     dbapi = engine.dialect.loaded_dbapi
+    prepare = current_app.config["DATABASE_PREPARED_STATEMENTS"]
     retry = repeatable
     while True:
         connection = None
         try:
             connection = engine.raw_connection()
             with connection.cursor() as cursor:
-                cursor.execute(statement, params)
+                _execute(connection, cursor, statement, params, prepare)
                 return cursor.fetchall() if cursor.description is not None else []
         except dbapi.Error as error:
             # Not connected at all (the server is down), or the connection died under the statement.

@@ -583,7 +583,7 @@ def record(row: dict[str, Any], effect: str | None, claim: Claim | None, snapsho
 _SETTLE_PARTS = [
     "moved AS (UPDATE user_transactions SET status = %(status)s::transaction_status,"
     " updated_at = greatest(%(now)s, created_at)"
-    " WHERE id = %(id)s AND status = 'pending' AND type = ANY(%(types)s::transaction_type[])"
+    " WHERE id = %(id)s AND status = 'pending' AND type::text = ANY(%(types)s::text[])"
     " AND (hold_expires_at IS NULL OR hold_expires_at > %(now)s)"
     f" RETURNING {TRANSACTION_COLUMNS}, user_id AS owner, type AS kind, credits AS delta, amount AS paid,"
     " lot_category, lot_priority, lot_expires_at)",
