@@ -355,3 +355,31 @@ def test_fifty_spends_racing_the_expiry_of_their_lot_never_spend_expired_credits
     balance, in_lots, in_postings, completed, spent_after_expiry = check
     assert balance == in_lots == in_postings == completed
     assert spent_after_expiry == 0
+
+
+def test_a_write_a_lots_check_refused_is_tried_again_and_recorded_once(api, monkeypatch, db_session):
+    """A statement that planned from a lot as it no longer was fails on the lot's CHECK, writing nothing;
+    the write is then tried again instead of failing the request (seen once under injected faults)."""
+    from sqlalchemy.exc import IntegrityError
+
+    from transactions_service.ledger import store
+
+    class Refused(Exception):
+        class diag:  # noqa: N801 - the shape of psycopg2's error
+            constraint_name = "ck_credit_lots_remaining_not_negative"
+
+    user_id = api.funded_user(100)
+    real, refusals = store.record, []
+
+    def refused_once(*args, **kwargs):
+        if not refusals:
+            refusals.append(1)
+            raise IntegrityError("WITH ...", {}, Refused())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "record", refused_once)
+    spend = api.usage(user_id, credits=-30)
+    assert spend.status_code == 201, spend.json
+    assert refusals == [1]
+    assert api.balance(user_id)["available"] == 70
+    assert db_session.execute(text("SELECT count(*) FROM user_transactions WHERE type = 'usage'")).scalar() == 1

@@ -12,6 +12,7 @@ the table's CHECK constraints back them up for any other code path.
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import Callable
@@ -34,6 +35,10 @@ from .store import Balance, Lot, Position, Posting, Registration, Transaction, T
 
 _UNKNOWN_USER_CONSTRAINTS = {"fk_user_transactions_user_id_users", "fk_user_balances_user_id_users"}
 _OVERDRAFT_CONSTRAINT = "ck_user_balances_available_not_negative"
+_LOT_CONSTRAINTS = {
+    "ck_credit_lots_remaining_not_negative", "ck_credit_lots_held_not_negative", "ck_credit_lots_within_credits"
+}
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -229,6 +234,12 @@ def _applied(
                 raise _unknown_user(user_id) from error
             if constraint == _OVERDRAFT_CONSTRAINT:
                 raise _insufficient_credits(caller, user_id, needed) from error
+            if constraint in _LOT_CONSTRAINTS:
+                # The statement planned from a lot as it no longer was, and the lot's CHECK refused
+                # it: nothing was written, and the next try reads the lot anew (ADR 0005).
+                log.warning("a write was refused by %s and is tried again", constraint)
+                found["lot_conflict"] = True
+                return False
             raise
         found["lapsed_lots"] = recorded is not None and recorded.lapsed_lots
         return recorded is not None
@@ -237,7 +248,8 @@ def _applied(
 
 
 # Tries of a write that recorded nothing before it is told busy (503, safe to retry): the second follows the
-# release of lapsed holds and lots, and later ones only a refusal that no longer held when it was explained.
+# release of lapsed holds and lots, and later ones a lot's CHECK refusing a stale plan, or a refusal that no
+# longer held when it was explained.
 _ATTEMPTS = 4
 
 
@@ -275,6 +287,8 @@ def record_transaction(caller: Caller, request: dict[str, Any], key: str | None)
             return Recorded(new, replayed=False)
         if outcome.replay is not None:
             return Recorded(outcome.replay, replayed=True)
+        if found.pop("lot_conflict", False):
+            continue
         if attempt == 0:
             # Tried again even when this request released nothing: a concurrent request
             # (this one's own first attempt, say) may have just released those credits.
