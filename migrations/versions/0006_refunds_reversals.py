@@ -5,10 +5,12 @@ A refund names the purchase it gives back (``refunds``), a reversal the usage
 the credits reversed so far, on the row the next refund or reversal locks.
 
 Every new column of user_transactions is nullable or has a constant default,
-so adding them rewrites nothing; the foreign keys are checked against columns
-that are all NULL. Writes of the previous release may go on while this runs,
-and wait for a moment while credit_lots (one or a few rows per user) is
-rewritten with its generated has_credits.
+so adding them rewrites nothing. Its new foreign keys and CHECKs are added
+``NOT VALID`` (no scan while the table is locked) and validated after that
+transaction commits, which reads every row under a lock that lets writes go
+on. So writes of the previous release may go on while this runs: they wait
+only for a moment while the catalog changes and while credit_lots (one or a
+few rows per user) is rewritten with its generated has_credits.
 
 The lots' partial indexes move from ``remaining > 0`` to ``has_credits``, so
 that a spend that leaves a lot with credits in it updates the lot in place
@@ -58,23 +60,31 @@ def upgrade():
     op.add_column("user_transactions",
                   sa.Column("refunded_amount", sa.Numeric(12, 2), server_default="0", nullable=False))
     op.add_column("user_transactions", sa.Column("reversed_credits", sa.Integer(), server_default="0", nullable=False))
+    unchecked = []
     for column in ("refunds", "reverses"):
-        op.create_foreign_key(op.f(f"fk_user_transactions_{column}_user_transactions"), "user_transactions",
-                              "user_transactions", [column], ["id"])
-    _replace_check("credits_sign_matches_type", NEW_SIGNS)
-    _replace_check("lot_terms_only_on_credits", NEW_LOT_TERMS)
-    for name, condition in NEW_CHECKS.items():
-        op.create_check_constraint(op.f(f"ck_user_transactions_{name}"), "user_transactions", condition)
+        unchecked.append(f"fk_user_transactions_{column}_user_transactions")
+        op.execute(f"ALTER TABLE user_transactions ADD CONSTRAINT {unchecked[-1]}"
+                   f" FOREIGN KEY ({column}) REFERENCES user_transactions (id) NOT VALID")
+    replaced = {"credits_sign_matches_type": NEW_SIGNS, "lot_terms_only_on_credits": NEW_LOT_TERMS}
+    for name in replaced:
+        op.drop_constraint(op.f(f"ck_user_transactions_{name}"), "user_transactions", type_="check")
+    for name, condition in {**replaced, **NEW_CHECKS}.items():
+        unchecked.append(f"ck_user_transactions_{name}")
+        op.execute(f"ALTER TABLE user_transactions ADD CONSTRAINT {unchecked[-1]} CHECK ({condition}) NOT VALID")
     _scopes(NEW_SCOPES)
+    _hold_check_named(DOUBLED_HOLD_CHECK, HOLD_CHECK)
     _lot_indexes("has_credits")
     op.drop_index("ix_lot_postings_user", table_name="lot_postings")
+    with op.get_context().autocommit_block():  # VALIDATE takes SHARE UPDATE EXCLUSIVE: writes go on meanwhile
+        for name in unchecked:
+            op.execute(f"ALTER TABLE user_transactions VALIDATE CONSTRAINT {name}")
 
 
 def _lot_indexes(condition: str):
     """The lots' partial indexes, over the lots whose ``condition`` holds (made with or without has_credits)."""
     if condition == "has_credits":
         op.add_column("credit_lots", sa.Column("has_credits", sa.Boolean(),
-                                               sa.Computed("remaining + held > 0", persisted=True), nullable=True))
+                                               sa.Computed("remaining + held > 0", persisted=True), nullable=False))
     op.drop_index("ix_credit_lots_user_open", table_name="credit_lots")
     op.drop_index("ix_credit_lots_expiring", table_name="credit_lots")
     op.create_index("ix_credit_lots_user_open", "credit_lots", ["user_id", "expires_at"],
@@ -82,6 +92,15 @@ def _lot_indexes(condition: str):
     op.create_index("ix_credit_lots_expiring", "credit_lots", ["expires_at"], postgresql_where=sa.text(condition))
     if condition != "has_credits":
         op.drop_column("credit_lots", "has_credits")
+
+
+# 0002 named its CHECK with the naming convention applied twice; it takes the models' name here.
+DOUBLED_HOLD_CHECK = "ck_user_transactions_ck_user_transactions_hold_only_on_usage"
+HOLD_CHECK = "ck_user_transactions_hold_only_on_usage"
+
+
+def _hold_check_named(old: str, new: str):
+    op.execute(f"ALTER TABLE user_transactions RENAME CONSTRAINT {old} TO {new}")
 
 
 def _replace_check(name: str, condition: str):
@@ -108,6 +127,7 @@ def downgrade():
         )
     op.create_index("ix_lot_postings_user", "lot_postings", ["user_id", "id"])
     _lot_indexes("remaining > 0")
+    _hold_check_named(HOLD_CHECK, DOUBLED_HOLD_CHECK)
     _scopes(OLD_SCOPES)
     for name in NEW_CHECKS:
         op.drop_constraint(op.f(f"ck_user_transactions_{name}"), "user_transactions", type_="check")
