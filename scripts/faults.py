@@ -1122,7 +1122,7 @@ class FaultRun:
             f"{tally.leak_count} error bodies with internals" + (f"; e.g. {json.dumps(tally.leaks[0])}" if tally.leaks else ""),
         ))
         checks.append(Check(
-            "no answer a caller could not expect (4xx other than 409 insufficient_credits)",
+            "no answer a caller could not expect (a 4xx other than the 409s each type may be refused with)",
             tally.unexpected_count == 0,
             f"{tally.unexpected_count} unexpected" + (f"; e.g. {json.dumps(tally.unexpected[0])}" if tally.unexpected else ""),
         ))
