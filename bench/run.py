@@ -482,9 +482,11 @@ def pgbench_spend_script(user_id: uuid.UUID, run: str, response_body: str) -> st
     It writes what a spend must and nothing else: it locks the balance row if
     1 credit is available, then the first usable lot in spend order
     (unexpired, a credit left), as every write of a user's locks them; takes
-    the credit from that lot and from the balance row; inserts the usage row,
-    its posting with the user's totals after it, and the idempotency record
-    (the service's own response body). Nothing is written when no lot can pay.
+    the credit from that lot and from the balance row (numbering the user's
+    next event there); inserts the usage row, its posting with the user's
+    totals after it, its ``transaction.created`` event and the idempotency
+    record (both with the service's own response body). Nothing is written
+    when no lot can pay.
 
     One statement of CTEs, because that is the least a client can send: one
     round trip and one implicit transaction, as the service sends (ADR 0003).
@@ -509,13 +511,15 @@ WITH balance_row AS MATERIALIZED (SELECT balance, held FROM user_balances
       AND EXISTS (SELECT 1 FROM balance_row)
     ORDER BY {SPEND_ORDER} LIMIT 1 FOR UPDATE),
   took AS (UPDATE credit_lots SET remaining = remaining - 1 WHERE id = (SELECT id FROM lot)),
-  applied AS (UPDATE user_balances SET balance = balance - 1, updated_at = now()
-    WHERE user_id = '{user_id}' AND EXISTS (SELECT 1 FROM lot) RETURNING balance, held),
+  applied AS (UPDATE user_balances SET balance = balance - 1, event_sequence = event_sequence + 1, updated_at = now()
+    WHERE user_id = '{user_id}' AND EXISTS (SELECT 1 FROM lot) RETURNING balance, held, event_sequence),
   new AS (INSERT INTO user_transactions (id, user_id, type, amount, credits, description, status, created_at, updated_at)
     SELECT uuidv7(), '{user_id}', 'usage', 0, -1, 'Image generation (1024x1024)', 'completed', now(), now()
     FROM applied RETURNING id),
   posted AS (INSERT INTO lot_postings (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)
-    SELECT new.id, lot.id, '{user_id}', -1, 0, applied.balance, applied.held, now() FROM new, lot, applied)
+    SELECT new.id, lot.id, '{user_id}', -1, 0, applied.balance, applied.held, now() FROM new, lot, applied),
+  created AS (INSERT INTO ledger_events (type, user_id, sequence, data, created_at)
+    SELECT 'transaction.created', '{user_id}', applied.event_sequence, E'{body}'::json, now() FROM new, applied)
 INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body, transaction_id, user_id)
   SELECT 'generation-service', '{run}-pgbench-' || :client_id || '-' || :k, '{request_hash}', 201, E'{body}', id,
          '{user_id}'

@@ -67,7 +67,9 @@ def print_credentials(user_token: str, service_keys: dict[str, str]) -> None:
 
     print("\nCredentials (copy into your shell):", flush=True)
     print(f"  # the demo user's token (billing page), for 24 hours\n  export USER_TOKEN={user_token}")
-    for variable, name in (("PAYMENT_KEY", "payment-service"), ("GENERATION_KEY", "generation-service")):
+    for variable, name in (
+        ("PAYMENT_KEY", "payment-service"), ("GENERATION_KEY", "generation-service"), ("FEED_KEY", "finance-mirror")
+    ):
         print(f"  # {name}'s API key ({' '.join(SERVICE_KEYS[name])})\n  export {variable}={service_keys[name]}")
     print(f"  export DEMO_USER_ID={DEMO_USER_ID}\n", flush=True)
 

@@ -783,6 +783,32 @@ class LedgerState:
     records: list[Any]
     balances: dict[str, Any]
     known_users: set[str]
+    # Users whose events disagree with their ledger rows (EVENTS_DISAGREE), and how many events there are.
+    events_disagree: list[str]
+    events: int
+
+
+# The users whose events do not say what their ledger rows do: a row without exactly one
+# transaction.created, a row whose latest event shows another status than it has, a row updated
+# twice, an expiration without its lot.expired, or sequence numbers that are not 1, 2, 3, ... up to
+# the balance row's count, each once.
+EVENTS_DISAGREE = (
+    "WITH mine AS (SELECT * FROM ledger_events WHERE user_id = ANY(CAST(:users AS uuid[]))),"
+    " per_row AS (SELECT t.user_id, t.status::text AS status,"
+    "   count(*) FILTER (WHERE e.type = 'transaction.created') AS created,"
+    "   count(*) FILTER (WHERE e.type = 'transaction.updated') AS updated,"
+    "   (array_agg(e.data->>'status' ORDER BY e.sequence DESC))[1] AS latest"
+    "   FROM user_transactions AS t LEFT JOIN mine AS e ON e.user_id = t.user_id AND e.data->>'id' = t.id::text"
+    "   AND e.type LIKE 'transaction.%' WHERE t.user_id = ANY(CAST(:users AS uuid[])) GROUP BY t.id, t.user_id, t.status),"
+    " per_user AS (SELECT user_id, count(*) AS events, count(DISTINCT sequence) AS distinct_numbers,"
+    "   max(sequence) AS largest, count(*) FILTER (WHERE type = 'lot.expired') AS lots_expired FROM mine GROUP BY user_id)"
+    " SELECT DISTINCT user_id::text FROM per_row WHERE created <> 1 OR updated > 1 OR latest IS DISTINCT FROM status"
+    " UNION SELECT b.user_id::text FROM user_balances AS b LEFT JOIN per_user AS u USING (user_id)"
+    " WHERE b.user_id = ANY(CAST(:users AS uuid[])) AND (coalesce(u.events, 0) <> b.event_sequence"
+    "   OR coalesce(u.distinct_numbers, 0) <> b.event_sequence OR coalesce(u.largest, 0) <> b.event_sequence"
+    "   OR coalesce(u.lots_expired, 0) <> (SELECT count(*) FROM user_transactions"
+    "     WHERE user_id = b.user_id AND type = 'expiration'))"
+)
 
 
 @dataclass
@@ -983,8 +1009,12 @@ class FaultRun:
             known_users = set(
                 connection.scalars(text("SELECT id::text FROM users WHERE id = ANY(CAST(:users AS uuid[]))"), {"users": users})
             )
+            events_disagree = list(connection.scalars(text(EVENTS_DISAGREE), {"users": users}))
+            events = connection.scalar(
+                text("SELECT count(*) FROM ledger_events WHERE user_id = ANY(CAST(:users AS uuid[]))"), {"users": users}
+            )
         engine.dispose()
-        return LedgerState(users, rows, records, balances, known_users)
+        return LedgerState(users, rows, records, balances, known_users, events_disagree, events)
 
     def ledger_checks(self, ledger: LedgerState, faults: Faults) -> list[Check]:
         """The ledger against what the callers were told."""
@@ -1088,6 +1118,14 @@ class FaultRun:
             not unlotted,
             f"{len(balances)} balances in {sum(row.lots for row in balances.values())} lots; "
             f"{len(unlotted)} that disagree with their lots or postings" + _sample(unlotted),
+        ))
+        checks.append(Check(
+            "every ledger row has exactly its events, and each user's are numbered 1, 2, 3, ... once each",
+            not ledger.events_disagree and ledger.events >= len(rows),
+            f"{ledger.events} events for {len(rows)} ledger rows; {len(ledger.events_disagree)} users whose events"
+            " disagree with their rows (a row without its one transaction.created, updated twice or showing another"
+            " status, an expiration without its lot.expired, or a sequence number missing or twice)"
+            + _sample(ledger.events_disagree),
         ))
         negative = [user_id for user_id in users if min(*stored(user_id), operator.sub(*stored(user_id))) < 0]
         checks.append(Check(

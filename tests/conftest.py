@@ -51,7 +51,9 @@ from .helpers import Api
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_SECRET = secrets.token_hex(32)
 CORS_ORIGIN = "http://127.0.0.1:3000"
-LEDGER_TABLES = ("lot_postings", "credit_lots", "idempotency_keys", "user_balances", "user_transactions", "users")
+LEDGER_TABLES = (
+    "ledger_events", "lot_postings", "credit_lots", "idempotency_keys", "user_balances", "user_transactions", "users"
+)
 # api_keys is not emptied between tests: keys made by module-scoped fixtures must outlive a test, and every key is new.
 
 # Settings from a developer's shell must not leak into the tests.

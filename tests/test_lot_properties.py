@@ -13,7 +13,10 @@ each step:
   the balance it reads is the row's, and available is the unexpired lots' remaining;
 - no credit of a lot was taken (spent or held) at or after the moment the lot expired;
 - no purchase refunded beyond its credits or its amount, no usage reversed beyond what it spent,
-  and no lot given back more by a usage's reversals than that usage took from it.
+  and no lot given back more by a usage's reversals than that usage took from it;
+- every ledger row has exactly one transaction.created event, at most one transaction.updated, and
+  its latest event shows its status now; one lot.expired per expiration row; the user's events are
+  numbered 1, 2, 3, ... with no number twice, up to the balance row's count.
 """
 
 from __future__ import annotations
@@ -64,6 +67,26 @@ GIVEN_BACK_TOO_MUCH = text(
     "   WHERE r.user_id = :u AND r.type = 'reversal' GROUP BY 1, 2) AS b"
     "   WHERE b.back > (SELECT coalesce(-sum(credits), 0) FROM lot_postings"
     "     WHERE transaction_id = b.reverses AND lot_id = b.lot_id))"
+)
+
+# Events that disagree with the ledger: rows without exactly one created event, rows whose latest event
+# shows another status, rows updated twice; expirations against lot.expired events; and the user's
+# sequence numbers (how many, how many distinct, the largest, and the balance row's count).
+EVENTS_AGREE = text(
+    "SELECT (SELECT count(*) FROM user_transactions AS t WHERE t.user_id = :u AND (SELECT count(*)"
+    "   FROM ledger_events AS e WHERE e.user_id = :u AND e.type = 'transaction.created'"
+    "   AND e.data->>'id' = t.id::text) <> 1),"
+    " (SELECT count(*) FROM user_transactions AS t WHERE t.user_id = :u AND t.status::text IS DISTINCT FROM"
+    "   (SELECT e.data->>'status' FROM ledger_events AS e WHERE e.user_id = :u AND e.type LIKE 'transaction.%'"
+    "   AND e.data->>'id' = t.id::text ORDER BY e.sequence DESC LIMIT 1)),"
+    " (SELECT count(*) FROM (SELECT data->>'id' FROM ledger_events WHERE user_id = :u"
+    "   AND type = 'transaction.updated' GROUP BY 1 HAVING count(*) > 1) AS twice),"
+    " (SELECT count(*) FROM user_transactions WHERE user_id = :u AND type = 'expiration')"
+    "   - (SELECT count(*) FROM ledger_events WHERE user_id = :u AND type = 'lot.expired'),"
+    " (SELECT count(*) FROM ledger_events WHERE user_id = :u),"
+    " (SELECT count(DISTINCT sequence) FROM ledger_events WHERE user_id = :u),"
+    " (SELECT coalesce(max(sequence), 0) FROM ledger_events WHERE user_id = :u),"
+    " (SELECT coalesce(max(event_sequence), 0) FROM user_balances WHERE user_id = :u)"
 )
 
 
@@ -185,6 +208,7 @@ def make_machine(api, engine, app, granter):
                 row = connection.execute(SUMS, {"u": self.user_id}).one()
                 taken_late = connection.execute(TAKEN_AFTER_EXPIRY, {"u": self.user_id}).scalar()
                 too_much = connection.execute(GIVEN_BACK_TOO_MUCH, {"u": self.user_id}).one()
+                events = connection.execute(EVENTS_AGREE, {"u": self.user_id}).one()
             balance, held, lots, lots_held, posted, posted_held, completed, broken, unexpired_remaining = row
             balance, held = balance or 0, held or 0
             assert broken == 0
@@ -192,6 +216,10 @@ def make_machine(api, engine, app, granter):
             assert held == lots_held == posted_held
             assert taken_late == 0
             assert tuple(too_much) == (0, 0, 0)
+            unmatched, other_status, updated_twice, expirations_without_event, *numbers = events
+            assert (unmatched, other_status, updated_twice, expirations_without_event) == (0, 0, 0, 0)
+            count, distinct, largest, counted = numbers
+            assert count == distinct == largest == counted
             read = api.client.get(f"/api/balance?user_id={self.user_id}", headers=bearer(api.admin_token)).json
             assert read["available"] == read["paid"] + read["promotional"] >= 0
             if self.expiry_recorded:

@@ -40,7 +40,8 @@ def test_upgrade_downgrade_upgrade_from_an_empty_database(scratch_app):
     with scratch_app.app_context():
         upgrade()
     assert schema_objects(scratch_app) == (
-        {"users", "user_transactions", "user_balances", "idempotency_keys", "api_keys", "credit_lots", "lot_postings"},
+        {"users", "user_transactions", "user_balances", "idempotency_keys", "api_keys", "credit_lots", "lot_postings",
+         "ledger_events"},
         {"transaction_type", "transaction_status", "lot_category"},
     )
     with scratch_app.app_context():
@@ -49,7 +50,7 @@ def test_upgrade_downgrade_upgrade_from_an_empty_database(scratch_app):
     with scratch_app.app_context():
         upgrade()
         upgrade()  # a second run is a no-op
-    assert len(schema_objects(scratch_app)[0]) == 7
+    assert len(schema_objects(scratch_app)[0]) == 8
 
 
 def test_models_and_migrations_agree(scratch_app):

@@ -286,10 +286,13 @@ SCOPE_MATRIX = {
     "settle-purchase": {"purchases:write"},
     "settle-usage": {"usage:write"},
     "register": {"users:write"},
+    "create-grant": {"credits:grant"},
+    "create-adjustment": {"credits:adjust"},
+    "events": {"events:read"},
 }
 
 
-@pytest.mark.parametrize("scope", ["transactions:read", "purchases:write", "usage:write", "users:write"])
+@pytest.mark.parametrize("scope", sorted(SERVICE_SCOPES))
 @pytest.mark.parametrize("operation", sorted(SCOPE_MATRIX))
 def test_api5_each_scope_grants_exactly_its_functions(api, client, service_token, scope, operation):
     user_id = api.funded_user(100)
@@ -305,6 +308,11 @@ def test_api5_each_scope_grants_exactly_its_functions(api, client, service_token
         "settle-purchase": lambda: api.settle(pending_purchase["id"], "completed", token=service_token(scope)),
         "settle-usage": lambda: api.settle(pending_usage["id"], "completed", token=service_token(scope)),
         "register": lambda: client.put(f"/api/users/{uuid.uuid4()}", headers=token),
+        "create-grant": lambda: api.create(token=service_token(scope), user_id=user_id, type="grant", credits=5,
+                                           description="Welcome bonus"),
+        "create-adjustment": lambda: api.create(token=service_token(scope), user_id=user_id, type="adjustment",
+                                                credits=5, description="Outage make-good"),
+        "events": lambda: client.get("/api/events", headers=token),
     }
     response = calls[operation]()
     if scope in SCOPE_MATRIX[operation]:

@@ -63,6 +63,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
 
     from .health import bp as health_bp
+    from .api.events import bp as events_bp
     from .api.transactions import bp as transactions_bp
     from .api.users import bp as users_bp
 
@@ -71,6 +72,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(health_bp)
     app.register_blueprint(transactions_bp)
     app.register_blueprint(users_bp)
+    app.register_blueprint(events_bp)
     init_cli(app)
     return app
 

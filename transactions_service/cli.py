@@ -14,7 +14,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from . import api_keys
@@ -24,7 +24,15 @@ from .errors import ApiError
 from .ids import utcnow
 from .ledger import idempotency, rules, store
 from .ledger.models import TransactionStatus, TransactionType
-from .scopes import READ_TRANSACTIONS, SERVICE_SCOPES, WRITE_PURCHASES, WRITE_USAGE, WRITE_USERS, parse_scopes
+from .scopes import (
+    READ_EVENTS,
+    READ_TRANSACTIONS,
+    SERVICE_SCOPES,
+    WRITE_PURCHASES,
+    WRITE_USAGE,
+    WRITE_USERS,
+    parse_scopes,
+)
 
 keys = AppGroup("keys", help="API keys: the credentials of the product's services.")
 # A plain click group, not an AppGroup: it runs without the app (see the module's docstring).
@@ -32,6 +40,7 @@ tokens = click.Group("tokens", help="User tokens for development, signed as the 
 demo = AppGroup("demo", help="Demo data for development.")
 idempotency_cli = AppGroup("idempotency", help="Idempotency-key housekeeping.")
 transactions_cli = AppGroup("transactions", help="Ledger housekeeping.")
+events_cli = AppGroup("events", help="The event feed's housekeeping.")
 
 DEMO_USER_ID = uuid.UUID("3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10")
 
@@ -39,6 +48,7 @@ DEMO_USER_ID = uuid.UUID("3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10")
 SERVICE_KEYS = {
     "payment-service": [WRITE_PURCHASES, WRITE_USERS, READ_TRANSACTIONS],
     "generation-service": [WRITE_USAGE, READ_TRANSACTIONS],
+    "finance-mirror": [READ_EVENTS],
 }
 
 # (type, amount, credits, description, status, how long ago), oldest first.
@@ -194,10 +204,18 @@ def expire(batch_size: int) -> None:
     click.echo(f"released {holds} holds, expired {lots} lots")
 
 
+@events_cli.command("prune")
+@click.option("--older-than", default=None, help="Age, e.g. 30d [default: EVENT_RETENTION_DAYS days].")
+def prune_events(older_than: str | None) -> None:
+    """Delete events older than the retention (EVENT_RETENTION_DAYS); run it daily. Safe to run concurrently."""
+    age = timedelta(days=current_app.config["EVENT_RETENTION_DAYS"]) if older_than is None else parse_duration(older_than)
+    click.echo(f"deleted {rules.prune_events(utcnow() - age)} events")
+
+
 # The command's first name, kept so that schedulers set up before lots keep working.
 transactions_cli.add_command(expire, "expire-holds")
 
 
 def init_cli(app: Flask) -> None:
-    for group in (keys, demo, idempotency_cli, transactions_cli):
+    for group in (keys, demo, idempotency_cli, transactions_cli, events_cli):
         app.cli.add_command(group)

@@ -90,6 +90,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # Defaults to DATABASE_CONNECT_OPTIONS (finalise_database): direct connections, not a pooler's.
         "DATABASE_PREPARED_STATEMENTS": _bool(env, "DATABASE_PREPARED_STATEMENTS", None),
         "HOLD_TTL_SECONDS": _int(env, "HOLD_TTL_SECONDS", 3600),
+        "EVENT_RETENTION_DAYS": _int(env, "EVENT_RETENTION_DAYS", 30),
         "LOG_FORMAT": env.get("LOG_FORMAT") or "json",
         "LOG_LEVEL": (env.get("LOG_LEVEL") or "INFO").upper(),
         "METRICS_TOKEN": env.get("METRICS_TOKEN") or None,
@@ -209,6 +210,8 @@ def finalise_service(config: dict[str, Any]) -> None:
     """Logging, holds, API keys and the proxies in front."""
     if config["LOG_FORMAT"] not in ("json", "text"):
         raise ConfigError("LOG_FORMAT must be 'json' or 'text'")
+    if config["EVENT_RETENTION_DAYS"] < 1:
+        raise ConfigError("EVENT_RETENTION_DAYS must be at least 1")
     if config["HOLD_TTL_SECONDS"] < 1:
         raise ConfigError("HOLD_TTL_SECONDS must be at least 1")
     if config["API_KEY_CACHE_SECONDS"] < 0:

@@ -78,8 +78,8 @@ _QUERY_CACHE_SIZE = 1024
 _parsed_queries: dict[tuple[Schema, bytes], dict[str, Any]] = {}
 
 
-def load_query(schema: Schema) -> dict[str, Any]:
-    """The query string, validated by ``schema``.
+def load_query(schema: Schema, repeated: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The query string, validated by ``schema``; the parameters named in ``repeated`` as lists of every value.
 
     Parsing depends on nothing but the query string, and the same few come
     again and again (the billing page asks every user's history with
@@ -89,7 +89,9 @@ def load_query(schema: Schema) -> dict[str, Any]:
     key = (schema, request.query_string)
     parsed = _parsed_queries.get(key)
     if parsed is None:
-        parsed = schema.load(request.args.to_dict(flat=True))
+        args: dict[str, Any] = request.args.to_dict(flat=True)
+        args.update({name: request.args.getlist(name) for name in repeated if name in request.args})
+        parsed = schema.load(args)
         if len(_parsed_queries) >= _QUERY_CACHE_SIZE:
             _parsed_queries.clear()
         _parsed_queries[key] = parsed

@@ -18,6 +18,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, valid
 
 from ..ids import rfc3339, utcnow
 from ..ledger.models import (
+    EVENT_TYPES,
     MAX_AMOUNT,
     MAX_CREDITS,
     MAX_DESCRIPTION_LENGTH,
@@ -25,7 +26,7 @@ from ..ledger.models import (
     TransactionStatus,
     TransactionType,
 )
-from ..ledger.rules import HistoryPage, LotsPage
+from ..ledger.rules import EventsPage, HistoryPage, LotsPage
 from ..ledger.store import Posting, Transaction
 
 _AMOUNT_PATTERN = re.compile(r"[0-9]{1,10}(\.[0-9]{1,2})?")
@@ -330,6 +331,16 @@ class LotQuerySchema(StrictSchema):
     status = fields.String(load_default="active", validate=validate.OneOf(["active", "all"]))
 
 
+class EventQuerySchema(StrictSchema):
+    limit = QueryInteger(load_default=100, validate=validate.Range(1, 100))
+    after = fields.String(load_default=None)
+    types = fields.List(
+        fields.String(validate=validate.OneOf(EVENT_TYPES)), load_default=list, data_key="type",
+        validate=validate.Length(max=len(EVENT_TYPES)),
+    )
+    user_id = fields.UUID(load_default=None)
+
+
 class PostingSchema(Schema):
     lot_id = fields.UUID()
     credits = fields.Integer()
@@ -368,6 +379,17 @@ def _nullable(text: str | None) -> str:
 
 def lots_page_json(page: LotsPage) -> dict[str, Any]:
     return {"data": _lot.dump(page.lots, many=True), "has_more": page.has_more, "next_cursor": page.next_cursor}
+
+
+def events_page_json(page: EventsPage) -> str:
+    """A page of the event feed (``EventsPage`` in openapi.yaml) as compact JSON text; each event's data as written."""
+    rows = ",".join(
+        f'{{"id":"{e.id}","type":"{e.type}","created_at":"{e.created_at}","user_id":"{e.user_id}",'
+        f'"sequence":{e.sequence},"data":{e.data}}}'
+        for e in page.events
+    )
+    cursor = "null" if page.next_cursor is None else f'"{page.next_cursor}"'
+    return f'{{"data":[{rows}],"has_more":{"true" if page.has_more else "false"},"next_cursor":{cursor}}}'
 
 
 def history_page_json(page: HistoryPage) -> str:

@@ -1,4 +1,4 @@
-"""The ledger's tables: users, transactions, per-user balances and idempotency records.
+"""The ledger's tables: users, transactions, balances, lots, events and idempotency records.
 
 The tables and their guards (CHECK, FOREIGN KEY, UNIQUE), for migrations and
 for the tests that look at rows; every statement the service runs on them is
@@ -22,13 +22,16 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    JSON,
     Numeric,
     SmallInteger,
     Text,
     Uuid,
     func,
 )
+from sqlalchemy.dialects.postgresql import base as postgresql_types
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.types import UserDefinedType
 
 from ..extensions import db
 from ..http import MAX_IDEMPOTENCY_KEY_LENGTH
@@ -240,6 +243,56 @@ class UserBalance(db.Model):
     balance: Mapped[int] = mapped_column(BigInteger, server_default="0")
     held: Mapped[int] = mapped_column(BigInteger, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # The sequence of the user's latest event: each write adds its events' count under this row's lock,
+    # so that a user's events are numbered in the order their writes commit.
+    event_sequence: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+class Xid8(UserDefinedType):
+    """PostgreSQL's 64-bit transaction id (``xid8``), which never wraps around."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: object) -> str:
+        return "xid8"
+
+
+# So that reading the schema back (migration checks) knows the type too.
+postgresql_types.ischema_names.setdefault("xid8", Xid8)
+
+
+EVENT_TYPES = ("transaction.created", "transaction.updated", "lot.expired", "balance.low")
+
+
+class LedgerEvent(db.Model):
+    """What a write changed, as the API showed it at that moment, written in the write's own statement.
+
+    The feed orders events by ``(xid, position)``: the writing transaction's id,
+    then the order within it. It hands out an event only once every transaction
+    with a smaller id has ended, so a reader paging by that key never skips one
+    that commits late (ADR 0006). ``sequence`` numbers each user's events in
+    the order their writes committed.
+    """
+
+    __tablename__ = "ledger_events"
+    __table_args__ = (
+        CheckConstraint(f"type IN ({', '.join(repr(kind) for kind in EVENT_TYPES)})", name="type_known"),
+        CheckConstraint("sequence > 0", name="sequence_positive"),
+        Index("ix_ledger_events_feed", "xid", "position"),
+        # Events are pruned by age; a BRIN index costs next to nothing on an append-only table.
+        Index("ix_ledger_events_created_at", "created_at", postgresql_using="brin"),
+    )
+
+    position: Mapped[int] = mapped_column(BigInteger, db.Identity(always=True), primary_key=True)
+    xid: Mapped[str] = mapped_column(Xid8, server_default=func.pg_current_xact_id())
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, server_default=func.gen_random_uuid())
+    type: Mapped[str] = mapped_column(Text)
+    # No foreign key: the row the event is about has one, and an event outlives nothing it names.
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    # json, not jsonb: kept as written, its members in the order the API shows them.
+    data: Mapped[str] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class IdempotencyRecord(db.Model):

@@ -5,7 +5,8 @@ API key) may do what its key's scopes grant: read any user's data with
 ``transactions:read``, write a transaction with the scope of its *type*
 (``purchases:write`` for purchases and their refunds, ``usage:write`` for
 usage and its reversals, ``credits:grant`` for grants, ``credits:adjust`` for
-support's adjustments), register users with ``users:write``. Views, rules and the command line all ask here.
+support's adjustments), register users with ``users:write``, read the event
+feed with ``events:read``. Views, rules and the command line all ask here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ import uuid
 
 from ..auth import Caller
 from ..errors import ApiError, validation_error
-from ..scopes import ADJUST_CREDITS, GRANT_CREDITS, READ_TRANSACTIONS, WRITE_PURCHASES, WRITE_USAGE, WRITE_USERS
+from ..scopes import (
+    ADJUST_CREDITS,
+    GRANT_CREDITS,
+    READ_EVENTS,
+    READ_TRANSACTIONS,
+    WRITE_PURCHASES,
+    WRITE_USAGE,
+    WRITE_USERS,
+)
 from .models import TransactionType
 
 WRITE_SCOPE = {
@@ -62,6 +71,13 @@ def require_read(caller: Caller) -> None:
     """Reading a transaction by id: users read theirs (see :func:`can_read`), services need the read scope."""
     if caller.is_service:
         _require(caller, READ_TRANSACTIONS)
+
+
+def require_events(caller: Caller) -> None:
+    """Reading the event feed: every user's events, so services only, with ``events:read``."""
+    if not caller.is_service:
+        raise ApiError(403, "forbidden", "The event feed is for services; a user token cannot read it.", title="Forbidden")
+    _require(caller, READ_EVENTS)
 
 
 def can_read(caller: Caller, owner: uuid.UUID | str) -> bool:

@@ -271,10 +271,10 @@ def record_transaction(caller: Caller, request: dict[str, Any], key: str | None)
     now = utcnow()
     new, row = _new_transaction(request, now)
     claim = idempotency.claim(caller.name, key, request)
-    snapshot = None if claim is None else idempotency.snapshot(new)
+    shown = idempotency.snapshot(new)
     user_id, effect = request["user_id"], _effect(kind, request["status"], request["credits"])
     found = {"lapsed_lots": False}
-    write = _applied(lambda: store.record(row, effect, claim, snapshot), user_id, caller, row["needed"], found)
+    write = _applied(lambda: store.record(row, effect, claim, shown), user_id, caller, row["needed"], found)
     for attempt in range(_ATTEMPTS):
         outcome = idempotency.write_once(claim, write)
         if outcome.applied:
@@ -456,6 +456,54 @@ def list_lots(user_id: uuid.UUID, *, limit: int, cursor: str | None = None, stat
     lots = lots[:limit]
     next_cursor = encode_cursor(rfc3339(lots[-1].created_at), str(lots[-1].id)) if has_more else None
     return LotsPage(lots, has_more, next_cursor)
+
+
+@dataclass(frozen=True)
+class EventsPage:
+    events: list[store.Event]
+    has_more: bool
+    next_cursor: str | None
+
+
+_FEED_CURSOR = re.compile(r"([0-9]{1,19})-([0-9]{1,19})")
+
+
+def _feed_cursor(position: store.FeedPosition) -> str:
+    """An opaque position in the event feed: the last event a page showed (its transaction's id, its position)."""
+    return f"{position.xid}-{position.position}"
+
+
+def _feed_position(cursor: str | None) -> store.FeedPosition:
+    if cursor is None:
+        return store.FeedPosition(0, 0)
+    match = _FEED_CURSOR.fullmatch(cursor)
+    if match is None or max(int(match[1]), int(match[2])) >= 2**63:
+        raise ApiError(400, "invalid_cursor", "The cursor is not one this service returned.", title="Invalid cursor")
+    return store.FeedPosition(int(match[1]), int(match[2]))
+
+
+def list_events(
+    caller: Caller, *, limit: int, after: str | None = None, types: list[str], user_id: uuid.UUID | None = None
+) -> EventsPage:
+    """Events after a cursor, in feed order: a reader that pages on ``next_cursor`` sees every event once.
+
+    The page ends where the feed does; ``next_cursor`` is where to ask again
+    (the cursor given, when nothing is new), so a reader polls with it.
+    """
+    policy.require_events(caller)
+    events = store.events_page(_feed_position(after), limit + 1, types=types, user_id=user_id)
+    has_more = len(events) > limit
+    events = events[:limit]
+    next_cursor = _feed_cursor(store.FeedPosition(events[-1].xid, events[-1].position)) if events else after
+    return EventsPage(events, has_more, next_cursor)
+
+
+def prune_events(older_than: datetime) -> int:
+    """Delete the events written before ``older_than``, a batch at a time; returns how many."""
+    pruned = 0
+    while count := store.prune_events(older_than, 10_000):
+        pruned += count
+    return pruned
 
 
 def postings_of(transaction: Transaction) -> list[Posting]:

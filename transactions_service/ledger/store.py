@@ -57,27 +57,43 @@ class Transaction(NamedTuple):
     reverses: str | None = None
 
 
-# How each field of Transaction is read; unqualified, so that it serves in a SELECT and in the
-# RETURNING clause of an UPDATE. A cast keeps its column's name; the formatted times get names
-# of their own, which an ORDER BY on the real columns cannot mistake for them.
+# How each field of Transaction is read, with ``{t}`` where a table's alias may go (none, so that it
+# serves in a SELECT and in the RETURNING clause of an UPDATE, or ``m.`` over a CTE's row), and the name
+# it comes out under where that is not its own: a cast keeps its column's name; the formatted times get
+# names of their own, which an ORDER BY on the real columns cannot mistake for them.
 _TRANSACTION_SQL = {
-    "id": "id::text",
-    "user_id": "user_id::text",
-    "type": "type::text",
-    "amount": "amount::text",
-    "credits": "credits",
-    "description": "description",
-    "status": "status::text",
-    "created_at": f"{_RFC3339.format('created_at')} AS created_at_text",
-    "updated_at": f"{_RFC3339.format('updated_at')} AS updated_at_text",
-    "hold_expires_at": f"CASE WHEN status = 'pending' THEN {_RFC3339.format('hold_expires_at')} END AS hold_expires_at_text",
-    "refunds": "refunds::text",
-    "reverses": "reverses::text",
+    "id": ("{t}id::text", None),
+    "user_id": ("{t}user_id::text", None),
+    "type": ("{t}type::text", None),
+    "amount": ("{t}amount::text", None),
+    "credits": ("{t}credits", None),
+    "description": ("{t}description", None),
+    "status": ("{t}status::text", None),
+    "created_at": (_RFC3339.format("{t}created_at"), "created_at_text"),
+    "updated_at": (_RFC3339.format("{t}updated_at"), "updated_at_text"),
+    "hold_expires_at": (
+        f"CASE WHEN {{t}}status = 'pending' THEN {_RFC3339.format('{t}hold_expires_at')} END", "hold_expires_at_text"
+    ),
+    "refunds": ("{t}refunds::text", None),
+    "reverses": ("{t}reverses::text", None),
 }
 assert tuple(_TRANSACTION_SQL) == Transaction._fields
-TRANSACTION_COLUMNS = ", ".join(_TRANSACTION_SQL.values())
+TRANSACTION_COLUMNS = ", ".join(
+    sql.format(t="") + ("" if output is None else f" AS {output}") for sql, output in _TRANSACTION_SQL.values()
+)
 # The names those columns come out under, for selecting them again from a CTE.
-_TRANSACTION_OUTPUT = [sql.rsplit(" AS ", 1)[1] if " AS " in sql else name for name, sql in _TRANSACTION_SQL.items()]
+_TRANSACTION_OUTPUT = [output or name for name, (_sql, output) in _TRANSACTION_SQL.items()]
+
+
+def _transaction_json(t: str) -> str:
+    """The transaction in row ``t`` of user_transactions as the API shows it, as JSON PostgreSQL builds.
+
+    The same members, in the same order and from the same expressions, as the
+    columns ``Transaction`` is read from, so an event's ``data`` is what a read
+    of the transaction answered at that moment.
+    """
+    members = ", ".join(f"'{name}', {sql.format(t=f'{t}.')}" for name, (sql, _output) in _TRANSACTION_SQL.items())
+    return f"json_build_object({members})"
 
 
 class TransactionState(NamedTuple):
@@ -327,6 +343,66 @@ def user_exists(user_id: uuid.UUID) -> bool:
     return _value(_USER_EXISTS, {"id": str(user_id)}, repeatable=True)
 
 
+# --- the event feed ------------------------------------------------------------------------------
+
+
+class FeedPosition(NamedTuple):
+    """Where a feed page ends: the writing transaction's id, and the event's position in the table."""
+
+    xid: int
+    position: int
+
+
+class Event(NamedTuple):
+    """An event as the feed shows it; ``data`` is JSON text, as it was written."""
+
+    xid: int
+    position: int
+    id: str
+    type: str
+    user_id: str
+    sequence: int
+    created_at: str
+    data: str
+
+
+# Only events of transactions older than every transaction still running: a transaction that commits
+# later than one with a larger id would otherwise have its events appear behind a reader's position.
+_VISIBLE_EVENTS = "xid < pg_snapshot_xmin(pg_current_snapshot())"
+
+
+@functools.cache
+def _events_page(by_type: bool, by_user: bool) -> str:
+    conditions = ["(xid, position) > (%(xid)s::text::xid8, %(position)s)", _VISIBLE_EVENTS]
+    if by_type:
+        conditions.append("type = ANY(%(types)s::text[])")
+    if by_user:
+        conditions.append("user_id = %(user_id)s")
+    return (
+        f"SELECT xid::text::bigint, position, id::text, type, user_id::text, sequence, {_RFC3339.format('created_at')},"
+        f" data::text FROM ledger_events WHERE {' AND '.join(conditions)} ORDER BY xid, position LIMIT %(limit)s"
+    )
+
+
+def events_page(after: FeedPosition, limit: int, *, types: list[str], user_id: uuid.UUID | None) -> list[Event]:
+    """Up to ``limit`` events after ``after`` in feed order, of the given types (all when empty) and user."""
+    params = {**after._asdict(), "limit": limit, "types": types, "user_id": None if user_id is None else str(user_id)}
+    rows = run_statement(_events_page(bool(types), user_id is not None), params, repeatable=True)
+    return [Event(*row) for row in rows]
+
+
+_PRUNE_EVENTS = (
+    "WITH old AS (SELECT position FROM ledger_events WHERE created_at < %(before)s LIMIT %(limit)s),"
+    " pruned AS (DELETE FROM ledger_events AS e USING old WHERE e.position = old.position RETURNING 1)"
+    " SELECT count(*) FROM pruned"
+)
+
+
+def prune_events(before: datetime, limit: int) -> int:
+    """Delete up to ``limit`` events written before ``before``; returns how many."""
+    return _value(_PRUNE_EVENTS, {"before": before, "limit": limit})
+
+
 # --- users ---------------------------------------------------------------------------------------
 
 # The second SELECT reads the snapshot from before the insert: it finds the user only when already known.
@@ -351,6 +427,9 @@ SPEND_ORDER = "priority, expires_at NULLS LAST, (category = 'paid'), created_at,
 LAST_SPENT_FIRST = "priority DESC, expires_at DESC NULLS FIRST, (category = 'paid') DESC, created_at DESC, id DESC"
 # Every write of a user's locks their balance row first (see _debit).
 _BALANCE_ROW = "balance_row AS MATERIALIZED (SELECT balance, held FROM user_balances WHERE user_id = %(user_id)s FOR UPDATE)"
+# Each write numbers its events after the user's latest, on the balance row it locks (ADR 0006).
+_NEXT_EVENT = "event_sequence = event_sequence + 1"
+_EVENT_INSERT = "INSERT INTO ledger_events (type, user_id, sequence, data, created_at)"
 # A user's lots whose unheld credits have expired but are not recorded as expired yet.
 _LAPSED_LOTS = "SELECT 1 FROM credit_lots WHERE user_id = %(user_id)s AND remaining > 0 AND expires_at <= %(created_at)s"
 
@@ -375,8 +454,8 @@ def _debit(move: str, balance_change: str, posting: str) -> tuple[list[str], lis
         f" WINDOW spend_order AS (ORDER BY {SPEND_ORDER}))",
         f"took AS (UPDATE credit_lots AS l SET {move} FROM plan"
         " WHERE l.id = plan.id AND plan.take > 0 RETURNING l.id, plan.take, plan.through)",
-        f"applied AS (UPDATE user_balances SET {balance_change}, updated_at = now()"
-        " WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM plan) RETURNING balance, held)",
+        f"applied AS (UPDATE user_balances SET {balance_change}, {_NEXT_EVENT}, updated_at = now()"
+        " WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM plan) RETURNING balance, held, event_sequence)",
     ]
     after = [
         "posted AS (INSERT INTO lot_postings"
@@ -393,10 +472,11 @@ def _credit(source: str, lot: str) -> tuple[list[str], list[str]]:
     columns, as a SELECT over ``new`` (the transaction row the lot belongs to).
     """
     before = [
-        "applied AS (INSERT INTO user_balances AS b (user_id, balance, held)"
-        f" SELECT owner, credits, 0 FROM ({source}) AS credited(owner, credits)"
-        " ON CONFLICT (user_id) DO UPDATE SET balance = b.balance + excluded.balance, updated_at = now()"
-        " RETURNING b.user_id, b.balance, b.held)",
+        "applied AS (INSERT INTO user_balances AS b (user_id, balance, held, event_sequence)"
+        f" SELECT owner, credits, 0, 1 FROM ({source}) AS credited(owner, credits)"
+        " ON CONFLICT (user_id) DO UPDATE SET balance = b.balance + excluded.balance,"
+        " event_sequence = b.event_sequence + 1, updated_at = now()"
+        " RETURNING b.user_id, b.balance, b.held, b.event_sequence)",
     ]
     after = [
         "lot AS (INSERT INTO credit_lots"
@@ -435,8 +515,8 @@ def _refund() -> tuple[list[str], list[str]]:
         "took AS (UPDATE credit_lots AS l SET remaining = l.remaining - %(needed)s FROM plan WHERE l.id = plan.id)",
         "counted AS (UPDATE user_transactions SET refunded_amount = refunded_amount + %(amount)s"
         " WHERE id = %(refunds)s AND EXISTS (SELECT 1 FROM plan))",
-        "applied AS (UPDATE user_balances SET balance = balance - %(needed)s, updated_at = now()"
-        " WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM plan) RETURNING balance, held)",
+        f"applied AS (UPDATE user_balances SET balance = balance - %(needed)s, {_NEXT_EVENT}, updated_at = now()"
+        " WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM plan) RETURNING balance, held, event_sequence)",
     ]
     after = [
         "posted AS (INSERT INTO lot_postings"
@@ -477,8 +557,8 @@ def _reversal() -> tuple[list[str], list[str]]:
         " WHERE l.id = plan.id AND plan.give > 0 RETURNING l.id, plan.give)",
         "counted AS (UPDATE user_transactions SET reversed_credits = reversed_credits + %(credits)s"
         " WHERE id = %(reverses)s AND EXISTS (SELECT 1 FROM usage))",
-        "applied AS (UPDATE user_balances SET balance = balance + %(credits)s, updated_at = now()"
-        " WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM usage) RETURNING balance, held)",
+        f"applied AS (UPDATE user_balances SET balance = balance + %(credits)s, {_NEXT_EVENT}, updated_at = now()"
+        " WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM usage) RETURNING balance, held, event_sequence)",
     ]
     after = [
         "fresh AS (INSERT INTO credit_lots (id, user_id, transaction_id, category, credits, remaining, created_at)"
@@ -541,11 +621,25 @@ class Recorded(NamedTuple):
     lapsed_lots: bool
 
 
+# A row with no balance effect (a pending purchase, a failed one) still numbers its event on the
+# balance row, which its user then has from their first write on.
+_EVENT_ONLY = [
+    "applied AS (INSERT INTO user_balances AS b (user_id, balance, held, event_sequence)"
+    " VALUES (%(user_id)s::uuid, 0, 0, 1) ON CONFLICT (user_id) DO UPDATE SET event_sequence = b.event_sequence + 1"
+    " RETURNING b.event_sequence)"
+]
+
+
 @functools.cache
 def _record(effect: str | None, keyed: bool) -> str:
-    before, after = EFFECTS[effect] if effect is not None else ([], [])
-    source = f"VALUES ({_NEW_ROW})" if effect is None else f"SELECT {_NEW_ROW} FROM applied"
-    parts = [*before, f"new AS (INSERT INTO user_transactions ({_LEDGER_COLUMNS}) {source} RETURNING id)", *after]
+    before, after = EFFECTS[effect] if effect is not None else (_EVENT_ONLY, [])
+    parts = [
+        *before,
+        f"new AS (INSERT INTO user_transactions ({_LEDGER_COLUMNS}) SELECT {_NEW_ROW} FROM applied RETURNING id)",
+        *after,
+        f"created AS ({_EVENT_INSERT} SELECT 'transaction.created', %(user_id)s::uuid, applied.event_sequence,"
+        " %(event)s::json, %(created_at)s FROM new, applied)",
+    ]
     if keyed:
         parts.append(
             "claim AS (INSERT INTO idempotency_keys"
@@ -555,8 +649,10 @@ def _record(effect: str | None, keyed: bool) -> str:
     return f"WITH {', '.join(parts)} SELECT id::text, EXISTS ({_LAPSED_LOTS}) FROM new"
 
 
-def record(row: dict[str, Any], effect: str | None, claim: Claim | None, snapshot: str | None) -> Recorded | None:
-    """Insert a ledger row with its balance effect (and the key's record holding ``snapshot``) in one statement.
+def record(row: dict[str, Any], effect: str | None, claim: Claim | None, shown: str) -> Recorded | None:
+    """Insert a ledger row with its balance effect, its event, and the key's record, in one statement.
+
+    ``shown`` is the transaction as the API shows it (JSON): the event's data and the key's record.
 
     ``row`` holds the ledger columns (``_NEW_ROW``), ``needed`` (the credits a
     spend or hold takes), and for a credit the new lot's ``lot_id`` and
@@ -568,9 +664,9 @@ def record(row: dict[str, Any], effect: str | None, claim: Claim | None, snapsho
     applied (``idempotency`` tells that apart). With a key, the statement is
     safe to run again on a fresh connection: a repeat is a replay.
     """
-    params = dict(row)
+    params = {**row, "event": shown}
     if claim is not None:
-        params.update(claim._asdict(), snapshot=snapshot)
+        params.update(claim._asdict(), snapshot=shown)
     return _first(Recorded, _record(effect, claim is not None), params, repeatable=claim is not None)
 
 
@@ -586,7 +682,7 @@ _SETTLE_PARTS = [
     " WHERE id = %(id)s AND status = 'pending' AND type::text = ANY(%(types)s::text[])"
     " AND (hold_expires_at IS NULL OR hold_expires_at > %(now)s)"
     f" RETURNING {TRANSACTION_COLUMNS}, user_id AS owner, type AS kind, credits AS delta, amount AS paid,"
-    " lot_category, lot_priority, lot_expires_at)",
+    f" lot_category, lot_priority, lot_expires_at, {_transaction_json('user_transactions')} AS shown)",
     "balance_row AS MATERIALIZED (SELECT b.balance, b.held FROM user_balances AS b JOIN moved ON b.user_id = moved.owner"
     " WHERE moved.kind = 'usage' FOR UPDATE OF b)",
     "held_lots AS MATERIALIZED (SELECT lot_id, sum(held) AS held FROM lot_postings"
@@ -599,17 +695,25 @@ _SETTLE_PARTS = [
     " remaining = l.remaining + CASE WHEN %(status)s = 'failed' THEN hold_plan.held ELSE 0 END"
     " FROM hold_plan WHERE l.id = hold_plan.lot_id)",
     "consume_or_release AS (UPDATE user_balances AS b SET held = b.held + m.delta,"
-    " balance = b.balance + CASE WHEN %(status)s = 'completed' THEN m.delta ELSE 0 END, updated_at = now()"
-    " FROM moved AS m WHERE m.kind = 'usage' AND b.user_id = m.owner)",
+    " balance = b.balance + CASE WHEN %(status)s = 'completed' THEN m.delta ELSE 0 END,"
+    " event_sequence = b.event_sequence + 1, updated_at = now()"
+    # After balance_row has locked the row: the order of a statement's CTEs is only what they read.
+    " FROM moved AS m WHERE m.kind = 'usage' AND b.user_id = m.owner AND EXISTS (SELECT 1 FROM balance_row)"
+    " RETURNING b.event_sequence)",
     "hold_posted AS (INSERT INTO lot_postings"
     " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
     " SELECT m.id::uuid, p.lot_id, m.owner, CASE WHEN %(status)s = 'completed' THEN -p.held ELSE 0 END, -p.held,"
     " b.balance - CASE WHEN %(status)s = 'completed' THEN p.through ELSE 0 END, b.held - p.through, %(now)s"
     " FROM moved AS m, hold_plan AS p, balance_row AS b)",
-    "credited AS (INSERT INTO user_balances AS b (user_id, balance, held)"
-    " SELECT owner, delta, 0 FROM moved WHERE kind = 'purchase' AND %(status)s = 'completed'"
-    " ON CONFLICT (user_id) DO UPDATE SET balance = b.balance + excluded.balance, updated_at = now()"
-    " RETURNING b.balance, b.held)",
+    "credited AS (INSERT INTO user_balances AS b (user_id, balance, held, event_sequence)"
+    " SELECT owner, delta, 0, 1 FROM moved WHERE kind = 'purchase' AND %(status)s = 'completed'"
+    " ON CONFLICT (user_id) DO UPDATE SET balance = b.balance + excluded.balance,"
+    " event_sequence = b.event_sequence + 1, updated_at = now()"
+    " RETURNING b.balance, b.held, b.event_sequence)",
+    # A failed purchase changes no balance, but numbers its event on the balance row all the same.
+    "numbered AS (INSERT INTO user_balances AS b (user_id, balance, held, event_sequence)"
+    " SELECT owner, 0, 0, 1 FROM moved WHERE kind = 'purchase' AND %(status)s = 'failed'"
+    " ON CONFLICT (user_id) DO UPDATE SET event_sequence = b.event_sequence + 1 RETURNING b.event_sequence)",
     "lot AS (INSERT INTO credit_lots"
     " (id, user_id, transaction_id, category, credits, remaining, priority, expires_at, cost_basis, created_at)"
     " SELECT gen_random_uuid(), owner, id::uuid, lot_category, delta, delta, lot_priority, lot_expires_at,"
@@ -619,6 +723,9 @@ _SETTLE_PARTS = [
     " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
     " SELECT lot.transaction_id, lot.id, lot.user_id, lot.credits, 0, credited.balance, credited.held, %(now)s"
     " FROM lot, credited)",
+    f"updated AS ({_EVENT_INSERT} SELECT 'transaction.updated', m.owner, s.event_sequence, m.shown, %(now)s"
+    " FROM moved AS m, (SELECT event_sequence FROM consume_or_release UNION ALL SELECT event_sequence FROM credited"
+    " UNION ALL SELECT event_sequence FROM numbered) AS s)",
 ]
 _SETTLE = (
     f"WITH {', '.join(_SETTLE_PARTS)} SELECT {', '.join(_TRANSACTION_OUTPUT)},"
@@ -656,8 +763,9 @@ def _release_lapsed(scope: str, skip_locked: bool) -> str:
         f" ORDER BY hold_expires_at LIMIT %(limit)s FOR UPDATE{' SKIP LOCKED' if skip_locked else ''})",
         "expired AS (UPDATE user_transactions AS t SET status = 'failed', failure_reason = %(reason)s,"
         " updated_at = greatest(%(now)s, t.created_at) FROM lapsed WHERE t.id = lapsed.id"
-        " RETURNING t.id, t.user_id, t.credits)",
-        "released AS MATERIALIZED (SELECT user_id, sum(credits) AS credits FROM expired GROUP BY user_id)",
+        f" RETURNING t.id, t.user_id, t.credits, {_transaction_json('t')} AS shown)",
+        "released AS MATERIALIZED (SELECT user_id, sum(credits) AS credits, count(*) AS events FROM expired"
+        " GROUP BY user_id)",
         "locked AS MATERIALIZED (SELECT b.user_id, b.balance, b.held FROM user_balances AS b JOIN released USING (user_id)"
         " ORDER BY b.user_id FOR UPDATE OF b)",
         "held_lots AS MATERIALIZED (SELECT p.transaction_id, p.lot_id, p.user_id, sum(p.held) AS held"
@@ -668,8 +776,14 @@ def _release_lapsed(scope: str, skip_locked: bool) -> str:
         "per_lot AS (SELECT lot_id, sum(held) AS held FROM held_lots GROUP BY lot_id)",
         "returned AS (UPDATE credit_lots AS l SET held = l.held - per_lot.held, remaining = l.remaining + per_lot.held"
         " FROM per_lot JOIN lots_locked ON lots_locked.id = per_lot.lot_id WHERE l.id = per_lot.lot_id)",
-        "release AS (UPDATE user_balances AS b SET held = b.held + released.credits, updated_at = now()"
-        " FROM released JOIN locked USING (user_id) WHERE b.user_id = released.user_id)",
+        "release AS (UPDATE user_balances AS b SET held = b.held + released.credits,"
+        " event_sequence = b.event_sequence + released.events, updated_at = now()"
+        " FROM released JOIN locked USING (user_id) WHERE b.user_id = released.user_id"
+        " RETURNING b.user_id, b.event_sequence - released.events AS before)",
+        # One transaction.updated per hold, numbered after the user's latest event in the holds' id order.
+        f"updated AS ({_EVENT_INSERT} SELECT 'transaction.updated', e.user_id,"
+        " r.before + row_number() OVER (PARTITION BY e.user_id ORDER BY e.id) AS sequence, e.shown, %(now)s"
+        " FROM expired AS e JOIN release AS r USING (user_id) ORDER BY e.user_id, sequence)",
         "posted AS (INSERT INTO lot_postings"
         " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
         " SELECT h.transaction_id, h.lot_id, h.user_id, 0, -h.held, locked.balance,"
@@ -704,26 +818,47 @@ def release_lapsed_holds(
 
 # --- expiring lots ------------------------------------------------------------------------------
 
+# A lot just expired, as GET /api/lots shows it (LotSchema), from a row ``p`` of the lot as it was,
+# with ``expired``: how many of its credits this expiry took (its held credits, if any, lapse with
+# their hold).
+_LOT_EXPIRED_JSON = (
+    "json_build_object('id', p.id::text, 'user_id', p.user_id::text, 'transaction_id', p.transaction_id::text,"
+    " 'category', p.category::text, 'credits', p.credits, 'remaining', 0, 'held', p.held, 'priority', p.priority,"
+    f" 'expires_at', {_RFC3339.format('p.expires_at')}, 'cost_basis', trim_scale(p.cost_basis)::text,"
+    f" 'created_at', {_RFC3339.format('p.created_at')}, 'status', 'expired', 'expired', p.remaining)"
+)
+
 # The unheld credits of a user's lapsed lots leave the balance: one expiration row and one posting
 # per lot, exactly once (the lot's row lock and remaining > 0). Held credits stay held until their
-# hold is settled (consumed) or released (then they lapse here with the rest).
+# hold is settled (consumed) or released (then they lapse here with the rest). Each lot has two
+# events: the expiration row's transaction.created, then the lot's lot.expired.
 _EXPIRE_LOTS = (
-    "WITH balance_row AS MATERIALIZED (SELECT balance, held FROM user_balances WHERE user_id = %(user_id)s FOR UPDATE),"
-    " lapsed AS MATERIALIZED (SELECT id, remaining, category, expires_at FROM credit_lots"
+    "WITH balance_row AS MATERIALIZED (SELECT balance, held, event_sequence FROM user_balances"
+    " WHERE user_id = %(user_id)s FOR UPDATE),"
+    " lapsed AS MATERIALIZED (SELECT * FROM credit_lots"
     " WHERE user_id = %(user_id)s AND remaining > 0 AND expires_at <= %(now)s AND EXISTS (SELECT 1 FROM balance_row)"
     " ORDER BY expires_at, id FOR UPDATE),"
-    " planned AS MATERIALIZED (SELECT gen_random_uuid() AS transaction_id, id AS lot_id, remaining, category,"
-    " sum(remaining) OVER (ORDER BY expires_at, id) AS through FROM lapsed),"
-    " emptied AS (UPDATE credit_lots AS l SET remaining = 0 FROM planned WHERE l.id = planned.lot_id),"
-    " recorded AS (INSERT INTO user_transactions (id, user_id, type, amount, credits, description, status,"
-    " created_at, updated_at) SELECT transaction_id, %(user_id)s::uuid, 'expiration', 0, -remaining,"
-    " remaining || ' ' || category || ' credits expired', 'completed', %(now)s, %(now)s FROM planned),"
+    " planned AS MATERIALIZED (SELECT gen_random_uuid() AS expiration_id, lapsed.*,"
+    " sum(remaining) OVER (ORDER BY expires_at, id) AS through, row_number() OVER (ORDER BY expires_at, id) AS n"
+    " FROM lapsed),"
+    " emptied AS (UPDATE credit_lots AS l SET remaining = 0 FROM planned WHERE l.id = planned.id),"
+    " recorded AS (INSERT INTO user_transactions AS t (id, user_id, type, amount, credits, description, status,"
+    " created_at, updated_at) SELECT expiration_id, %(user_id)s::uuid, 'expiration', 0, -remaining,"
+    " remaining || ' ' || category || ' credits expired', 'completed', %(now)s, %(now)s FROM planned"
+    f" RETURNING t.id, {_transaction_json('t')} AS shown),"
     " posted AS (INSERT INTO lot_postings"
     " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
-    " SELECT planned.transaction_id, planned.lot_id, %(user_id)s::uuid, -planned.remaining, 0,"
+    " SELECT planned.expiration_id, planned.id, %(user_id)s::uuid, -planned.remaining, 0,"
     " balance_row.balance - planned.through, balance_row.held, %(now)s FROM planned, balance_row),"
-    " shrunk AS (UPDATE user_balances SET balance = balance - (SELECT sum(remaining) FROM planned), updated_at = now()"
-    " WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM planned))"
+    " shrunk AS (UPDATE user_balances SET balance = balance - (SELECT sum(remaining) FROM planned),"
+    " event_sequence = event_sequence + 2 * (SELECT count(*) FROM planned), updated_at = now()"
+    " WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM planned)),"
+    f" events AS ({_EVENT_INSERT} SELECT * FROM ("
+    " SELECT 'transaction.created', %(user_id)s::uuid, b.event_sequence + 2 * p.n - 1 AS sequence, r.shown, %(now)s"
+    " FROM planned AS p JOIN recorded AS r ON r.id = p.expiration_id, balance_row AS b"
+    " UNION ALL"
+    f" SELECT 'lot.expired', %(user_id)s::uuid, b.event_sequence + 2 * p.n, {_LOT_EXPIRED_JSON}, %(now)s"
+    " FROM planned AS p, balance_row AS b) AS e ORDER BY sequence)"
     " SELECT count(*) FROM planned"
 )
 _USERS_WITH_LAPSED_LOTS = (

@@ -206,6 +206,51 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Read the event feed, oldest first, after a cursor
+         * @description Every write records its events in its own database transaction: a
+         *     write that rolls back has none, and one that commits always has
+         *     them. `transaction.created` carries the new transaction,
+         *     `transaction.updated` the transaction after a settlement or a hold's
+         *     lapse, `lot.expired` the lot an expiry emptied (with `expired`, the
+         *     credits it took); each event's `data` is what the API showed at that
+         *     moment, never read again later.
+         *
+         *     **Never a gap.** Events are in a stable order, and a page hands out
+         *     an event only once every write that might come before it has
+         *     committed or rolled back; so a consumer that always passes the last
+         *     page's `next_cursor` as `after` sees every event exactly once, in
+         *     that order, even when writes commit in another order than they
+         *     began. `next_cursor` is the cursor given when nothing is new: poll
+         *     again with it. A long-running write elsewhere in the database holds
+         *     new events back until it ends (ADR 0006).
+         *
+         *     **Order per user.** `sequence` increases by one with each of a
+         *     user's events, in the order their writes committed: compare it to
+         *     tell a stale update from a fresh one.
+         *
+         *     Events are kept for `EVENT_RETENTION_DAYS` (30 by default); a cursor
+         *     older than that still works and continues with the oldest event kept.
+         *
+         *     **Authorization.** Services only, with `events:read`; a user token is
+         *     `403 forbidden`.
+         */
+        get: operations["listEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/users/{user_id}": {
         parameters: {
             query?: never;
@@ -586,7 +631,8 @@ export interface components {
             };
         };
         /** @description Credits that entered together (a purchase, a grant, an adjustment), spent in spend order. */
-        Lot: {
+        Lot: components["schemas"]["LotFields"];
+        LotFields: {
             id: components["schemas"]["Uuid"];
             user_id: components["schemas"]["Uuid"];
             /**
@@ -620,6 +666,36 @@ export interface components {
             data: components["schemas"]["Lot"][];
             has_more: boolean;
             /** @description Pass as `cursor` to get the next page; `null` on the last page. */
+            next_cursor: string | null;
+        };
+        /** @enum {string} */
+        EventType: "transaction.created" | "transaction.updated" | "lot.expired" | "balance.low";
+        /** @description What one write changed, as the API showed it at that moment. */
+        Event: {
+            /** @description The event's id, the same wherever the event is delivered; deduplicate on it. */
+            id: components["schemas"]["Uuid"];
+            type: components["schemas"]["EventType"];
+            created_at: components["schemas"]["Timestamp"];
+            user_id: components["schemas"]["Uuid"];
+            /** @description The user's events numbered 1, 2, 3, ... in the order their writes committed. */
+            sequence: number;
+            /**
+             * @description The transaction (`transaction.*`) or the lot (`lot.expired`, with
+             *     `expired`: the credits the expiry took) as the API showed it when
+             *     the event was written.
+             */
+            data: components["schemas"]["Transaction"] | components["schemas"]["ExpiredLot"];
+        };
+        /** @description A lot an expiry emptied, as `GET /api/lots` showed it then, and how many credits the expiry took. */
+        ExpiredLot: {
+            /** @description The credits this expiry took from the lot. */
+            expired: number;
+        } & components["schemas"]["LotFields"];
+        EventsPage: {
+            data: components["schemas"]["Event"][];
+            /** @description More events are ready now: ask again at once with `next_cursor`. */
+            has_more: boolean;
+            /** @description Pass as `after` for the next page; the cursor given when nothing is new (null only before the first event). */
             next_cursor: string | null;
         };
         /** @description How a transaction changed one lot. */
@@ -787,6 +863,15 @@ export interface components {
         };
         /** @description A service's API key without `transactions:read` (`insufficient_scope`), or a user token naming another user (`forbidden`). */
         ForbiddenRead: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
+        /** @description A service's API key without `events:read` (`insufficient_scope`), or a user token (`forbidden`). */
+        ForbiddenEvents: {
             headers: {
                 [name: string]: unknown;
             };
@@ -1319,6 +1404,44 @@ export interface operations {
             400: components["responses"]["InvalidCursor"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["ForbiddenRead"];
+            414: components["responses"]["UriTooLong"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+            default: components["responses"]["Problem"];
+        };
+    };
+    listEvents: {
+        parameters: {
+            query?: {
+                /** @description The `next_cursor` of the previous page; omit it to start at the oldest event kept. */
+                after?: string;
+                /** @description Events per page, 1 to 100. */
+                limit?: number;
+                /** @description Only events of these types; repeat it for several (`?type=lot.expired&type=balance.low`). */
+                type?: components["schemas"]["EventType"][];
+                /** @description Only this user's events. */
+                user_id?: components["schemas"]["Uuid"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One page of the feed. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventsPage"];
+                };
+            };
+            400: components["responses"]["InvalidCursor"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["ForbiddenEvents"];
             414: components["responses"]["UriTooLong"];
             422: components["responses"]["ValidationFailed"];
             429: components["responses"]["RateLimited"];
