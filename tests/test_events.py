@@ -223,13 +223,14 @@ def test_only_services_with_events_read_may_read_the_feed(api, service_token, us
 # --- never a gap --------------------------------------------------------------------------------------
 
 
-def test_an_event_of_a_write_still_open_holds_back_later_ones_until_it_ends(api, reader, direct_database_url):
+def test_an_event_of_a_write_still_open_holds_back_later_ones_until_it_ends(api, app, reader, direct_database_url):
     """A write that began first and commits last: a reader must not move past its place in the meantime."""
     early, late = api.funded_user(100), api.funded_user(100)
     _, cursor = all_events(api, reader)
     request = {"type": TransactionType.PURCHASE, "status": TransactionStatus.COMPLETED, "user_id": early,
                "amount": Decimal("1.00"), "credits": 10, "description": "A purchase that commits late"}
-    new, row = rules._new_transaction(request, utcnow())
+    with app.app_context():
+        new, row = rules._new_transaction(request, utcnow())
     slow = psycopg2.connect(direct_database_url.replace("postgresql+psycopg2://", "postgresql://"))
     try:
         with slow.cursor() as statement:  # the service's own write, its transaction left open
@@ -311,3 +312,110 @@ def test_event_data_is_stored_as_written(api, engine):
     with engine.connect() as connection:
         data = connection.execute(text("SELECT data::text FROM ledger_events WHERE user_id = :u"), {"u": user_id}).scalar()
     assert list(json.loads(data)) == list(json.loads(purchase))
+
+
+# --- low balance -------------------------------------------------------------------------------------
+
+
+def set_threshold(api, user_id, threshold):
+    response = api.client.put(f"/api/users/{user_id}", json={"low_balance_threshold": threshold},
+                              headers=bearer(api.admin_token))
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+def lows(api, reader, user_id):
+    return [e for e in of_user(api, reader, user_id) if e["type"] == "balance.low"]
+
+
+def test_balance_low_fires_once_on_the_way_down_and_again_only_after_coming_back(api, reader):
+    user_id = api.funded_user(150)
+    assert set_threshold(api, user_id, 100)["low_balance_threshold"] == 100
+    api.usage(user_id, credits=-40)  # 110: still at or above
+    assert lows(api, reader, user_id) == []
+    crossing = api.usage(user_id, credits=-20).json  # 90: below
+    api.usage(user_id, credits=-10)  # 80: still below, no second alert
+    (low,) = lows(api, reader, user_id)
+    assert low["data"] == {"user_id": str(user_id), "balance": 90, "held": 0, "available": 90, "threshold": 100}
+    events = of_user(api, reader, user_id)
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+    assert events[events.index(low) - 1]["data"]["id"] == crossing["id"]  # right after the write that crossed
+    api.purchase(user_id, credits=100)  # 180: back above, armed again
+    api.usage(user_id, credits=-90, status="pending")  # a hold counts: available 90
+    assert [(e["data"]["balance"], e["data"]["held"], e["data"]["available"]) for e in lows(api, reader, user_id)] == [
+        (90, 0, 90), (180, 90, 90)
+    ]
+
+
+def test_landing_on_the_threshold_is_not_below_it_and_leaving_it_is(api, reader):
+    user_id = api.funded_user(100)
+    set_threshold(api, user_id, 60)
+    api.usage(user_id, credits=-40)  # exactly 60
+    assert lows(api, reader, user_id) == []
+    api.usage(user_id, credits=-1)  # 59
+    assert [e["data"]["available"] for e in lows(api, reader, user_id)] == [59]
+
+
+def test_a_refund_and_an_expiry_that_cross_the_threshold_fire_it(api, reader, granter, db_session, app):
+    user_id = api.register()
+    set_threshold(api, user_id, 50)
+    purchase = api.purchase(user_id, credits=100, amount="10.00").json
+    api.create(user_id=user_id, type="refund", refunds=purchase["id"], amount="6.00", credits=-60,
+               description="Partial refund")
+    assert [e["data"]["available"] for e in lows(api, reader, user_id)] == [40]
+    other = api.register()
+    set_threshold(api, other, 50)
+    promo = grant(api, other, 80, granter, expires_in=600).json
+    api.purchase(other, credits=20, amount="2.00")
+    expire_now(db_session, promo["id"])
+    assert app.test_cli_runner().invoke(args=["transactions", "expire"]).exit_code == 0
+    (low,) = lows(api, reader, other)
+    assert (low["data"]["available"], low["data"]["threshold"]) == (20, 50)
+    assert [e["type"] for e in of_user(api, reader, other)][-3:] == ["transaction.created", "lot.expired", "balance.low"]
+
+
+def test_the_default_threshold_applies_unless_a_user_has_their_own_or_none(api, reader, app, monkeypatch):
+    monkeypatch.setitem(app.config, "LOW_BALANCE_THRESHOLD", 50)
+    by_default, own, off = api.funded_user(100), api.funded_user(100), api.funded_user(100)
+    assert set_threshold(api, own, 90)["low_balance_threshold"] == 90
+    assert set_threshold(api, off, None)["low_balance_threshold"] is None
+    registered = api.client.put(f"/api/users/{by_default}", headers=bearer(api.admin_token)).json
+    assert registered["low_balance_threshold"] == 50
+    for user_id in (by_default, own, off):
+        api.usage(user_id, credits=-60)
+    assert [e["data"]["threshold"] for e in lows(api, reader, by_default)] == [50]
+    assert [e["data"]["threshold"] for e in lows(api, reader, own)] == [90]
+    assert lows(api, reader, off) == []
+    assert api.client.put(f"/api/users/{own}", headers=bearer(api.admin_token)).json["low_balance_threshold"] == 90
+
+
+@pytest.mark.parametrize("threshold", [-1, "100", True, 1.5, 1_000_000_001])
+def test_a_threshold_that_is_not_a_count_of_credits_is_refused(api, threshold):
+    user_id = api.register()
+    response = api.client.put(f"/api/users/{user_id}", json={"low_balance_threshold": threshold},
+                              headers=bearer(api.admin_token))
+    assert (response.status_code, response.json["code"]) == (422, "validation_error")
+    assert "low_balance_threshold" in response.json["errors"]
+
+
+def test_balance_low_fires_once_across_fifty_concurrent_spends_that_cross_it(api, reader, live_server):
+    user_id = api.funded_user(1000)
+    set_threshold(api, user_id, 500)
+    barrier = threading.Barrier(50)
+    statuses = []
+
+    def spend(index):
+        barrier.wait()
+        body = {"user_id": str(user_id), "type": "usage", "amount": "0", "credits": -20, "description": f"s{index}"}
+        statuses.append(requests.post(f"{live_server}/api/transactions", json=body, timeout=30,
+                                      headers=bearer(api.admin_token)).status_code)
+
+    threads = [threading.Thread(target=spend, args=(index,)) for index in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [201] * 50
+    (low,) = lows(api, reader, user_id)
+    assert low["data"]["available"] == 480
+    assert sorted(e["sequence"] for e in of_user(api, reader, user_id)) == list(range(1, 53))

@@ -242,6 +242,25 @@ def test_a_reversal_gives_credits_back_to_the_lots_the_usage_consumed_the_last_c
     assert consistent(db_session, user_id) == 130
 
 
+def test_a_reversal_gives_no_lot_more_than_it_gave_even_once_the_lots_sort_otherwise(api, granter, db_session):
+    """The spend order of lots can change under a usage's reversals (here a lot's expiry moves, as the
+    expiry test of lots does): the next reversal fills what each lot has still to get back, not a share
+    worked out from the order."""
+    user_id = api.register()
+    promo = grant(api, user_id, 8, granter).json["id"]  # never expires, promotional: spent first
+    paid = api.purchase(user_id, credits=44, amount="4.40").json["id"]
+    usage = api.usage(user_id, credits=-52).json["id"]  # 8 promotional, 44 paid
+    assert reverse(api, user_id, usage, 41).status_code == 201  # the paid lot, the last spent, gets 41 of 44
+    db_session.execute(
+        text("UPDATE credit_lots SET expires_at = now() + interval '1 hour' WHERE transaction_id = :id"), {"id": paid}
+    )
+    db_session.commit()  # now the never-expiring promotional lot counts as the last spent
+    second = reverse(api, user_id, usage, 8)
+    assert second.status_code == 201, second.json  # was refused: the plan gave the paid lot 8 more, past its 44
+    assert (lot_of(api, user_id, paid)["remaining"], lot_of(api, user_id, promo)["remaining"]) == (41, 8)
+    assert consistent(db_session, user_id) == 49
+
+
 def test_a_reversal_of_a_completed_hold_goes_back_to_the_lots_it_reserved(api, granter, db_session):
     user_id = api.register()
     promo = grant(api, user_id, 10, granter).json["id"]

@@ -89,6 +89,26 @@ EVENTS_AGREE = text(
     " (SELECT coalesce(max(event_sequence), 0) FROM user_balances WHERE user_id = :u)"
 )
 
+# A user's postings in the order they were written, and how many balance.low events they have.
+POSTINGS_IN_ORDER = text(
+    "SELECT transaction_id, created_at, balance_after - held_after FROM lot_postings WHERE user_id = :u ORDER BY id"
+)
+LOW_BALANCE_EVENTS = text("SELECT count(*) FROM ledger_events WHERE user_id = :u AND type = 'balance.low'")
+
+
+def crossings(postings, threshold):
+    """How many writes took available credits from at or above ``threshold`` to below it.
+
+    A write's postings share its transaction and time and come one after another; the last holds the
+    user's totals after the write.
+    """
+    if threshold is None:
+        return 0
+    after_each_write = [available for (write, _time, available), following in zip(postings, postings[1:] + [None])
+                        if following is None or (following[0], following[1]) != (write, _time)]
+    before = [0] + after_each_write[:-1]
+    return sum(1 for was, now in zip(before, after_each_write) if was >= threshold > now)
+
 
 def make_machine(api, engine, app, granter):
     class LedgerMachine(RuleBasedStateMachine):
@@ -98,9 +118,13 @@ def make_machine(api, engine, app, granter):
         purchases = Bundle("purchases")
         usages = Bundle("usages")
 
-        @initialize()
-        def open_account(self):
+        @initialize(threshold=st.none() | st.integers(0, 400))
+        def open_account(self, threshold):
             self.user_id = api.register()
+            self.threshold = threshold
+            response = api.client.put(f"/api/users/{self.user_id}", json={"low_balance_threshold": threshold},
+                                      headers=bearer(api.admin_token))
+            assert response.json["low_balance_threshold"] == threshold
             self.expiry_recorded = True
             self.bought = []
 
@@ -209,6 +233,8 @@ def make_machine(api, engine, app, granter):
                 taken_late = connection.execute(TAKEN_AFTER_EXPIRY, {"u": self.user_id}).scalar()
                 too_much = connection.execute(GIVEN_BACK_TOO_MUCH, {"u": self.user_id}).one()
                 events = connection.execute(EVENTS_AGREE, {"u": self.user_id}).one()
+                postings = connection.execute(POSTINGS_IN_ORDER, {"u": self.user_id}).all()
+                lows = connection.scalar(LOW_BALANCE_EVENTS, {"u": self.user_id})
             balance, held, lots, lots_held, posted, posted_held, completed, broken, unexpired_remaining = row
             balance, held = balance or 0, held or 0
             assert broken == 0
@@ -220,6 +246,7 @@ def make_machine(api, engine, app, granter):
             assert (unmatched, other_status, updated_twice, expirations_without_event) == (0, 0, 0, 0)
             count, distinct, largest, counted = numbers
             assert count == distinct == largest == counted
+            assert lows == crossings(postings, self.threshold)
             read = api.client.get(f"/api/balance?user_id={self.user_id}", headers=bearer(api.admin_token)).json
             assert read["available"] == read["paid"] + read["promotional"] >= 0
             if self.expiry_recorded:

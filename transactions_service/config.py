@@ -87,10 +87,10 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "DATABASE_STATEMENT_TIMEOUT_MS": _int(env, "DATABASE_STATEMENT_TIMEOUT_MS", 10_000),
         "DATABASE_LOCK_TIMEOUT_MS": _int(env, "DATABASE_LOCK_TIMEOUT_MS", 5_000),
         "DATABASE_CONNECT_OPTIONS": _bool(env, "DATABASE_CONNECT_OPTIONS", True),
-        # Defaults to DATABASE_CONNECT_OPTIONS (finalise_database): direct connections, not a pooler's.
-        "DATABASE_PREPARED_STATEMENTS": _bool(env, "DATABASE_PREPARED_STATEMENTS", None),
+        "DATABASE_PREPARED_STATEMENTS": _bool(env, "DATABASE_PREPARED_STATEMENTS", None),  # see finalise_database
         "HOLD_TTL_SECONDS": _int(env, "HOLD_TTL_SECONDS", 3600),
         "EVENT_RETENTION_DAYS": _int(env, "EVENT_RETENTION_DAYS", 30),
+        "LOW_BALANCE_THRESHOLD": _int(env, "LOW_BALANCE_THRESHOLD", None),
         "LOG_FORMAT": env.get("LOG_FORMAT") or "json",
         "LOG_LEVEL": (env.get("LOG_LEVEL") or "INFO").upper(),
         "METRICS_TOKEN": env.get("METRICS_TOKEN") or None,
@@ -207,9 +207,12 @@ def finalise_tokens(config: dict[str, Any]) -> None:
 
 
 def finalise_service(config: dict[str, Any]) -> None:
-    """Logging, holds, API keys and the proxies in front."""
+    """Logging, holds, events, API keys and the proxies in front."""
     if config["LOG_FORMAT"] not in ("json", "text"):
         raise ConfigError("LOG_FORMAT must be 'json' or 'text'")
+    config.setdefault("LOW_BALANCE_THRESHOLD", None)  # unset: no alerts but a user's own
+    if config["LOW_BALANCE_THRESHOLD"] is not None and config["LOW_BALANCE_THRESHOLD"] < 0:
+        raise ConfigError("LOW_BALANCE_THRESHOLD must be 0 or more, or unset")
     if config["EVENT_RETENTION_DAYS"] < 1:
         raise ConfigError("EVENT_RETENTION_DAYS must be at least 1")
     if config["HOLD_TTL_SECONDS"] < 1:

@@ -1,10 +1,14 @@
-"""The ledger's events: the outbox every write adds to in its own statement; the events:read scope.
+"""Ledger events: the outbox each write adds to in its own statement; low-balance thresholds; events:read.
 
 Events start with this release: the rows written before it have none (the
 feed is what happened from now on; the history and the balance tell the
-rest). Adding user_balances.event_sequence with a constant default rewrites
-nothing, and ledger_events is new, so writes of the previous release may go
-on while this runs.
+rest). Writes of the previous release may go on while this runs: the new
+columns of user_balances are nullable or have a constant default (no
+rewrite), the CHECK is on a column that is all NULL, the index of reversals
+is built CONCURRENTLY, and ledger_events is new.
+
+Also: the index of each usage's reversals, which the next reversal's plan
+reads (what each lot has had back already).
 
 Revision ID: 0007_ledger_events
 Revises: 0006_refunds_reversals
@@ -37,6 +41,10 @@ class Xid8(UserDefinedType):
 
 def upgrade():
     op.add_column("user_balances", sa.Column("event_sequence", sa.BigInteger(), server_default="0", nullable=False))
+    op.add_column("user_balances", sa.Column("low_balance_own", sa.Boolean(), server_default="false", nullable=False))
+    op.add_column("user_balances", sa.Column("low_balance_threshold", sa.BigInteger(), nullable=True))
+    op.create_check_constraint(op.f("ck_user_balances_low_balance_threshold_not_negative"), "user_balances",
+                               "low_balance_threshold >= 0")
     op.create_table(
         "ledger_events",
         sa.Column("position", sa.BigInteger(), sa.Identity(always=True), nullable=False),
@@ -54,6 +62,10 @@ def upgrade():
     op.create_index("ix_ledger_events_feed", "ledger_events", ["xid", "position"])
     op.create_index("ix_ledger_events_created_at", "ledger_events", ["created_at"], postgresql_using="brin")
     _scopes(NEW_SCOPES)
+    with op.get_context().autocommit_block():  # a usage's reversals, for the next one's plan
+        op.create_index("ix_user_transactions_reverses", "user_transactions", ["reverses"],
+                        postgresql_where=sa.text("reverses IS NOT NULL"), postgresql_concurrently=True,
+                        if_not_exists=True)
 
 
 def _scopes(scopes: str):
@@ -66,6 +78,10 @@ def downgrade():
     keys = op.get_bind().execute(sa.text("SELECT count(*) FROM api_keys WHERE 'events:read' = ANY(scopes)")).scalar()
     if keys:
         raise RuntimeError(f"{keys} keys with events:read exist: the previous schema has no place for them")
+    with op.get_context().autocommit_block():
+        op.drop_index("ix_user_transactions_reverses", "user_transactions", postgresql_concurrently=True,
+                      if_exists=True)
     _scopes(OLD_SCOPES)
     op.drop_table("ledger_events")
-    op.drop_column("user_balances", "event_sequence")
+    for column in ("low_balance_threshold", "low_balance_own", "event_sequence"):
+        op.drop_column("user_balances", column)

@@ -351,10 +351,13 @@ class PostingSchema(Schema):
 class UserSchema(Schema):
     id = fields.UUID()
     created_at = Timestamp()
+    low_balance_threshold = fields.Integer(allow_none=True)
 
 
 class RegisterUserSchema(StrictSchema):
-    """The body of a registration: empty today; unknown fields are refused."""
+    """The body of a registration, optional: the user's low-balance threshold (null: no alerts)."""
+
+    low_balance_threshold = StrictInteger(allow_none=True, validate=validate.Range(0, MAX_CREDITS))
 
 
 def transaction_json(transaction: Transaction, postings: list[Posting] | None = None) -> str:

@@ -20,8 +20,8 @@ _user = UserSchema()
 def register_user(user_id: str) -> tuple[Response, int]:
     policy.require_register(current_caller())
     registered_id = path_uuid("user_id", user_id)
-    if request.content_length:
-        load_body(_register)
-    registration = rules.register_user(registered_id)
-    body = _user.dump({"id": registered_id, "created_at": registration.created_at})
+    settings = load_body(_register) if request.content_length else {}
+    registration = rules.register_user(registered_id, **settings)
+    body = _user.dump({"id": registered_id, "created_at": registration.created_at,
+                       "low_balance_threshold": rules.low_balance_threshold(registered_id)})
     return jsonify(body), 201 if registration.created else 200

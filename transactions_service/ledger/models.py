@@ -122,6 +122,8 @@ class UserTransaction(db.Model):
         Index(
             "ix_user_transactions_user_holds", "user_id", "hold_expires_at", postgresql_where=db.text(PENDING_USAGE)
         ),
+        # A usage's reversals: what each of its lots has had back already.
+        Index("ix_user_transactions_reverses", "reverses", postgresql_where=db.text("reverses IS NOT NULL")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
@@ -237,6 +239,7 @@ class UserBalance(db.Model):
     __table_args__ = (
         CheckConstraint("held >= 0", name="held_not_negative"),
         CheckConstraint("balance - held >= 0", name="available_not_negative"),
+        CheckConstraint("low_balance_threshold >= 0", name="low_balance_threshold_not_negative"),
     )
 
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id"), primary_key=True)
@@ -246,6 +249,10 @@ class UserBalance(db.Model):
     # The sequence of the user's latest event: each write adds its events' count under this row's lock,
     # so that a user's events are numbered in the order their writes commit.
     event_sequence: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # A balance.low event fires when a write takes available credits from at or above the threshold to
+    # below it: the user's own when ``low_balance_own`` (null: no alert), else LOW_BALANCE_THRESHOLD.
+    low_balance_own: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    low_balance_threshold: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Xid8(UserDefinedType):

@@ -133,6 +133,11 @@ def _lot_terms(request: dict[str, Any], now: datetime) -> dict[str, Any]:
     }
 
 
+def _low_balance_default() -> int | None:
+    """The threshold below which a user's available credits fire balance.low, unless they have their own."""
+    return current_app.config["LOW_BALANCE_THRESHOLD"]
+
+
 def _text(value: uuid.UUID | None) -> str | None:
     return None if value is None else str(value)
 
@@ -152,7 +157,7 @@ def _new_transaction(request: dict[str, Any], now: datetime) -> tuple[Transactio
     )
     row = {
         **new._asdict(), "amount": request["amount"], "created_at": now, "hold_expires_at": hold_expires_at,
-        "needed": -request["credits"], **_lot_terms(request, now),
+        "needed": -request["credits"], "low_balance_default": _low_balance_default(), **_lot_terms(request, now),
     }
     return new, row
 
@@ -365,7 +370,7 @@ def settle_transaction(caller: Caller, transaction_id: uuid.UUID, status: Transa
 
 def expire_lots_of(user_id: uuid.UUID | str, now: datetime | None = None) -> int:
     """Record the expiry of the user's lapsed lots (their unheld credits); returns how many lots expired."""
-    expired = store.expire_lots(user_id, now or utcnow())
+    expired = store.expire_lots(user_id, now or utcnow(), _low_balance_default())
     LEDGER_LOTS_EXPIRED.inc(expired)
     return expired
 
@@ -516,7 +521,20 @@ def get_balance(user_id: uuid.UUID) -> Balance:
     return store.balance(user_id, utcnow()) or Balance(user_id, 0, 0)
 
 
-def register_user(user_id: uuid.UUID) -> Registration:
-    """Make the user known to the ledger (safe to repeat)."""
-    return store.register(user_id)
+_KEEP = object()
+
+
+def register_user(user_id: uuid.UUID, low_balance_threshold: Any = _KEEP) -> Registration:
+    """Make the user known to the ledger (safe to repeat), and set their low-balance threshold if given
+    (an integer, or None for no alerts); without one, a user keeps theirs or has the service's default."""
+    registration = store.register(user_id)
+    if low_balance_threshold is not _KEEP:
+        store.set_low_balance_threshold(user_id, low_balance_threshold)
+    return registration
+
+
+def low_balance_threshold(user_id: uuid.UUID) -> int | None:
+    """The threshold that applies to the user: their own, or else the service's default (None: no alerts)."""
+    own = store.low_balance_threshold(user_id)
+    return own.threshold if own.own else _low_balance_default()
 

@@ -418,6 +418,30 @@ def register(user_id: uuid.UUID) -> Registration:
     return _first(Registration, _REGISTER, {"id": str(user_id)}, repeatable=True)
 
 
+# The user's own low-balance threshold (null: none), on the balance row their writes lock, which a
+# user who has not written yet gets now with nothing in it.
+_SET_THRESHOLD = (
+    "INSERT INTO user_balances AS b (user_id, balance, held, low_balance_own, low_balance_threshold)"
+    " VALUES (%(id)s, 0, 0, true, %(threshold)s) ON CONFLICT (user_id) DO UPDATE"
+    " SET low_balance_own = true, low_balance_threshold = excluded.low_balance_threshold"
+)
+_OWN_THRESHOLD = "SELECT low_balance_own, low_balance_threshold FROM user_balances WHERE user_id = %(id)s"
+
+
+class Threshold(NamedTuple):
+    own: bool
+    threshold: int | None
+
+
+def set_low_balance_threshold(user_id: uuid.UUID, threshold: int | None) -> None:
+    run_statement(_SET_THRESHOLD, {"id": str(user_id), "threshold": threshold}, repeatable=True)
+
+
+def low_balance_threshold(user_id: uuid.UUID) -> Threshold:
+    """Whether the user has a threshold of their own, and which."""
+    return _first(Threshold, _OWN_THRESHOLD, {"id": str(user_id)}, repeatable=True) or Threshold(False, None)
+
+
 # --- lots: the order every debit takes credits in ------------------------------------------------
 
 # Lower priority first; then the soonest to expire (never-expiring last); promotional before paid;
@@ -430,6 +454,36 @@ _BALANCE_ROW = "balance_row AS MATERIALIZED (SELECT balance, held FROM user_bala
 # Each write numbers its events after the user's latest, on the balance row it locks (ADR 0006).
 _NEXT_EVENT = "event_sequence = event_sequence + 1"
 _EVENT_INSERT = "INSERT INTO ledger_events (type, user_id, sequence, data, created_at)"
+# A user's low-balance threshold, read from their balance row: their own (PUT /api/users), or else the
+# service's default (LOW_BALANCE_THRESHOLD); null: no alert.
+_THRESHOLD = "CASE WHEN low_balance_own THEN low_balance_threshold ELSE %(low_balance_default)s::integer END"
+
+
+def _falls_below(before: str, after: str) -> str:
+    """Whether available credits go from ``before``, at or above the threshold, to ``after``, below it."""
+    return f"coalesce({before} >= {_THRESHOLD} AND {after} < {_THRESHOLD}, false)"
+
+
+# A debit of %(needed)s available credits numbers one event, or two when it takes available credits
+# below the threshold: balance.low follows the write's own (SET reads the row as it was, RETURNING as
+# it is now). Every other write returns ``fell`` false.
+_DEBIT_EVENTS = (
+    f"event_sequence = event_sequence + 1 + {_falls_below('balance - held', 'balance - held - %(needed)s')}::integer"
+)
+_DEBITED = (
+    f"balance, held, event_sequence, {_falls_below('balance - held + %(needed)s', 'balance - held')} AS fell,"
+    f" {_THRESHOLD} AS threshold"
+)
+# A balance.low event's data: the balance row ``b`` after the write, with the threshold it fell below.
+_LOW_BALANCE_JSON = (
+    "json_build_object('user_id', %(user_id)s::text, 'balance', {b}.balance, 'held', {b}.held,"
+    " 'available', {b}.balance - {b}.held, 'threshold', {b}.threshold)"
+)
+# The balance.low event of a write whose ``applied`` row fell below the threshold.
+_FELL = (
+    f"low AS ({_EVENT_INSERT} SELECT 'balance.low', %(user_id)s::uuid, applied.event_sequence,"
+    f" {_LOW_BALANCE_JSON.format(b='applied')}, %(created_at)s FROM new, applied WHERE applied.fell)"
+)
 # A user's lots whose unheld credits have expired but are not recorded as expired yet.
 _LAPSED_LOTS = "SELECT 1 FROM credit_lots WHERE user_id = %(user_id)s AND remaining > 0 AND expires_at <= %(created_at)s"
 
@@ -454,13 +508,14 @@ def _debit(move: str, balance_change: str, posting: str) -> tuple[list[str], lis
         f" WINDOW spend_order AS (ORDER BY {SPEND_ORDER}))",
         f"took AS (UPDATE credit_lots AS l SET {move} FROM plan"
         " WHERE l.id = plan.id AND plan.take > 0 RETURNING l.id, plan.take, plan.through)",
-        f"applied AS (UPDATE user_balances SET {balance_change}, {_NEXT_EVENT}, updated_at = now()"
-        " WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM plan) RETURNING balance, held, event_sequence)",
+        f"applied AS (UPDATE user_balances SET {balance_change}, {_DEBIT_EVENTS}, updated_at = now()"
+        f" WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM plan) RETURNING {_DEBITED})",
     ]
     after = [
         "posted AS (INSERT INTO lot_postings"
         " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
-        f" SELECT new.id, took.id, %(user_id)s::uuid, {posting}, %(created_at)s FROM new, took, balance_row)"
+        f" SELECT new.id, took.id, %(user_id)s::uuid, {posting}, %(created_at)s FROM new, took, balance_row)",
+        _FELL,
     ]
     return before, after
 
@@ -476,7 +531,7 @@ def _credit(source: str, lot: str) -> tuple[list[str], list[str]]:
         f" SELECT owner, credits, 0, 1 FROM ({source}) AS credited(owner, credits)"
         " ON CONFLICT (user_id) DO UPDATE SET balance = b.balance + excluded.balance,"
         " event_sequence = b.event_sequence + 1, updated_at = now()"
-        " RETURNING b.user_id, b.balance, b.held, b.event_sequence)",
+        " RETURNING b.user_id, b.balance, b.held, b.event_sequence, false AS fell)",
     ]
     after = [
         "lot AS (INSERT INTO credit_lots"
@@ -515,14 +570,15 @@ def _refund() -> tuple[list[str], list[str]]:
         "took AS (UPDATE credit_lots AS l SET remaining = l.remaining - %(needed)s FROM plan WHERE l.id = plan.id)",
         "counted AS (UPDATE user_transactions SET refunded_amount = refunded_amount + %(amount)s"
         " WHERE id = %(refunds)s AND EXISTS (SELECT 1 FROM plan))",
-        f"applied AS (UPDATE user_balances SET balance = balance - %(needed)s, {_NEXT_EVENT}, updated_at = now()"
-        " WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM plan) RETURNING balance, held, event_sequence)",
+        f"applied AS (UPDATE user_balances SET balance = balance - %(needed)s, {_DEBIT_EVENTS}, updated_at = now()"
+        f" WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM plan) RETURNING {_DEBITED})",
     ]
     after = [
         "posted AS (INSERT INTO lot_postings"
         " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
         " SELECT new.id, plan.id, %(user_id)s::uuid, -%(needed)s, 0, balance_row.balance - %(needed)s,"
-        " balance_row.held, %(created_at)s FROM new, plan, balance_row)"
+        " balance_row.held, %(created_at)s FROM new, plan, balance_row)",
+        _FELL,
     ]
     return before, after
 
@@ -531,10 +587,11 @@ def _reversal() -> tuple[list[str], list[str]]:
     """The CTEs of a reversal of ``%(credits)s`` credits of usage ``%(reverses)s``.
 
     The credits go back to the lots the usage consumed, the last consumed
-    first. Where earlier reversals of the usage left off is worked out from
-    the credits reversed so far, kept on the usage row (locked, after the
-    balance row): so two reversals never give the same credits back, and
-    none gives a lot more than the usage took from it. A usage recorded
+    first, each at most what the usage took from it less what earlier
+    reversals of the usage gave it (their postings). The usage row (locked,
+    after the balance row) keeps the credits reversed so far: so two
+    reversals never give the same credits back, and none gives a lot more
+    than the usage took from it, whatever order the lots are in by now. A usage recorded
     before lots existed consumed no lot: its credits come back as a paid,
     never-expiring lot of their own, as its opening lot was. A lot that has
     expired since takes the credits back and lapses at once (the caller
@@ -542,23 +599,27 @@ def _reversal() -> tuple[list[str], list[str]]:
     """
     before = [
         _BALANCE_ROW,
-        "usage AS MATERIALIZED (SELECT id, reversed_credits AS done FROM user_transactions WHERE id = %(reverses)s"
+        "usage AS MATERIALIZED (SELECT id FROM user_transactions WHERE id = %(reverses)s"
         " AND user_id = %(user_id)s AND type = 'usage' AND status = 'completed'"
         " AND reversed_credits + %(credits)s <= -credits AND EXISTS (SELECT 1 FROM balance_row) FOR UPDATE)",
         "consumed AS MATERIALIZED (SELECT l.id, -sum(p.credits) AS took,"
         " l.priority, l.expires_at, l.category, l.created_at FROM lot_postings AS p JOIN credit_lots AS l ON l.id = p.lot_id"
         " WHERE p.transaction_id = %(reverses)s AND EXISTS (SELECT 1 FROM usage) GROUP BY l.id HAVING sum(p.credits) < 0)",
-        # Each lot's share of the usage's reversed credits before and after this reversal, the last spent first.
-        "plan AS MATERIALIZED (SELECT c.id,"
-        " least(c.took, greatest(0, u.done + %(credits)s - c.ahead)) - least(c.took, greatest(0, u.done - c.ahead)) AS give"
-        " FROM usage AS u, (SELECT id, took, sum(took) OVER last_first - took AS ahead FROM consumed"
-        f" WINDOW last_first AS (ORDER BY {LAST_SPENT_FIRST})) AS c)",
+        "given AS MATERIALIZED (SELECT p.lot_id, sum(p.credits) AS back FROM user_transactions AS r"
+        " JOIN lot_postings AS p ON p.transaction_id = r.id WHERE r.reverses = %(reverses)s"
+        " AND EXISTS (SELECT 1 FROM usage) GROUP BY p.lot_id)",
+        # What each lot may still get back, filled the last spent first.
+        "plan AS MATERIALIZED (SELECT id,"
+        " least(room, greatest(0, %(credits)s - (sum(room) OVER last_first - room))) AS give FROM"
+        " (SELECT c.*, c.took - coalesce(g.back, 0) AS room FROM consumed AS c LEFT JOIN given AS g ON g.lot_id = c.id)"
+        f" AS open WINDOW last_first AS (ORDER BY {LAST_SPENT_FIRST}))",
         "returned AS (UPDATE credit_lots AS l SET remaining = l.remaining + plan.give FROM plan"
         " WHERE l.id = plan.id AND plan.give > 0 RETURNING l.id, plan.give)",
         "counted AS (UPDATE user_transactions SET reversed_credits = reversed_credits + %(credits)s"
         " WHERE id = %(reverses)s AND EXISTS (SELECT 1 FROM usage))",
         f"applied AS (UPDATE user_balances SET balance = balance + %(credits)s, {_NEXT_EVENT}, updated_at = now()"
-        " WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM usage) RETURNING balance, held, event_sequence)",
+        " WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM usage) RETURNING balance, held, event_sequence,"
+        " false AS fell)",
     ]
     after = [
         "fresh AS (INSERT INTO credit_lots (id, user_id, transaction_id, category, credits, remaining, created_at)"
@@ -626,7 +687,7 @@ class Recorded(NamedTuple):
 _EVENT_ONLY = [
     "applied AS (INSERT INTO user_balances AS b (user_id, balance, held, event_sequence)"
     " VALUES (%(user_id)s::uuid, 0, 0, 1) ON CONFLICT (user_id) DO UPDATE SET event_sequence = b.event_sequence + 1"
-    " RETURNING b.event_sequence)"
+    " RETURNING b.event_sequence, false AS fell)"
 ]
 
 
@@ -637,8 +698,8 @@ def _record(effect: str | None, keyed: bool) -> str:
         *before,
         f"new AS (INSERT INTO user_transactions ({_LEDGER_COLUMNS}) SELECT {_NEW_ROW} FROM applied RETURNING id)",
         *after,
-        f"created AS ({_EVENT_INSERT} SELECT 'transaction.created', %(user_id)s::uuid, applied.event_sequence,"
-        " %(event)s::json, %(created_at)s FROM new, applied)",
+        f"created AS ({_EVENT_INSERT} SELECT 'transaction.created', %(user_id)s::uuid,"
+        " applied.event_sequence - applied.fell::integer, %(event)s::json, %(created_at)s FROM new, applied)",
     ]
     if keyed:
         parts.append(
@@ -851,14 +912,20 @@ _EXPIRE_LOTS = (
     " SELECT planned.expiration_id, planned.id, %(user_id)s::uuid, -planned.remaining, 0,"
     " balance_row.balance - planned.through, balance_row.held, %(now)s FROM planned, balance_row),"
     " shrunk AS (UPDATE user_balances SET balance = balance - (SELECT sum(remaining) FROM planned),"
-    " event_sequence = event_sequence + 2 * (SELECT count(*) FROM planned), updated_at = now()"
-    " WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM planned)),"
+    " event_sequence = event_sequence + 2 * (SELECT count(*) FROM planned)"
+    f" + {_falls_below('balance - held', 'balance - held - (SELECT sum(remaining) FROM planned)')}::integer,"
+    " updated_at = now() WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM planned)"
+    f" RETURNING balance, held, event_sequence, {_THRESHOLD} AS threshold,"
+    f" {_falls_below('balance - held + (SELECT sum(remaining) FROM planned)', 'balance - held')} AS fell),"
     f" events AS ({_EVENT_INSERT} SELECT * FROM ("
     " SELECT 'transaction.created', %(user_id)s::uuid, b.event_sequence + 2 * p.n - 1 AS sequence, r.shown, %(now)s"
     " FROM planned AS p JOIN recorded AS r ON r.id = p.expiration_id, balance_row AS b"
     " UNION ALL"
     f" SELECT 'lot.expired', %(user_id)s::uuid, b.event_sequence + 2 * p.n, {_LOT_EXPIRED_JSON}, %(now)s"
-    " FROM planned AS p, balance_row AS b) AS e ORDER BY sequence)"
+    " FROM planned AS p, balance_row AS b"
+    " UNION ALL"
+    f" SELECT 'balance.low', %(user_id)s::uuid, s.event_sequence, {_LOW_BALANCE_JSON.format(b='s')}, %(now)s"
+    " FROM shrunk AS s WHERE s.fell) AS e ORDER BY sequence)"
     " SELECT count(*) FROM planned"
 )
 _USERS_WITH_LAPSED_LOTS = (
@@ -866,12 +933,13 @@ _USERS_WITH_LAPSED_LOTS = (
 )
 
 
-def expire_lots(user_id: uuid.UUID | str, now: datetime) -> int:
+def expire_lots(user_id: uuid.UUID | str, now: datetime, low_balance_default: int | None) -> int:
     """Record the expiry of the user's lots lapsed by ``now``; returns how many lots expired.
 
     Safe to run again, and concurrently: a lot with nothing left is not expired twice.
     """
-    return _value(_EXPIRE_LOTS, {"user_id": str(user_id), "now": now}, repeatable=True)
+    params = {"user_id": str(user_id), "now": now, "low_balance_default": low_balance_default}
+    return _value(_EXPIRE_LOTS, params, repeatable=True)
 
 
 def users_with_lapsed_lots(now: datetime, limit: int) -> list[str]:

@@ -266,15 +266,22 @@ export interface paths {
         };
         get?: never;
         /**
-         * Register a user (idempotent)
+         * Register a user (idempotent), and set their low-balance threshold
          * @description Tells the ledger that a user id exists, so that transactions can be
-         *     recorded for it. Registering an id that is already known changes
-         *     nothing and answers `200` with the original `created_at`; a new id
-         *     answers `201`.
+         *     recorded for it. Registering an id that is already known answers
+         *     `200` with the original `created_at`; a new id answers `201`.
          *
-         *     The body is optional: send none, or an empty JSON object `{}`. A body
-         *     is only read when the request declares a non-zero `Content-Length`;
-         *     any field in it is refused (`422 validation_error`, "Unknown field.").
+         *     The body is optional: send none, `{}`, or
+         *     `{"low_balance_threshold": 100}`. A body is only read when the request
+         *     declares a non-zero `Content-Length`; any other field is refused
+         *     (`422 validation_error`, "Unknown field."). `low_balance_threshold`
+         *     sets the user's own threshold (an integer, or `null` for no alerts);
+         *     without it the user keeps theirs, or has the service's default
+         *     (`LOW_BALANCE_THRESHOLD`, unset: none). The answer shows the one that
+         *     applies. A `balance.low` event fires once when a write (a spend, a
+         *     hold, a refund, an expiry) takes the user's available credits from at
+         *     or above the threshold to below it, and fires again only after they
+         *     have been back at or above it.
          *
          *     **Authorization.** Services whose API key has `users:write` only (else `403
          *     insufficient_scope`).
@@ -680,17 +687,28 @@ export interface components {
             /** @description The user's events numbered 1, 2, 3, ... in the order their writes committed. */
             sequence: number;
             /**
-             * @description The transaction (`transaction.*`) or the lot (`lot.expired`, with
-             *     `expired`: the credits the expiry took) as the API showed it when
-             *     the event was written.
+             * @description The transaction (`transaction.*`), the lot (`lot.expired`, with
+             *     `expired`: the credits the expiry took) or the balance
+             *     (`balance.low`) as the API showed it when the event was written.
              */
-            data: components["schemas"]["Transaction"] | components["schemas"]["ExpiredLot"];
+            data: components["schemas"]["Transaction"] | components["schemas"]["ExpiredLot"] | components["schemas"]["LowBalance"];
         };
         /** @description A lot an expiry emptied, as `GET /api/lots` showed it then, and how many credits the expiry took. */
         ExpiredLot: {
             /** @description The credits this expiry took from the lot. */
             expired: number;
         } & components["schemas"]["LotFields"];
+        /**
+         * @description A user's totals just after the write that took available credits below
+         *     their threshold (the first members of `Balance`), and the threshold.
+         */
+        LowBalance: {
+            user_id: components["schemas"]["Uuid"];
+            balance: number;
+            held: number;
+            available: number;
+            threshold: number;
+        };
         EventsPage: {
             data: components["schemas"]["Event"][];
             /** @description More events are ready now: ask again at once with `next_cursor`. */
@@ -711,13 +729,18 @@ export interface components {
         TransactionDetail: {
             postings: components["schemas"]["Posting"][];
         } & components["schemas"]["TransactionFields"];
-        /** @description The body of a registration - empty today; any field is refused. */
-        RegisterUser: Record<string, never>;
+        /** @description The body of a registration, all optional; any other field is refused. */
+        RegisterUser: {
+            /** @description The user's own threshold for `balance.low`; null for no alerts. */
+            low_balance_threshold?: number | null;
+        };
         /** @description A user the ledger knows about. */
         User: {
             id: components["schemas"]["Uuid"];
             /** @description When the user was first registered with this service. */
             created_at: components["schemas"]["Timestamp"];
+            /** @description The threshold that applies to the user (their own, or the service's default); null for none. */
+            low_balance_threshold: number | null;
         };
         /** @description Liveness (`/healthz`) - and, with `database`, readiness (`/readyz`). */
         Health: {
