@@ -17,7 +17,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from . import api_keys
+from . import api_keys, relay
 from .auth import Caller, issue_token
 from .config import ConfigError, token_settings
 from .errors import ApiError
@@ -210,6 +210,15 @@ def prune_events(older_than: str | None) -> None:
     """Delete events older than the retention (EVENT_RETENTION_DAYS); run it daily. Safe to run concurrently."""
     age = timedelta(days=current_app.config["EVENT_RETENTION_DAYS"]) if older_than is None else parse_duration(older_than)
     click.echo(f"deleted {rules.prune_events(utcnow() - age)} events")
+
+
+@events_cli.command("relay")
+def relay_events() -> None:
+    """Relay the event feed into NATS JetStream (EVENTS_NATS_URL), from where it left off, until SIGTERM."""
+    if not current_app.config.get("EVENTS_NATS_URL"):
+        raise click.ClickException("EVENTS_NATS_URL is not set: name the NATS server to relay the feed to")
+    published = relay.run(current_app._get_current_object(), relay.RelaySettings.from_config(current_app.config))
+    click.echo(f"published {published} events")
 
 
 # The command's first name, kept so that schedulers set up before lots keep working.

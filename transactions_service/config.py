@@ -56,6 +56,16 @@ def _list(env: Mapping[str, str], name: str) -> list[str]:
     return [item.strip() for item in env.get(name, "").split(",") if item.strip()]
 
 
+def _event_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The event feed's: retention, low-balance alerts, the JetStream relay."""
+    return {
+        "EVENT_RETENTION_DAYS": _int(env, "EVENT_RETENTION_DAYS", 30),
+        "LOW_BALANCE_THRESHOLD": _int(env, "LOW_BALANCE_THRESHOLD", None),
+        "EVENTS_NATS_URL": env.get("EVENTS_NATS_URL") or None,
+        "EVENTS_NATS_STREAM": env.get("EVENTS_NATS_STREAM") or "LEDGER",
+    }
+
+
 def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The settings that come from environment variables (the table in docs/configuration.md)."""
     env = os.environ if env is None else env
@@ -89,8 +99,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "DATABASE_CONNECT_OPTIONS": _bool(env, "DATABASE_CONNECT_OPTIONS", True),
         "DATABASE_PREPARED_STATEMENTS": _bool(env, "DATABASE_PREPARED_STATEMENTS", None),  # see finalise_database
         "HOLD_TTL_SECONDS": _int(env, "HOLD_TTL_SECONDS", 3600),
-        "EVENT_RETENTION_DAYS": _int(env, "EVENT_RETENTION_DAYS", 30),
-        "LOW_BALANCE_THRESHOLD": _int(env, "LOW_BALANCE_THRESHOLD", None),
+        **_event_settings(env),
         "LOG_FORMAT": env.get("LOG_FORMAT") or "json",
         "LOG_LEVEL": (env.get("LOG_LEVEL") or "INFO").upper(),
         "METRICS_TOKEN": env.get("METRICS_TOKEN") or None,

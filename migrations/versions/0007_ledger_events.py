@@ -7,7 +7,8 @@ columns of user_balances are nullable or have a constant default (no
 rewrite), the CHECK is on a column that is all NULL, the index of reversals
 is built CONCURRENTLY, and ledger_events is new.
 
-Also: the index of each usage's reversals, which the next reversal's plan
+Also: event_relays, where a relay of the feed (into JetStream) has got to;
+and the index of each usage's reversals, which the next reversal's plan
 reads (what each lot has had back already).
 
 Revision ID: 0007_ledger_events
@@ -61,6 +62,14 @@ def upgrade():
     )
     op.create_index("ix_ledger_events_feed", "ledger_events", ["xid", "position"])
     op.create_index("ix_ledger_events_created_at", "ledger_events", ["created_at"], postgresql_using="brin")
+    op.create_table(
+        "event_relays",
+        sa.Column("name", sa.Text(), nullable=False),
+        sa.Column("after_xid", sa.BigInteger(), nullable=False),
+        sa.Column("after_position", sa.BigInteger(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_event_relays")),
+    )
     _scopes(NEW_SCOPES)
     with op.get_context().autocommit_block():  # a usage's reversals, for the next one's plan
         op.create_index("ix_user_transactions_reverses", "user_transactions", ["reverses"],
@@ -82,6 +91,7 @@ def downgrade():
         op.drop_index("ix_user_transactions_reverses", "user_transactions", postgresql_concurrently=True,
                       if_exists=True)
     _scopes(OLD_SCOPES)
+    op.drop_table("event_relays")
     op.drop_table("ledger_events")
     for column in ("low_balance_threshold", "low_balance_own", "event_sequence"):
         op.drop_column("user_balances", column)

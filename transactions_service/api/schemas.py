@@ -27,7 +27,7 @@ from ..ledger.models import (
     TransactionType,
 )
 from ..ledger.rules import EventsPage, HistoryPage, LotsPage
-from ..ledger.store import Posting, Transaction
+from ..ledger.store import Event, Posting, Transaction
 
 _AMOUNT_PATTERN = re.compile(r"[0-9]{1,10}(\.[0-9]{1,2})?")
 _CENT = Decimal("0.01")
@@ -384,13 +384,17 @@ def lots_page_json(page: LotsPage) -> dict[str, Any]:
     return {"data": _lot.dump(page.lots, many=True), "has_more": page.has_more, "next_cursor": page.next_cursor}
 
 
-def events_page_json(page: EventsPage) -> str:
-    """A page of the event feed (``EventsPage`` in openapi.yaml) as compact JSON text; each event's data as written."""
-    rows = ",".join(
+def event_json(e: Event) -> str:
+    """An event (``Event`` in openapi.yaml) as compact JSON text, its data as written."""
+    return (
         f'{{"id":"{e.id}","type":"{e.type}","created_at":"{e.created_at}","user_id":"{e.user_id}",'
         f'"sequence":{e.sequence},"data":{e.data}}}'
-        for e in page.events
     )
+
+
+def events_page_json(page: EventsPage) -> str:
+    """A page of the event feed (``EventsPage`` in openapi.yaml) as compact JSON text."""
+    rows = ",".join(event_json(e) for e in page.events)
     cursor = "null" if page.next_cursor is None else f'"{page.next_cursor}"'
     return f'{{"data":[{rows}],"has_more":{"true" if page.has_more else "false"},"next_cursor":{cursor}}}'
 

@@ -302,6 +302,17 @@ class LedgerEvent(db.Model):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class EventRelay(db.Model):
+    """How far a relay of the feed has got: the last event it handed on, as a feed position."""
+
+    __tablename__ = "event_relays"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    after_xid: Mapped[int] = mapped_column(BigInteger)
+    after_position: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class IdempotencyRecord(db.Model):
     """The first response to a write made with an ``Idempotency-Key``.
 

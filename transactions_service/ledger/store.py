@@ -391,6 +391,26 @@ def events_page(after: FeedPosition, limit: int, *, types: list[str], user_id: u
     return [Event(*row) for row in rows]
 
 
+# Where a relay of the feed (into JetStream, say) has got to: the last event it handed on.
+_RELAY_POSITION = "SELECT after_xid, after_position FROM event_relays WHERE name = %(name)s"
+_SAVE_RELAY_POSITION = (
+    "INSERT INTO event_relays (name, after_xid, after_position) VALUES (%(name)s, %(xid)s, %(position)s)"
+    " ON CONFLICT (name) DO UPDATE SET after_xid = excluded.after_xid, after_position = excluded.after_position,"
+    " updated_at = now() WHERE (event_relays.after_xid, event_relays.after_position) < (excluded.after_xid,"
+    " excluded.after_position)"
+)
+
+
+def relay_position(name: str) -> FeedPosition:
+    """The last event the named relay handed on (the start of the feed when it has handed on none)."""
+    return _first(FeedPosition, _RELAY_POSITION, {"name": name}, repeatable=True) or FeedPosition(0, 0)
+
+
+def save_relay_position(name: str, position: FeedPosition) -> None:
+    """Remember where the relay has got to; a position behind the one remembered changes nothing."""
+    run_statement(_SAVE_RELAY_POSITION, {"name": name, **position._asdict()}, repeatable=True)
+
+
 _PRUNE_EVENTS = (
     "WITH old AS (SELECT position FROM ledger_events WHERE created_at < %(before)s LIMIT %(limit)s),"
     " pruned AS (DELETE FROM ledger_events AS e USING old WHERE e.position = old.position RETURNING 1)"

@@ -220,8 +220,10 @@ export interface paths {
          *     them. `transaction.created` carries the new transaction,
          *     `transaction.updated` the transaction after a settlement or a hold's
          *     lapse, `lot.expired` the lot an expiry emptied (with `expired`, the
-         *     credits it took); each event's `data` is what the API showed at that
-         *     moment, never read again later.
+         *     credits it took), `balance.low` the user's totals when a write took
+         *     their available credits below their threshold (see `registerUser`);
+         *     each event's `data` is what the API showed at that moment, never
+         *     read again later.
          *
          *     **Never a gap.** Events are in a stable order, and a page hands out
          *     an event only once every write that might come before it has
