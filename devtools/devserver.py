@@ -68,7 +68,8 @@ def print_credentials(user_token: str, service_keys: dict[str, str]) -> None:
     print("\nCredentials (copy into your shell):", flush=True)
     print(f"  # the demo user's token (billing page), for 24 hours\n  export USER_TOKEN={user_token}")
     for variable, name in (
-        ("PAYMENT_KEY", "payment-service"), ("GENERATION_KEY", "generation-service"), ("FEED_KEY", "finance-mirror")
+        ("PAYMENT_KEY", "payment-service"), ("GENERATION_KEY", "generation-service"), ("FEED_KEY", "finance-mirror"),
+        ("WEBHOOKS_KEY", "webhooks-admin"),
     ):
         print(f"  # {name}'s API key ({' '.join(SERVICE_KEYS[name])})\n  export {variable}={service_keys[name]}")
     print(f"  export DEMO_USER_ID={DEMO_USER_ID}\n", flush=True)
@@ -80,6 +81,9 @@ def main() -> int:
     os.environ.setdefault("JWT_DECODE_AUDIENCE", DEV_AUDIENCE)
     os.environ.setdefault("CORS_ORIGINS", DEV_CORS_ORIGINS)
     os.environ.setdefault("LOG_FORMAT", "text")
+    # Webhooks to a receiver on this machine (scripts/webhook_receiver.py), which production refuses.
+    os.environ.setdefault("WEBHOOK_ALLOW_HTTP", "true")
+    os.environ.setdefault("WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")
     embedded = None
     if not os.environ.get("DATABASE_URL"):
         embedded = EmbeddedPostgres((INSTANCE / "postgres").resolve()).start()
@@ -94,7 +98,7 @@ def main() -> int:
 
     host = os.environ.get("HOST", "127.0.0.1")
     port = os.environ.get("PORT", "5000")
-    gunicorn = None
+    gunicorn = worker = None
     try:
         app = create_app()
         with app.app_context():
@@ -112,13 +116,16 @@ def main() -> int:
             [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--workers", "2",
              "--bind", f"{host}:{port}", "wsgi:app"],
         )
+        # The webhook worker beside it, stopped with it.
+        worker = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "webhooks", "work"])
         return gunicorn.wait()
     except KeyboardInterrupt:
         return 0
     finally:
-        if gunicorn is not None and gunicorn.poll() is None:
-            gunicorn.terminate()
-            gunicorn.wait(timeout=30)
+        for process in (worker, gunicorn):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)
         if embedded is not None:
             embedded.stop()
             print("Stopped the embedded PostgreSQL.", flush=True)

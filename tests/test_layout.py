@@ -17,7 +17,7 @@ PACKAGE = REPO_ROOT / "transactions_service"
 # The floors, top down: entry points (the app factory, the views, the commands), the ledger, and the
 # infrastructure every floor stands on. An import may go down or stay on its floor, never up.
 TOP = {"transactions_service", "transactions_service.cli", "transactions_service.api", "transactions_service.relay"}
-MIDDLE = {"transactions_service.ledger"}
+MIDDLE = {"transactions_service.ledger", "transactions_service.webhooks"}
 MAX_FUNCTION_LINES = 50
 MAX_VIEW_LINES = 10
 

@@ -66,6 +66,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from .api.events import bp as events_bp
     from .api.transactions import bp as transactions_bp
     from .api.users import bp as users_bp
+    from .api.webhooks import bp as webhooks_bp
 
     if app.config["RATELIMIT_ENABLED"]:
         init_limits(app, unlimited=[health_bp])
@@ -73,6 +74,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(transactions_bp)
     app.register_blueprint(users_bp)
     app.register_blueprint(events_bp)
+    app.register_blueprint(webhooks_bp)
     init_cli(app)
     return app
 

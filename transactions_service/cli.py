@@ -25,6 +25,7 @@ from .ids import utcnow
 from .ledger import idempotency, rules, store
 from .ledger.models import TransactionStatus, TransactionType
 from .scopes import (
+    MANAGE_WEBHOOKS,
     READ_EVENTS,
     READ_TRANSACTIONS,
     SERVICE_SCOPES,
@@ -33,6 +34,7 @@ from .scopes import (
     WRITE_USERS,
     parse_scopes,
 )
+from .webhooks import worker
 
 keys = AppGroup("keys", help="API keys: the credentials of the product's services.")
 # A plain click group, not an AppGroup: it runs without the app (see the module's docstring).
@@ -40,7 +42,8 @@ tokens = click.Group("tokens", help="User tokens for development, signed as the 
 demo = AppGroup("demo", help="Demo data for development.")
 idempotency_cli = AppGroup("idempotency", help="Idempotency-key housekeeping.")
 transactions_cli = AppGroup("transactions", help="Ledger housekeeping.")
-events_cli = AppGroup("events", help="The event feed's housekeeping.")
+events_cli = AppGroup("events", help="The event feed's housekeeping, and its relay into JetStream.")
+webhooks_cli = AppGroup("webhooks", help="The webhook worker.")
 
 DEMO_USER_ID = uuid.UUID("3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10")
 
@@ -49,6 +52,7 @@ SERVICE_KEYS = {
     "payment-service": [WRITE_PURCHASES, WRITE_USERS, READ_TRANSACTIONS],
     "generation-service": [WRITE_USAGE, READ_TRANSACTIONS],
     "finance-mirror": [READ_EVENTS],
+    "webhooks-admin": [MANAGE_WEBHOOKS],
 }
 
 # (type, amount, credits, description, status, how long ago), oldest first.
@@ -221,10 +225,19 @@ def relay_events() -> None:
     click.echo(f"published {published} events")
 
 
+@webhooks_cli.command("work")
+def work() -> None:
+    """Deliver the feed's events to the webhook endpoints, until SIGTERM (which lets deliveries in flight finish).
+
+    Run one or more beside gunicorn; they share the work (SKIP LOCKED leases).
+    """
+    worker.run(current_app._get_current_object(), worker.WorkerSettings.from_config(current_app.config))
+
+
 # The command's first name, kept so that schedulers set up before lots keep working.
 transactions_cli.add_command(expire, "expire-holds")
 
 
 def init_cli(app: Flask) -> None:
-    for group in (keys, demo, idempotency_cli, transactions_cli, events_cli):
+    for group in (keys, demo, idempotency_cli, transactions_cli, events_cli, webhooks_cli):
         app.cli.add_command(group)

@@ -66,6 +66,33 @@ def _event_settings(env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+_RETRY_SCHEDULE = "0,5,300,1800,7200,18000,36000,36000"  # immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h
+
+
+def _schedule(env: Mapping[str, str]) -> list[float]:
+    raw = env.get("WEBHOOK_RETRY_SCHEDULE") or _RETRY_SCHEDULE
+    try:
+        schedule = [float(part) for part in raw.split(",")]
+    except ValueError as exc:
+        raise ConfigError(f"WEBHOOK_RETRY_SCHEDULE must be seconds separated by commas, got {raw!r}") from exc
+    if not schedule or min(schedule) < 0:
+        raise ConfigError("WEBHOOK_RETRY_SCHEDULE must list at least one delay, none negative")
+    return schedule
+
+
+def _webhook_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The webhook worker's: retries, timeouts, leases, and where it may send (docs/security.md, API7)."""
+    return {
+        "WEBHOOK_RETRY_SCHEDULE": _schedule(env),
+        "WEBHOOK_TIMEOUT_SECONDS": _int(env, "WEBHOOK_TIMEOUT_SECONDS", 10),
+        "WEBHOOK_LEASE_SECONDS": _int(env, "WEBHOOK_LEASE_SECONDS", 60),
+        "WEBHOOK_DISABLE_AFTER_DAYS": _int(env, "WEBHOOK_DISABLE_AFTER_DAYS", 5),
+        "WEBHOOK_CONCURRENCY": _int(env, "WEBHOOK_CONCURRENCY", 8),
+        "WEBHOOK_ALLOW_HTTP": _bool(env, "WEBHOOK_ALLOW_HTTP", False),
+        "WEBHOOK_ALLOW_PRIVATE_NETWORKS": _bool(env, "WEBHOOK_ALLOW_PRIVATE_NETWORKS", False),
+    }
+
+
 def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The settings that come from environment variables (the table in docs/configuration.md)."""
     env = os.environ if env is None else env
@@ -100,6 +127,7 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "DATABASE_PREPARED_STATEMENTS": _bool(env, "DATABASE_PREPARED_STATEMENTS", None),  # see finalise_database
         "HOLD_TTL_SECONDS": _int(env, "HOLD_TTL_SECONDS", 3600),
         **_event_settings(env),
+        **_webhook_settings(env),
         "LOG_FORMAT": env.get("LOG_FORMAT") or "json",
         "LOG_LEVEL": (env.get("LOG_LEVEL") or "INFO").upper(),
         "METRICS_TOKEN": env.get("METRICS_TOKEN") or None,
@@ -222,6 +250,9 @@ def finalise_service(config: dict[str, Any]) -> None:
     config.setdefault("LOW_BALANCE_THRESHOLD", None)  # unset: no alerts but a user's own
     if config["LOW_BALANCE_THRESHOLD"] is not None and config["LOW_BALANCE_THRESHOLD"] < 0:
         raise ConfigError("LOW_BALANCE_THRESHOLD must be 0 or more, or unset")
+    for name in ("WEBHOOK_TIMEOUT_SECONDS", "WEBHOOK_LEASE_SECONDS", "WEBHOOK_DISABLE_AFTER_DAYS", "WEBHOOK_CONCURRENCY"):
+        if config.get(name, 1) < 1:
+            raise ConfigError(f"{name} must be at least 1")
     if config["EVENT_RETENTION_DAYS"] < 1:
         raise ConfigError("EVENT_RETENTION_DAYS must be at least 1")
     if config["HOLD_TTL_SECONDS"] < 1:

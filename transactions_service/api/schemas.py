@@ -341,6 +341,64 @@ class EventQuerySchema(StrictSchema):
     user_id = fields.UUID(load_default=None)
 
 
+def _event_types(**options: Any) -> fields.List:
+    return fields.List(
+        fields.String(validate=validate.OneOf(EVENT_TYPES)),
+        validate=[validate.Length(1, len(EVENT_TYPES)), _unique], **options,
+    )
+
+
+def _unique(values: list[str]) -> None:
+    if len(set(values)) != len(values):
+        raise ValidationError("Name each event type once.")
+
+
+class NewWebhookEndpointSchema(StrictSchema):
+    url = fields.String(required=True, validate=validate.Length(1, 2048))
+    event_types = _event_types(required=True)
+    description = Text(load_default="", validate=validate.Length(1, MAX_DESCRIPTION_LENGTH))
+
+
+class WebhookEndpointChangesSchema(StrictSchema):
+    url = fields.String(validate=validate.Length(1, 2048))
+    event_types = _event_types()
+    description = Text(validate=validate.Length(1, MAX_DESCRIPTION_LENGTH))
+    disabled = fields.Boolean(truthy={True}, falsy={False})
+
+
+class DeliveriesQuerySchema(StrictSchema):
+    limit = QueryInteger(load_default=20, validate=validate.Range(1, 100))
+    cursor = fields.String(load_default=None)
+
+
+def webhook_endpoint_json(endpoint: Any, secret: str | None = None) -> dict[str, Any]:
+    """An endpoint (``WebhookEndpoint`` in openapi.yaml); its secret only when just made or rotated."""
+    body = endpoint._asdict()
+    if secret is not None:
+        body["secret"] = secret
+    return body
+
+
+def deliveries_page_json(page: Any) -> dict[str, Any]:
+    """An endpoint's deliveries (``DeliveriesPage``), each with its attempts."""
+    return {
+        "data": [
+            {**delivery_json(delivery), "attempt_log": [
+                {name: value for name, value in attempt._asdict().items() if name != "delivery_id"}
+                for attempt in page.attempts[delivery.id]
+            ]}
+            for delivery in page.deliveries
+        ],
+        "has_more": page.has_more,
+        "next_cursor": page.next_cursor,
+    }
+
+
+def delivery_json(delivery: Any) -> dict[str, Any]:
+    """A delivery (``WebhookDelivery``) without its attempts."""
+    return delivery._asdict()
+
+
 class PostingSchema(Schema):
     lot_id = fields.UUID()
     credits = fields.Integer()

@@ -253,6 +253,162 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/webhook-endpoints": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List the webhook endpoints
+         * @description Every endpoint, oldest first, without secrets.
+         *
+         *     **Authorization.** Services with `webhooks:manage`; a user token is `403 forbidden`.
+         */
+        get: operations["listWebhookEndpoints"];
+        put?: never;
+        /**
+         * Register a webhook endpoint
+         * @description Deliveries of the events of `event_types` to `url`, following
+         *     Standard Webhooks: `webhook-id` (the event's id, the same on every
+         *     retry), `webhook-timestamp` and `webhook-signature`
+         *     (`v1,<base64 HMAC-SHA256>`; two, space-separated, for a day after a
+         *     rotation), the body `{"type", "timestamp", "data"}` with the event's
+         *     data as it was. A 2xx is delivered; anything else, a timeout or a
+         *     refused connection is tried again on `WEBHOOK_RETRY_SCHEDULE`. The
+         *     answer holds the signing `secret`, shown only here (and on
+         *     `rotate-secret`). Only `https` URLs that resolve to public addresses
+         *     are accepted (checked again before every delivery; `422` naming
+         *     `url` otherwise). An endpoint gets the events fanned out after it was
+         *     made.
+         *
+         *     **Authorization.** Services with `webhooks:manage`; a user token is `403 forbidden`.
+         */
+        post: operations["createWebhookEndpoint"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/webhook-endpoints/{endpoint_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                endpoint_id: components["schemas"]["Uuid"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Read a webhook endpoint
+         * @description The endpoint, without its secret.
+         *
+         *     **Authorization.** Services with `webhooks:manage`; a user token is `403 forbidden`.
+         */
+        get: operations["getWebhookEndpoint"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete a webhook endpoint
+         * @description The endpoint and its deliveries.
+         *
+         *     **Authorization.** Services with `webhooks:manage`; a user token is `403 forbidden`.
+         */
+        delete: operations["deleteWebhookEndpoint"];
+        options?: never;
+        head?: never;
+        /**
+         * Change a webhook endpoint
+         * @description Any of `url`, `event_types`, `description` and `disabled`. An endpoint
+         *     failing for `WEBHOOK_DISABLE_AFTER_DAYS` is disabled by the worker;
+         *     `{"disabled": false}` enables it again (its failures so far no longer
+         *     count). A disabled endpoint's events are not queued meanwhile.
+         *
+         *     **Authorization.** Services with `webhooks:manage`; a user token is `403 forbidden`.
+         */
+        patch: operations["updateWebhookEndpoint"];
+        trace?: never;
+    };
+    "/api/webhook-endpoints/{endpoint_id}/rotate-secret": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                endpoint_id: components["schemas"]["Uuid"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Give a webhook endpoint a new signing secret
+         * @description The new secret signs every delivery from now on; the one it replaces
+         *     signs beside it (a second `v1,` signature) for 24 hours, so a
+         *     receiver can switch without missing one.
+         *
+         *     **Authorization.** Services with `webhooks:manage`; a user token is `403 forbidden`.
+         */
+        post: operations["rotateWebhookSecret"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/webhook-endpoints/{endpoint_id}/deliveries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                endpoint_id: components["schemas"]["Uuid"];
+            };
+            cookie?: never;
+        };
+        /**
+         * List an endpoint's deliveries, newest first, with each attempt
+         * @description Each delivery: the event, its status (`pending`, `delivered`,
+         *     `failed`), the next attempt when pending, and every attempt with its
+         *     time, status code or error, and the retry it scheduled.
+         *
+         *     **Authorization.** Services with `webhooks:manage`; a user token is `403 forbidden`.
+         */
+        get: operations["listWebhookDeliveries"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/retry": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                endpoint_id: components["schemas"]["Uuid"];
+                delivery_id: components["schemas"]["Uuid"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send a delivery again now
+         * @description A delivered or failed delivery becomes due now, with the same
+         *     `webhook-id`; a pending one is left as it is. Answers the delivery.
+         *
+         *     **Authorization.** Services with `webhooks:manage`; a user token is `403 forbidden`.
+         */
+        post: operations["retryWebhookDelivery"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/users/{user_id}": {
         parameters: {
             query?: never;
@@ -718,6 +874,68 @@ export interface components {
             /** @description Pass as `after` for the next page; the cursor given when nothing is new (null only before the first event). */
             next_cursor: string | null;
         };
+        WebhookEndpointRequest: {
+            /** Format: uri */
+            url: string;
+            event_types: components["schemas"]["EventType"][];
+            description?: components["schemas"]["NewTransaction"]["description"];
+        };
+        WebhookEndpointChanges: {
+            /** Format: uri */
+            url?: string;
+            event_types?: components["schemas"]["EventType"][];
+            description?: components["schemas"]["NewTransaction"]["description"];
+            disabled?: boolean;
+        };
+        WebhookEndpointFields: {
+            id: components["schemas"]["Uuid"];
+            url: string;
+            event_types: components["schemas"]["EventType"][];
+            description: string;
+            disabled: boolean;
+            /** @description Since when every delivery has failed; null while it answers. */
+            failing_since: components["schemas"]["Timestamp"] | null;
+            created_at: components["schemas"]["Timestamp"];
+            updated_at: components["schemas"]["Timestamp"];
+        };
+        WebhookEndpoint: components["schemas"]["WebhookEndpointFields"];
+        NewWebhookEndpoint: {
+            /** @description The signing secret, shown only in this answer; verify with `Webhook(secret).verify(body, headers)`. */
+            secret: string;
+        } & components["schemas"]["WebhookEndpointFields"];
+        WebhookEndpointList: {
+            data: components["schemas"]["WebhookEndpoint"][];
+        };
+        WebhookDeliveryFields: {
+            id: components["schemas"]["Uuid"];
+            /** @description The event's id, sent as `webhook-id` on every attempt. */
+            event_id: components["schemas"]["Uuid"];
+            event_type: components["schemas"]["EventType"];
+            /** @enum {string} */
+            status: "pending" | "delivered" | "failed";
+            attempt_count: number;
+            next_attempt_at: components["schemas"]["Timestamp"] | null;
+            created_at: components["schemas"]["Timestamp"];
+            finished_at: components["schemas"]["Timestamp"] | null;
+        };
+        WebhookDelivery: components["schemas"]["WebhookDeliveryFields"];
+        WebhookAttempt: {
+            attempted_at: components["schemas"]["Timestamp"];
+            /** @description The receiver's status code; null when there was none. */
+            status_code: number | null;
+            /** @description Why there was no answer: a timeout, a refused connection, a refused destination. */
+            error: string | null;
+            duration_ms: number;
+            /** @description The retry this attempt scheduled; null when it was the last. */
+            next_attempt_at: components["schemas"]["Timestamp"] | null;
+        };
+        DeliveriesPage: {
+            data: ({
+                attempt_log: components["schemas"]["WebhookAttempt"][];
+            } & components["schemas"]["WebhookDeliveryFields"])[];
+            has_more: boolean;
+            next_cursor: string | null;
+        };
         /** @description How a transaction changed one lot. */
         Posting: {
             lot_id: components["schemas"]["Uuid"];
@@ -897,6 +1115,15 @@ export interface components {
         };
         /** @description A service's API key without `events:read` (`insufficient_scope`), or a user token (`forbidden`). */
         ForbiddenEvents: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/problem+json": components["schemas"]["Problem"];
+            };
+        };
+        /** @description A service's API key without `webhooks:manage` (`insufficient_scope`), or a user token (`forbidden`). */
+        ForbiddenWebhooks: {
             headers: {
                 [name: string]: unknown;
             };
@@ -1469,6 +1696,268 @@ export interface operations {
             403: components["responses"]["ForbiddenEvents"];
             414: components["responses"]["UriTooLong"];
             422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+            default: components["responses"]["Problem"];
+        };
+    };
+    listWebhookEndpoints: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The endpoints. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpointList"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["ForbiddenWebhooks"];
+            414: components["responses"]["UriTooLong"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+            default: components["responses"]["Problem"];
+        };
+    };
+    createWebhookEndpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookEndpointRequest"];
+            };
+        };
+        responses: {
+            /** @description The endpoint, with its signing secret. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NewWebhookEndpoint"];
+                };
+            };
+            400: components["responses"]["MalformedJson"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["ForbiddenWebhooks"];
+            413: components["responses"]["PayloadTooLarge"];
+            414: components["responses"]["UriTooLong"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+            default: components["responses"]["Problem"];
+        };
+    };
+    getWebhookEndpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                endpoint_id: components["schemas"]["Uuid"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The endpoint. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpoint"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["ForbiddenWebhooks"];
+            404: components["responses"]["NotFound"];
+            414: components["responses"]["UriTooLong"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+            default: components["responses"]["Problem"];
+        };
+    };
+    deleteWebhookEndpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                endpoint_id: components["schemas"]["Uuid"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["ForbiddenWebhooks"];
+            404: components["responses"]["NotFound"];
+            414: components["responses"]["UriTooLong"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+            default: components["responses"]["Problem"];
+        };
+    };
+    updateWebhookEndpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                endpoint_id: components["schemas"]["Uuid"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookEndpointChanges"];
+            };
+        };
+        responses: {
+            /** @description The endpoint as changed. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookEndpoint"];
+                };
+            };
+            400: components["responses"]["MalformedJson"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["ForbiddenWebhooks"];
+            404: components["responses"]["NotFound"];
+            413: components["responses"]["PayloadTooLarge"];
+            414: components["responses"]["UriTooLong"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+            default: components["responses"]["Problem"];
+        };
+    };
+    rotateWebhookSecret: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                endpoint_id: components["schemas"]["Uuid"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The endpoint, with its new secret. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NewWebhookEndpoint"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["ForbiddenWebhooks"];
+            404: components["responses"]["NotFound"];
+            414: components["responses"]["UriTooLong"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+            default: components["responses"]["Problem"];
+        };
+    };
+    listWebhookDeliveries: {
+        parameters: {
+            query?: {
+                /** @description Page size, in the ASCII digits 0-9 (`１`, `+1` or `1_0` are `422`). */
+                limit?: components["parameters"]["Limit"];
+                /**
+                 * @description Opaque: the `next_cursor` of the previous page, to get the page after
+                 *     it. Use it with the same `user_id`, `type` and `status` as that page.
+                 *     Any value of this shape names a position in the history (the next
+                 *     page starts after it); a value of any other shape is
+                 *     `400 invalid_cursor`.
+                 */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                endpoint_id: components["schemas"]["Uuid"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One page of deliveries. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeliveriesPage"];
+                };
+            };
+            400: components["responses"]["InvalidCursor"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["ForbiddenWebhooks"];
+            404: components["responses"]["NotFound"];
+            414: components["responses"]["UriTooLong"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+            default: components["responses"]["Problem"];
+        };
+    };
+    retryWebhookDelivery: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                endpoint_id: components["schemas"]["Uuid"];
+                delivery_id: components["schemas"]["Uuid"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The delivery. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookDelivery"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["ForbiddenWebhooks"];
+            404: components["responses"]["NotFound"];
+            414: components["responses"]["UriTooLong"];
             429: components["responses"]["RateLimited"];
             500: components["responses"]["InternalError"];
             503: components["responses"]["ServiceUnavailable"];

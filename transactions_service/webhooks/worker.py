@@ -1,0 +1,174 @@
+"""The webhook worker (``flask --app wsgi webhooks work``): the feed's events, delivered, signed, at least once.
+
+Two jobs in one loop, both safe to run in several workers at once:
+
+- **fan-out**: it pages the feed from the fan-out's position (``event_relays``)
+  and queues one delivery per event and subscribed endpoint, moving the
+  position in the same statement (a worker that read an old position queues
+  nothing);
+- **delivery**: it leases due deliveries (``FOR UPDATE SKIP LOCKED``, a lease
+  of ``WEBHOOK_LEASE_SECONDS``) and posts each, on a thread of its own, so a
+  slow endpoint holds up only its own deliveries. A 2xx is delivered; any
+  other answer, a timeout or a refused connection is tried again on
+  ``WEBHOOK_RETRY_SCHEDULE``, then failed. A worker killed mid-delivery
+  leaves a lease that runs out, and the next worker sends the same
+  ``webhook-id`` again.
+
+Deliveries follow Standard Webhooks, signed with the ``standardwebhooks``
+package. The body is the one queued at fan-out, so its data is the state at
+that event, never read again. SIGTERM stops the loop and lets the deliveries
+in flight finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import httpx
+from flask import Flask
+from standardwebhooks import Webhook
+
+from ..ledger import store as ledger_store
+from ..ledger.store import FeedPosition
+from . import destinations, store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    schedule: tuple[float, ...] = DEFAULT_SCHEDULE
+    timeout_seconds: float = 10
+    lease_seconds: float = 60
+    disable_after_days: int = 5
+    allow_http: bool = False
+    allow_private: bool = False
+    concurrency: int = 8
+    poll_seconds: float = 0.2
+    page_size: int = 100
+
+    @classmethod
+    def from_config(cls, config: dict) -> WorkerSettings:
+        return cls(
+            schedule=tuple(config["WEBHOOK_RETRY_SCHEDULE"]), timeout_seconds=config["WEBHOOK_TIMEOUT_SECONDS"],
+            lease_seconds=config["WEBHOOK_LEASE_SECONDS"], disable_after_days=config["WEBHOOK_DISABLE_AFTER_DAYS"],
+            allow_http=config["WEBHOOK_ALLOW_HTTP"], allow_private=config["WEBHOOK_ALLOW_PRIVATE_NETWORKS"],
+            concurrency=config["WEBHOOK_CONCURRENCY"],
+        )
+
+
+def signed_headers(claimed: store.Claimed, at: datetime) -> dict[str, str]:
+    """Standard Webhooks' headers: the event's id, the time, and a v1 signature per secret in use."""
+    secrets = [claimed.secret] + ([claimed.previous_secret] if claimed.previous_secret else [])
+    signatures = " ".join(Webhook(secret).sign(claimed.event_id, at, claimed.payload) for secret in secrets)
+    return {
+        "webhook-id": claimed.event_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": signatures,
+        "content-type": "application/json",
+        "user-agent": "transactions-service-webhooks/1",
+    }
+
+
+def fan_out_once(page_size: int) -> int:
+    """Queue the deliveries of the next page of the feed; returns how many events it covered."""
+    before = ledger_store.relay_position(store.FAN_OUT)
+    events = ledger_store.events_page(before, page_size, types=[], user_id=None)
+    if not events:
+        return 0
+    endpoints = store.active_endpoints()
+    queued = [
+        store.Queued(endpoint_id, event.id, event.type,
+                     f'{{"type":"{event.type}","timestamp":"{event.created_at}","data":{event.data}}}')
+        for event in events for endpoint_id, types in endpoints if event.type in types
+    ]
+    after = FeedPosition(events[-1].xid, events[-1].position)
+    return len(events) if store.fan_out(before, after, queued) else 0
+
+
+def _outcome(claimed: store.Claimed, settings: WorkerSettings, client: httpx.Client) -> store.Outcome:
+    started, at = time.monotonic(), datetime.now(timezone.utc)
+    status_code, error = None, None
+    try:
+        destinations.check(claimed.url, allow_http=settings.allow_http, allow_private=settings.allow_private)
+        response = client.post(claimed.url, content=claimed.payload.encode(), headers=signed_headers(claimed, at))
+        status_code = response.status_code
+    except destinations.DestinationRefused as refused:
+        error = f"refused: {refused}"
+    except httpx.TimeoutException:
+        error = f"timeout after {settings.timeout_seconds:g} s"
+    except httpx.HTTPError as failed:
+        error = f"{type(failed).__name__}: {failed}"[:500]
+    duration_ms = round((time.monotonic() - started) * 1000)
+    if status_code is not None and 200 <= status_code < 300:
+        return store.Outcome(at, status_code, None, duration_ms, "delivered", None)
+    if claimed.attempts < len(settings.schedule):
+        next_at = at + timedelta(seconds=settings.schedule[claimed.attempts])
+        return store.Outcome(at, status_code, error, duration_ms, "pending", next_at)
+    return store.Outcome(at, status_code, error, duration_ms, "failed", None)
+
+
+class Worker:
+    def __init__(self, app: Flask, settings: WorkerSettings):
+        self.app, self.settings = app, settings
+        self.stopping = threading.Event()
+        self.client = httpx.Client(timeout=settings.timeout_seconds, follow_redirects=False)
+        self.pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="webhook")
+        self.in_flight: set[Future] = set()
+
+    def deliver(self, claimed: store.Claimed) -> None:
+        with self.app.app_context():
+            outcome = _outcome(claimed, self.settings, self.client)
+            store.finish(claimed.id, outcome, self.settings.disable_after_days)
+            log.info("webhook %s to %s: %s", claimed.event_id, claimed.url, outcome.status_code or outcome.error)
+
+    def step(self) -> bool:
+        """Fan out a page and start what is due; True if there was anything to do."""
+        with self.app.app_context():
+            covered = fan_out_once(self.settings.page_size)
+            free = self.settings.concurrency - len(self.in_flight)
+            claimed = store.claim_due(free, self.settings.lease_seconds) if free > 0 else []
+        for delivery in claimed:
+            self.in_flight.add(self.pool.submit(self.deliver, delivery))
+        return bool(covered or claimed)
+
+    def run(self) -> None:
+        """Until ``stopping``: work while there is work, otherwise wait a poll interval or for a delivery."""
+        with self.app.app_context():
+            store.start_fan_out()
+        try:
+            while not self.stopping.is_set():
+                busy = self.step()
+                if self.in_flight:
+                    done, _ = wait(self.in_flight, timeout=0 if busy else self.settings.poll_seconds,
+                                   return_when=FIRST_COMPLETED)
+                    self._collect(done)
+                elif not busy:
+                    self.stopping.wait(self.settings.poll_seconds)
+        finally:
+            done, _ = wait(self.in_flight)  # the deliveries in flight finish
+            self._collect(done)
+            self.pool.shutdown()
+            self.client.close()
+
+    def _collect(self, done: set[Future]) -> None:
+        for future in done:
+            self.in_flight.discard(future)
+            if future.exception() is not None:
+                log.error("a webhook delivery failed to record", exc_info=future.exception())
+
+
+def run(app: Flask, settings: WorkerSettings) -> None:
+    """Work until SIGTERM or SIGINT, for the ``webhooks work`` command."""
+    worker = Worker(app, settings)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: worker.stopping.set())
+    worker.run()
