@@ -7,12 +7,15 @@ behave like the real callers: the payment service (purchases keyed by the
 provider's event id, settled later by webhook or completed at once), the
 generation service (reserve credits, then settle or release them) and the
 billing page (history and balance reads). Every client retries a request with
-the same ``Idempotency-Key`` on any transport error, timeout or 5xx.
+the same ``Idempotency-Key`` on any transport error, timeout or 5xx. A
+webhook worker delivers every event to a receiver that verifies each
+signature and answers a tenth of them with a 500.
 
-Meanwhile it kills gunicorn workers with SIGKILL, stops PostgreSQL (fast and
-immediate shutdown) and starts it again, and drops connections in the middle
-of requests. Afterwards it settles every outcome the clients could not learn,
-checks the ledger against what the clients were told, prints a Markdown report
+Meanwhile it kills gunicorn workers and the webhook worker with SIGKILL,
+stops PostgreSQL (fast and immediate shutdown) and starts it again, and drops
+connections in the middle of requests. Afterwards it settles every outcome
+the clients could not learn, checks the ledger against what the clients were
+told and every event against what the receiver got, prints a Markdown report
 and exits non-zero when any check fails.
 
     python scripts/faults.py --short                                        # about 20 s, run by `make test`
@@ -38,6 +41,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -73,13 +77,27 @@ SERVICE_CALLERS = {
 PRICE_LIST = {100: "1.99", 500: "9.99", 1000: "17.99"}
 
 WORKER_KILLED = "gunicorn worker killed (SIGKILL)"
+WEBHOOK_WORKER_KILLED = "webhook worker killed (SIGKILL) and started again"
+# The receiver answers this share of deliveries with a 500, so that retries are part of every run.
+RECEIVER_FAILURE_RATE = 0.1
+# Quick retries, so that a run's deliveries finish in seconds after the load (each a retry of the same id).
+WEBHOOK_SETTINGS = {
+    "WEBHOOK_ALLOW_HTTP": "true", "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true", "WEBHOOK_LEASE_SECONDS": "3",
+    "WEBHOOK_RETRY_SCHEDULE": "0,0.2,0.5,1,1,1,2,2,2,2,2,2", "WEBHOOK_TIMEOUT_SECONDS": "5",
+}
 DATABASE_FAST_RESTART = "PostgreSQL fast shutdown, then start"
 DATABASE_IMMEDIATE_RESTART = "PostgreSQL immediate shutdown, then start"
 DROPPED_AFTER_REQUEST = "connection dropped after a full request (outcome unknown)"
 DROPPED_MID_REQUEST = "connection dropped half-way through a request"
-FAULT_KINDS = (WORKER_KILLED, DATABASE_FAST_RESTART, DATABASE_IMMEDIATE_RESTART, DROPPED_AFTER_REQUEST, DROPPED_MID_REQUEST)
+FAULT_KINDS = (
+    WORKER_KILLED, DATABASE_FAST_RESTART, DATABASE_IMMEDIATE_RESTART, DROPPED_AFTER_REQUEST, DROPPED_MID_REQUEST,
+    WEBHOOK_WORKER_KILLED,
+)
 # The order faults come round in; a run repeats it as often as its duration allows.
-FAULT_ROTATION = ("kill_worker", "drop_connections", "restart_database_fast", "kill_worker", "drop_connections", "restart_database_immediate")
+FAULT_ROTATION = (
+    "kill_worker", "drop_connections", "restart_database_fast", "kill_webhook_worker", "kill_worker", "drop_connections",
+    "restart_database_immediate",
+)
 SECONDS_PER_FAULT = 5.0
 
 PRESETS = {
@@ -526,6 +544,7 @@ class LedgerService:
             **_without_service_settings(os.environ), "DATABASE_URL": database_url, "JWT_SECRET_KEY": secret,
             # Every simulated customer shares 127.0.0.1: the per-address limit would measure itself, not the ledger.
             "RATELIMIT_PER_ADDRESS": "1000000 per minute",
+            **WEBHOOK_SETTINGS,  # the run's receiver is on this machine, over http
         }
         with open(self.log_path, "wb") as log_file:
             # A session of its own, so that Ctrl-C reaches the harness only and cleanup stops things in order.
@@ -604,6 +623,85 @@ class LedgerService:
                     os.kill(pid, signal.SIGKILL)
             except (FileNotFoundError, ProcessLookupError):
                 pass
+
+
+class WebhookReceiver:
+    """The run's webhook endpoint: verifies every delivery's signature, counts each webhook-id it accepts,
+    and answers a share of them with a 500, so that they come again."""
+
+    def __init__(self, rng: random.Random) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.accepted: Counter = Counter()
+        self.refused_signatures = 0
+        self.failed_on_purpose = 0
+        self.secret = ""
+        receiver, lock = self, threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                from standardwebhooks import Webhook
+
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                with lock:
+                    try:
+                        Webhook(receiver.secret).verify(body, headers)
+                    except Exception:
+                        receiver.refused_signatures += 1
+                        status = 400
+                    else:
+                        status = 500 if rng.random() < RECEIVER_FAILURE_RATE else 204
+                        if status == 500:
+                            receiver.failed_on_purpose += 1
+                        else:
+                            receiver.accepted[headers["webhook-id"]] += 1
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class WebhookWorker:
+    """``flask webhooks work`` as production runs it beside gunicorn; the fault run kills it now and then."""
+
+    def __init__(self, workdir: Path, database_url: str, secret: str) -> None:
+        self.log_path = workdir / "webhooks.log"
+        self.env = {**_without_service_settings(os.environ), "DATABASE_URL": database_url, "JWT_SECRET_KEY": secret,
+                    **WEBHOOK_SETTINGS}
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "flask", "--app", "wsgi", "webhooks", "work"], cwd=REPO_ROOT, env=self.env,
+                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def kill_and_start(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self.start()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
 
 
 def _free_port() -> int:
@@ -690,6 +788,11 @@ class FaultInjector:
                 return
             time.sleep(0.05)
         self.faults.workers_not_replaced += 1
+
+    def kill_webhook_worker(self) -> None:
+        self.run.webhook_worker.kill_and_start()
+        self.faults.injected[WEBHOOK_WORKER_KILLED] += 1
+        log("killed the webhook worker and started another")
 
     def drop_connections(self) -> None:
         customer = self.rng.choice(self.run.customers)
@@ -835,6 +938,8 @@ class FaultRun:
         self.tokens: dict[str, str] = {}
         self.reconciled: Counter = Counter()
         self.keep_workdir = False
+        self.receiver: WebhookReceiver | None = None
+        self.webhook_worker: WebhookWorker | None = None
 
     # ---- setup
 
@@ -863,8 +968,23 @@ class FaultRun:
             self.tokens = {
                 caller: api_keys.create(name, list(scopes)).key for caller, (name, scopes) in SERVICE_CALLERS.items()
             }
+            self.webhooks_key = api_keys.create("webhooks-admin", ["webhooks:manage"]).key
             self.customers = [str(uuid.uuid4()) for _ in range(2 * self.args.clients)]
             return {user_id: issue_token(user_id, expires_in=lifetime) for user_id in self.customers}
+
+    def start_webhooks(self, rng: random.Random, database_url: str, secret: str) -> None:
+        """A receiver subscribed to every event type, and a webhook worker beside gunicorn."""
+        from transactions_service.ledger.models import EVENT_TYPES
+
+        self.receiver = WebhookReceiver(random.Random(rng.randrange(2**32)))
+        response = requests.post(
+            f"{self.service.base_url}/api/webhook-endpoints", timeout=10,
+            headers={"Authorization": f"Bearer {self.webhooks_key}"},
+            json={"url": self.receiver.url, "event_types": list(EVENT_TYPES), "description": "the fault run"},
+        )
+        response.raise_for_status()
+        self.receiver.secret = response.json()["secret"]
+        self.webhook_worker = WebhookWorker(self.workdir, database_url, secret)
 
     def open_accounts(self, rng: random.Random) -> None:
         """Register the shared customers and give each a first completed purchase."""
@@ -890,6 +1010,7 @@ class FaultRun:
         self.service = LedgerService(self.workdir, database_url, secret, args.workers)
         self.service.wait_until_ready()
         master_pid = self.service.process.pid
+        self.start_webhooks(rng, database_url, secret)
         self.open_accounts(rng)
         log(f"{args.workers} gunicorn workers on {self.service.base_url}; {args.clients} clients for {args.duration:.0f} s")
 
@@ -919,6 +1040,7 @@ class FaultRun:
         gunicorn_kept = self.service.process.poll() is None and self.service.process.pid == master_pid
         checks = self.ledger_checks(self.read_ledger(database_url), injector.faults)
         checks += self.service_checks(injector.faults, clients_finished, gunicorn_kept)
+        checks += self.webhook_checks(database_url, injector.faults)
         report = self.report(checks, injector.faults, load_seconds, time.monotonic() - began, database_url)
         print(report)
         if args.report:
@@ -1296,6 +1418,38 @@ class FaultRun:
 
     # ---- cleanup
 
+    def webhook_checks(self, database_url: str, faults: Faults, timeout: float = 120.0) -> list[Check]:
+        """Every event of the run delivered to the receiver at least once, once the worker has caught up."""
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(database_url)
+        deadline = time.monotonic() + timeout
+        with engine.connect() as connection:
+            while True:
+                events = set(connection.scalars(text("SELECT id::text FROM ledger_events")))
+                outstanding = connection.scalar(text(
+                    "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'"
+                )) + len(events - set(connection.scalars(text("SELECT event_id::text FROM webhook_deliveries"))))
+                connection.rollback()
+                if not outstanding or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            failed = connection.scalar(text("SELECT count(*) FROM webhook_deliveries WHERE status = 'failed'"))
+        engine.dispose()
+        received = self.receiver.accepted
+        missing = sorted(events - set(received))
+        duplicates = sum(count - 1 for count in received.values())
+        return [
+            Check(
+                "every event was delivered to the subscribed endpoint at least once, signed",
+                not missing and not failed and self.receiver.refused_signatures == 0 and bool(events),
+                f"{len(events)} events; {len(events) - len(missing)} received, {len(missing)} missing, {failed} failed"
+                f" deliveries; {duplicates} received more than once (at least once, by design:"
+                f" {faults.injected[WEBHOOK_WORKER_KILLED]} worker kills); {self.receiver.failed_on_purpose} answered 500 on"
+                f" purpose and retried; {self.receiver.refused_signatures} bad signatures" + _sample(missing),
+            ),
+        ]
+
     def cleanup(self) -> None:
         """Stop everything this run started, in order: clients, gunicorn, PostgreSQL."""
         if self.stop_load is not None:
@@ -1305,6 +1459,10 @@ class FaultRun:
             if process.is_alive():
                 process.kill()
                 process.join(timeout=5)
+        if self.webhook_worker is not None:
+            self.webhook_worker.stop()
+        if self.receiver is not None:
+            self.receiver.stop()
         if self.service is not None:
             self.service.stop()
         if self.postgres is not None:

@@ -273,3 +273,25 @@ def test_the_receiver_script_verifies_what_the_worker_sends(api, app, manager, l
         server.server_close()
     printed = capsys.readouterr().out
     assert "verified " in printed and purchase["id"] in printed and "REFUSED" not in printed
+
+
+def test_the_worker_waits_out_a_database_outage_instead_of_dying(api, app, manager, receiver, local_destinations,
+                                                                   monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from transactions_service.webhooks import store
+
+    hook = receiver()
+    register(api, manager, hook.url)
+    api.purchase(api.register())
+    claim, failures = store.claim_due, []
+
+    def unavailable_once(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+        return claim(*args, **kwargs)
+
+    monkeypatch.setattr(store, "claim_due", unavailable_once)
+    work_until(app, lambda: len(hook.received) == 1)
+    assert failures == [1]

@@ -32,6 +32,7 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 from flask import Flask
+from sqlalchemy.exc import DBAPIError
 from standardwebhooks import Webhook
 
 from ..ledger import store as ledger_store
@@ -123,6 +124,7 @@ class Worker:
         self.client = httpx.Client(timeout=settings.timeout_seconds, follow_redirects=False)
         self.pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="webhook")
         self.in_flight: set[Future] = set()
+        self.started = False  # the fan-out's position row made (on the first step the database answers)
 
     def deliver(self, claimed: store.Claimed) -> None:
         with self.app.app_context():
@@ -133,6 +135,9 @@ class Worker:
     def step(self) -> bool:
         """Fan out a page and start what is due; True if there was anything to do."""
         with self.app.app_context():
+            if not self.started:
+                store.start_fan_out()
+                self.started = True
             covered = fan_out_once(self.settings.page_size)
             free = self.settings.concurrency - len(self.in_flight)
             claimed = store.claim_due(free, self.settings.lease_seconds) if free > 0 else []
@@ -142,11 +147,15 @@ class Worker:
 
     def run(self) -> None:
         """Until ``stopping``: work while there is work, otherwise wait a poll interval or for a delivery."""
-        with self.app.app_context():
-            store.start_fan_out()
         try:
             while not self.stopping.is_set():
-                busy = self.step()
+                try:
+                    busy = self.step()
+                except DBAPIError as error:  # the database is away: what was leased is leased again later
+                    log.warning("webhook worker: the database is unavailable (%s); trying again",
+                                type(error.orig).__name__)
+                    self.stopping.wait(1.0)
+                    continue
                 if self.in_flight:
                     done, _ = wait(self.in_flight, timeout=0 if busy else self.settings.poll_seconds,
                                    return_when=FIRST_COMPLETED)
