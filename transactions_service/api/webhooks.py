@@ -40,14 +40,14 @@ def list_endpoints() -> Response:
 
 @bp.get("/<uuid:endpoint_id>")
 @authenticated
-def get_endpoint(endpoint_id) -> Response:
+def get_endpoint(endpoint_id: str) -> Response:
     endpoint_id = path_uuid("endpoint_id", endpoint_id, missing=True)
     return jsonify(webhook_endpoint_json(endpoints.get(current_caller(), endpoint_id)))
 
 
 @bp.patch("/<uuid:endpoint_id>")
 @authenticated
-def update_endpoint(endpoint_id) -> Response:
+def update_endpoint(endpoint_id: str) -> Response:
     endpoint_id = path_uuid("endpoint_id", endpoint_id, missing=True)
     endpoints.require_manager(current_caller())
     return jsonify(webhook_endpoint_json(endpoints.update(current_caller(), endpoint_id, load_body(_changes))))
@@ -55,7 +55,7 @@ def update_endpoint(endpoint_id) -> Response:
 
 @bp.delete("/<uuid:endpoint_id>")
 @authenticated
-def delete_endpoint(endpoint_id) -> tuple[str, int]:
+def delete_endpoint(endpoint_id: str) -> tuple[str, int]:
     endpoint_id = path_uuid("endpoint_id", endpoint_id, missing=True)
     endpoints.delete(current_caller(), endpoint_id)
     return "", 204
@@ -63,7 +63,7 @@ def delete_endpoint(endpoint_id) -> tuple[str, int]:
 
 @bp.post("/<uuid:endpoint_id>/rotate-secret")
 @authenticated
-def rotate_secret(endpoint_id) -> Response:
+def rotate_secret(endpoint_id: str) -> Response:
     endpoint_id = path_uuid("endpoint_id", endpoint_id, missing=True)
     endpoint, secret = endpoints.rotate(current_caller(), endpoint_id)
     return jsonify(webhook_endpoint_json(endpoint, secret))
@@ -71,7 +71,7 @@ def rotate_secret(endpoint_id) -> Response:
 
 @bp.get("/<uuid:endpoint_id>/deliveries")
 @authenticated
-def list_deliveries(endpoint_id) -> Response:
+def list_deliveries(endpoint_id: str) -> Response:
     endpoint_id = path_uuid("endpoint_id", endpoint_id, missing=True)
     page = endpoints.deliveries(current_caller(), endpoint_id, **load_query(_deliveries_query))
     return jsonify(deliveries_page_json(page))
@@ -79,7 +79,7 @@ def list_deliveries(endpoint_id) -> Response:
 
 @bp.post("/<uuid:endpoint_id>/deliveries/<uuid:delivery_id>/retry")
 @authenticated
-def retry_delivery(endpoint_id, delivery_id) -> Response:
+def retry_delivery(endpoint_id: str, delivery_id: str) -> Response:
     endpoint_id = path_uuid("endpoint_id", endpoint_id, missing=True)
     delivery_id = path_uuid("delivery_id", delivery_id, missing=True)
     return jsonify(delivery_json(endpoints.retry(current_caller(), endpoint_id, delivery_id)))

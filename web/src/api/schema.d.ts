@@ -1745,6 +1745,8 @@ export interface operations {
             /** @description The endpoint, with its signing secret. */
             201: {
                 headers: {
+                    /** @description The endpoint's URL, as a path relative to the server (`/api/webhook-endpoints/{id}`). */
+                    Location: string;
                     [name: string]: unknown;
                 };
                 content: {
