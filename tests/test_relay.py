@@ -21,6 +21,7 @@ import requests
 
 from transactions_service import relay
 from transactions_service.ledger import store
+from transactions_service.ledger.rules import feed_cursor
 
 from .conftest import REPO_ROOT, TEST_SECRET
 from .helpers import bearer
@@ -130,9 +131,7 @@ def test_every_event_is_published_once_in_feed_order_with_its_id(api, app, setti
     assert [headers["Nats-Msg-Id"] for _subject, headers, _body in messages] == [event["id"] for event in feed]
     assert [subject for subject, _headers, _body in messages] == [f"{settings.subject_prefix}.{e['type']}" for e in feed]
     with app.app_context():
-        assert relay.cursor_of(store.relay_position(settings.name)) == relay.cursor_of(
-            relay.position_of(messages[-1][1][relay.CURSOR_HEADER])
-        )
+        assert feed_cursor(store.relay_position(settings.name)) == messages[-1][1][relay.CURSOR_HEADER]
 
 
 def test_a_relay_that_forgot_where_it_got_to_continues_from_the_stream_not_the_start(api, app, settings, monkeypatch):

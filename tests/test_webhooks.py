@@ -295,3 +295,21 @@ def test_the_worker_waits_out_a_database_outage_instead_of_dying(api, app, manag
     monkeypatch.setattr(store, "claim_due", unavailable_once)
     work_until(app, lambda: len(hook.received) == 1)
     assert failures == [1]
+
+
+def test_deliveries_page_newest_first_by_cursor(api, app, manager, receiver, local_destinations):
+    hook = receiver()
+    endpoint = register(api, manager, hook.url)
+    user_id = api.funded_user(100)
+    api.usage(user_id, credits=-1)
+    api.usage(user_id, credits=-1)
+    work_until(app, lambda: len(hook.received) == 3)
+    path = f"/api/webhook-endpoints/{endpoint['id']}/deliveries"
+    first = api.client.get(f"{path}?limit=2", headers=bearer(manager)).json
+    second = api.client.get(f"{path}?limit=2&cursor={first['next_cursor']}", headers=bearer(manager)).json
+    assert (first["has_more"], second["has_more"], second["next_cursor"]) == (True, False, None)
+    pages = first["data"] + second["data"]
+    assert len({d["id"] for d in pages}) == 3
+    assert [d["created_at"] for d in pages] == sorted((d["created_at"] for d in pages), reverse=True)
+    bad = api.client.get(f"{path}?cursor=nope", headers=bearer(manager))
+    assert (bad.status_code, bad.json["code"]) == (400, "invalid_cursor")

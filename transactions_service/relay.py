@@ -29,6 +29,7 @@ from nats.js.errors import NotFoundError
 
 from .api.schemas import event_json
 from .ledger import store
+from .ledger.rules import feed_cursor, feed_position
 from .ledger.store import Event, FeedPosition
 
 log = logging.getLogger(__name__)
@@ -50,15 +51,6 @@ class RelaySettings:
         return cls(url=config["EVENTS_NATS_URL"], stream=config["EVENTS_NATS_STREAM"])
 
 
-def cursor_of(position: FeedPosition) -> str:
-    return f"{position.xid}-{position.position}"
-
-
-def position_of(cursor: str) -> FeedPosition:
-    xid, _, position = cursor.partition("-")
-    return FeedPosition(int(xid), int(position))
-
-
 async def _stream_position(js: JetStreamContext, settings: RelaySettings) -> FeedPosition | None:
     """The feed position of the stream's last message, making the stream first if there is none."""
     try:
@@ -71,11 +63,11 @@ async def _stream_position(js: JetStreamContext, settings: RelaySettings) -> Fee
         return None
     last = await js.get_msg(settings.stream, seq=info.state.last_seq)
     cursor = (last.headers or {}).get(CURSOR_HEADER)
-    return position_of(cursor) if cursor else None
+    return feed_position(cursor) if cursor else None
 
 
 async def _publish(js: JetStreamContext, settings: RelaySettings, event: Event) -> None:
-    headers = {"Nats-Msg-Id": event.id, CURSOR_HEADER: cursor_of(FeedPosition(event.xid, event.position))}
+    headers = {"Nats-Msg-Id": event.id, CURSOR_HEADER: feed_cursor(FeedPosition(event.xid, event.position))}
     subject = f"{settings.subject_prefix}.{event.type}"
     await js.publish(subject, event_json(event).encode(), stream=settings.stream, headers=headers)
 
@@ -90,7 +82,7 @@ async def relay(app: Flask, settings: RelaySettings, stopping: asyncio.Event,
         with app.app_context():
             remembered = store.relay_position(settings.name)
         position = max(remembered, await _stream_position(js, settings) or remembered)
-        log.info("relaying the feed after %s into %s", cursor_of(position), settings.stream)
+        log.info("relaying the feed after %s into %s", feed_cursor(position), settings.stream)
         while not stopping.is_set():
             with app.app_context():
                 events = store.events_page(position, settings.page_size, types=[], user_id=None)

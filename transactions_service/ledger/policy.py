@@ -73,11 +73,16 @@ def require_read(caller: Caller) -> None:
         _require(caller, READ_TRANSACTIONS)
 
 
+def require_service_scope(caller: Caller, scope: str, refusal: str) -> None:
+    """What only a service may do, and only with ``scope``: a user token is refused with ``refusal`` (403)."""
+    if not caller.is_service:
+        raise ApiError(403, "forbidden", refusal, title="Forbidden")
+    _require(caller, scope)
+
+
 def require_events(caller: Caller) -> None:
     """Reading the event feed: every user's events, so services only, with ``events:read``."""
-    if not caller.is_service:
-        raise ApiError(403, "forbidden", "The event feed is for services; a user token cannot read it.", title="Forbidden")
-    _require(caller, READ_EVENTS)
+    require_service_scope(caller, READ_EVENTS, "The event feed is for services; a user token cannot read it.")
 
 
 def can_read(caller: Caller, owner: uuid.UUID | str) -> bool:

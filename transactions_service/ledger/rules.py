@@ -473,12 +473,12 @@ class EventsPage:
 _FEED_CURSOR = re.compile(r"([0-9]{1,19})-([0-9]{1,19})")
 
 
-def _feed_cursor(position: store.FeedPosition) -> str:
+def feed_cursor(position: store.FeedPosition) -> str:
     """An opaque position in the event feed: the last event a page showed (its transaction's id, its position)."""
     return f"{position.xid}-{position.position}"
 
 
-def _feed_position(cursor: str | None) -> store.FeedPosition:
+def feed_position(cursor: str | None) -> store.FeedPosition:
     if cursor is None:
         return store.FeedPosition(0, 0)
     match = _FEED_CURSOR.fullmatch(cursor)
@@ -496,10 +496,10 @@ def list_events(
     (the cursor given, when nothing is new), so a reader polls with it.
     """
     policy.require_events(caller)
-    events = store.events_page(_feed_position(after), limit + 1, types=types, user_id=user_id)
+    events = store.events_page(feed_position(after), limit + 1, types=types, user_id=user_id)
     has_more = len(events) > limit
     events = events[:limit]
-    next_cursor = _feed_cursor(store.FeedPosition(events[-1].xid, events[-1].position)) if events else after
+    next_cursor = feed_cursor(store.FeedPosition(events[-1].xid, events[-1].position)) if events else after
     return EventsPage(events, has_more, next_cursor)
 
 

@@ -34,7 +34,8 @@ from sqlalchemy import Engine
 from ..extensions import db, run_statement
 from .models import HOLD_EXPIRED
 
-_RFC3339 = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+# A timestamp as the API shows it (RFC 3339 in UTC, microseconds, "Z"), formatted by PostgreSQL.
+RFC3339 = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 
 
 class Transaction(NamedTuple):
@@ -69,10 +70,10 @@ _TRANSACTION_SQL = {
     "credits": ("{t}credits", None),
     "description": ("{t}description", None),
     "status": ("{t}status::text", None),
-    "created_at": (_RFC3339.format("{t}created_at"), "created_at_text"),
-    "updated_at": (_RFC3339.format("{t}updated_at"), "updated_at_text"),
+    "created_at": (RFC3339.format("{t}created_at"), "created_at_text"),
+    "updated_at": (RFC3339.format("{t}updated_at"), "updated_at_text"),
     "hold_expires_at": (
-        f"CASE WHEN {{t}}status = 'pending' THEN {_RFC3339.format('{t}hold_expires_at')} END", "hold_expires_at_text"
+        f"CASE WHEN {{t}}status = 'pending' THEN {RFC3339.format('{t}hold_expires_at')} END", "hold_expires_at_text"
     ),
     "refunds": ("{t}refunds::text", None),
     "reverses": ("{t}reverses::text", None),
@@ -379,7 +380,7 @@ def _events_page(by_type: bool, by_user: bool) -> str:
     if by_user:
         conditions.append("user_id = %(user_id)s")
     return (
-        f"SELECT xid::text::bigint, position, id::text, type, user_id::text, sequence, {_RFC3339.format('created_at')},"
+        f"SELECT xid::text::bigint, position, id::text, type, user_id::text, sequence, {RFC3339.format('created_at')},"
         f" data::text FROM ledger_events WHERE {' AND '.join(conditions)} ORDER BY xid, position LIMIT %(limit)s"
     )
 
@@ -905,8 +906,8 @@ def release_lapsed_holds(
 _LOT_EXPIRED_JSON = (
     "json_build_object('id', p.id::text, 'user_id', p.user_id::text, 'transaction_id', p.transaction_id::text,"
     " 'category', p.category::text, 'credits', p.credits, 'remaining', 0, 'held', p.held, 'priority', p.priority,"
-    f" 'expires_at', {_RFC3339.format('p.expires_at')}, 'cost_basis', trim_scale(p.cost_basis)::text,"
-    f" 'created_at', {_RFC3339.format('p.created_at')}, 'status', 'expired', 'expired', p.remaining)"
+    f" 'expires_at', {RFC3339.format('p.expires_at')}, 'cost_basis', trim_scale(p.cost_basis)::text,"
+    f" 'created_at', {RFC3339.format('p.created_at')}, 'status', 'expired', 'expired', p.remaining)"
 )
 
 # The unheld credits of a user's lapsed lots leave the balance: one expiration row and one posting

@@ -4,7 +4,6 @@ see and retry each delivery. Every operation needs ``webhooks:manage``."""
 from __future__ import annotations
 
 import base64
-import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ from flask import current_app
 
 from ..auth import Caller
 from ..errors import ApiError, validation_error
+from ..ledger import policy
+from ..ledger.rules import decode_cursor, encode_cursor
 from ..scopes import MANAGE_WEBHOOKS
 from . import destinations, store
 
@@ -32,14 +33,7 @@ class DeliveriesPage:
 
 def require_manager(caller: Caller) -> None:
     """Every operation on webhook endpoints: a service whose key has ``webhooks:manage`` (checked before a body is read)."""
-    if not caller.is_service:
-        raise ApiError(403, "forbidden", "Webhook endpoints are managed by services, not user tokens.", title="Forbidden")
-    if MANAGE_WEBHOOKS not in caller.scopes:
-        raise ApiError(
-            403, "insufficient_scope",
-            f"This operation needs the {MANAGE_WEBHOOKS!r} scope, which the caller's API key does not grant.",
-            title="Forbidden", headers={"WWW-Authenticate": 'Bearer error="insufficient_scope"'},
-        )
+    policy.require_service_scope(caller, MANAGE_WEBHOOKS, "Webhook endpoints are managed by services, not user tokens.")
 
 
 def new_secret() -> str:
@@ -108,33 +102,17 @@ def rotate(caller: Caller, endpoint_id: uuid.UUID) -> tuple[store.Endpoint, str]
     return endpoint, secret
 
 
-_CURSOR = re.compile(r"([0-9]{1,16})-([0-9a-f]{32})")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def _cursor(delivery: store.Delivery) -> str:
-    created = datetime.fromisoformat(delivery.created_at.replace("Z", "+00:00"))
-    return f"{(created - _EPOCH) // timedelta(microseconds=1)}-{delivery.id.replace('-', '')}"
-
-
-def _after(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
-    if cursor is None:
-        return None
-    match = _CURSOR.fullmatch(cursor)
-    if match is None:
-        raise ApiError(400, "invalid_cursor", "The cursor is not one this service returned.", title="Invalid cursor")
-    return _EPOCH + timedelta(microseconds=int(match[1])), uuid.UUID(hex=match[2])
-
-
 def deliveries(caller: Caller, endpoint_id: uuid.UUID, *, limit: int, cursor: str | None = None) -> DeliveriesPage:
     """An endpoint's deliveries, newest first, each with its attempts."""
     get(caller, endpoint_id)
-    found = store.deliveries_page(endpoint_id, limit + 1, _after(cursor))
+    found = store.deliveries_page(endpoint_id, limit + 1, None if cursor is None else decode_cursor(cursor))
     page = found[:limit]
     attempts: dict[str, list[store.Attempt]] = {delivery.id: [] for delivery in page}
     for attempt in store.attempts_of(list(attempts)):
         attempts[attempt.delivery_id].append(attempt)
-    return DeliveriesPage(page, attempts, len(found) > limit, _cursor(page[-1]) if len(found) > limit else None)
+    has_more = len(found) > limit
+    next_cursor = encode_cursor(page[-1].created_at, page[-1].id) if has_more else None
+    return DeliveriesPage(page, attempts, has_more, next_cursor)
 
 
 def retry(caller: Caller, endpoint_id: uuid.UUID, delivery_id: uuid.UUID) -> store.Delivery:

@@ -8,10 +8,9 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from ..extensions import run_statement
-from ..ledger.store import FeedPosition
+from ..ledger.store import RFC3339 as _RFC3339
+from ..ledger.store import FeedPosition, Position
 from . import models  # noqa: F401  (the tables, for the migrations' checks)
-
-_RFC3339 = "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 FAN_OUT = "webhooks"  # the fan-out's row in event_relays: how far into the feed deliveries are queued
 
 
@@ -247,10 +246,10 @@ def _deliveries_page(after: bool) -> str:
     )
 
 
-def deliveries_page(endpoint_id: uuid.UUID, limit: int, after: tuple[datetime, uuid.UUID] | None) -> list[Delivery]:
+def deliveries_page(endpoint_id: uuid.UUID, limit: int, after: Position | None) -> list[Delivery]:
     params: dict[str, Any] = {"endpoint_id": str(endpoint_id), "limit": limit}
     if after is not None:
-        params.update(after_created_at=after[0], after_id=str(after[1]))
+        params.update(after_created_at=after.created_at, after_id=str(after.id))
     return [Delivery(*row) for row in run_statement(_deliveries_page(after is not None), params, repeatable=True)]
 
 
