@@ -99,8 +99,9 @@ def _outcome(claimed: store.Claimed, settings: WorkerSettings, client: httpx.Cli
     started, at = time.monotonic(), datetime.now(timezone.utc)
     status_code, error = None, None
     try:
-        destinations.check(claimed.url, allow_http=settings.allow_http, allow_private=settings.allow_private)
-        response = client.post(claimed.url, content=claimed.payload.encode(), headers=signed_headers(claimed, at))
+        response = destinations.post(client, claimed.url, allow_http=settings.allow_http,
+                                     allow_private=settings.allow_private, content=claimed.payload.encode(),
+                                     headers=signed_headers(claimed, at))
         status_code = response.status_code
     except destinations.DestinationRefused as refused:
         error = f"refused: {refused}"
@@ -121,7 +122,8 @@ class Worker:
     def __init__(self, app: Flask, settings: WorkerSettings):
         self.app, self.settings = app, settings
         self.stopping = threading.Event()
-        self.client = httpx.Client(timeout=settings.timeout_seconds, follow_redirects=False)
+        # No proxy from the environment: the address the guard checked is the one connected to.
+        self.client = httpx.Client(timeout=settings.timeout_seconds, follow_redirects=False, trust_env=False)
         self.pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="webhook")
         self.in_flight: set[Future] = set()
         self.started = False  # the fan-out's position row made (on the first step the database answers)
