@@ -4,6 +4,7 @@ once, in feed order, across a relay killed at any moment."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -144,7 +145,7 @@ def test_a_relay_that_forgot_where_it_got_to_continues_from_the_stream_not_the_s
     assert [body["sequence"] for _subject, _headers, body in stream_messages(settings)] == [1, 2, 3]
 
 
-def test_every_event_arrives_once_in_order_across_a_relay_killed_again_and_again(
+def test_every_event_arrives_once_in_order_across_a_worker_killed_again_and_again(
     api, app, settings, database_url, live_server, service_token, tmp_path
 ):
     reader = service_token("events:read")
@@ -152,9 +153,10 @@ def test_every_event_arrives_once_in_order_across_a_relay_killed_again_and_again
     _, start = all_events(api, reader)
     environment = {
         **os.environ, "DATABASE_URL": database_url, "JWT_SECRET_KEY": TEST_SECRET, "LOG_LEVEL": "WARNING",
-        "EVENTS_NATS_URL": settings.url, "EVENTS_NATS_STREAM": settings.stream,
+        "EVENTS_NATS_URL": settings.url, "EVENTS_NATS_STREAM": settings.stream, "EVENTS_RELAY_LEASE_SECONDS": "1",
     }
-    command = [sys.executable, "-m", "flask", "--app", "wsgi", "events", "relay"]
+    # The relay as it runs in production: inside the webhook worker, which kill -9 takes down with it.
+    command = [sys.executable, "-m", "flask", "--app", "wsgi", "webhooks", "work"]
     writing = threading.Event()
 
     def write():
@@ -169,9 +171,13 @@ def test_every_event_arrives_once_in_order_across_a_relay_killed_again_and_again
     writer.start()
     try:
         for _ in range(4):  # start the relay, let it publish a little, kill it where it stands
+            published = stream_count(settings)
             process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(1.5)
+            deadline = time.monotonic() + 30
+            while stream_count(settings) <= published and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.3)
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=10)
     finally:
@@ -190,3 +196,43 @@ def test_every_event_arrives_once_in_order_across_a_relay_killed_again_and_again
     ids = [headers["Nats-Msg-Id"] for _subject, headers, _body in stream_messages(settings)]
     assert ids == [event["id"] for event in feed]  # each once, in the feed's order
     assert len(all_events(api, reader, after=start)[0]) > 20  # the relay was killed while writes went on
+
+
+def test_one_relay_publishes_at_a_time_and_another_takes_over_when_it_stops(api, app, settings, service_token):
+    reader = service_token("events:read")
+    user_id = api.funded_user(1000)
+    api.usage(user_id, credits=-1)
+    first_done, results = threading.Event(), {}
+
+    def first():  # holds the lease until told to stop
+        results["first"] = relay_until(app, settings, lambda published: first_done.is_set() and published > 0)
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    deadline = time.monotonic() + 20
+    while stream_count(settings) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = dataclasses.replace(settings, lease_seconds=0.3)  # it looks for the lease often
+    assert relay_until(app, second, lambda published: published > 0, timeout=2) == 0  # the lease is held
+    first_done.set()
+    api.usage(user_id, credits=-1)  # for the first to see, and stop on
+    holder.join(30)
+    api.usage(user_id, credits=-1)
+    assert relay_until(app, second, lambda published: published >= 1, timeout=10) == 1  # released: it took over
+    feed, _ = all_events(api, reader)
+    assert [headers["Nats-Msg-Id"] for _subject, headers, _body in stream_messages(settings)] == [e["id"] for e in feed]
+
+
+def stream_count(settings):
+    """How many messages the stream holds (none before the relay has made it)."""
+
+    async def count():
+        connection = await nats.connect(settings.url)
+        try:
+            return (await connection.jetstream().stream_info(settings.stream)).state.messages
+        except nats.js.errors.NotFoundError:
+            return 0
+        finally:
+            await connection.close()
+
+    return asyncio.run(count())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -93,7 +94,7 @@ def work_until(app, done, settings=FAST, timeout=20):
         while not done() and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
-        worker.stopping.set()
+        worker.stop()
         thread.join(30)
     assert done()
 
@@ -313,3 +314,78 @@ def test_deliveries_page_newest_first_by_cursor(api, app, manager, receiver, loc
     assert [d["created_at"] for d in pages] == sorted((d["created_at"] for d in pages), reverse=True)
     bad = api.client.get(f"{path}?cursor=nope", headers=bearer(manager))
     assert (bad.status_code, bad.json["code"]) == (400, "invalid_cursor")
+
+
+# --- waking: LISTEN/NOTIFY, and only while a worker waits --------------------------------------------
+
+
+def notifications(direct_database_url):
+    """A LISTEN connection of the test's own on the worker's channel; drain() returns how many arrived."""
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    from transactions_service.webhooks.store import WAKE_CHANNEL
+
+    url = make_url(direct_database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    connection = psycopg2.connect(url)
+    connection.autocommit = True
+    connection.cursor().execute(f"LISTEN {WAKE_CHANNEL}")
+
+    def drain(wait=0.5):
+        time.sleep(wait)
+        connection.poll()
+        count = len(connection.notifies)
+        connection.notifies.clear()
+        return count
+
+    return connection, drain
+
+
+def test_writes_notify_only_while_a_worker_waits(api, app, direct_database_url):
+    from transactions_service.webhooks import store
+
+    connection, drain = notifications(direct_database_url)
+    try:
+        with app.app_context():
+            store.start_fan_out()
+            user_id = api.funded_user(100)
+            drain(0)
+            api.usage(user_id, credits=-1)
+            assert drain() == 0  # nobody waits: the write took no notification lock
+            armed = store.arm_wake(30)
+            api.usage(user_id, credits=-1)
+            assert drain() == 1
+            store.disarm_wake(armed)
+            api.usage(user_id, credits=-1)
+            assert drain() == 0
+    finally:
+        connection.close()
+
+
+def test_an_idle_worker_wakes_on_a_commit_long_before_its_poll(api, app, manager, receiver, local_destinations,
+                                                               direct_database_url):
+    from transactions_service.webhooks import store
+
+    hook = receiver()
+    register(api, manager, hook.url)
+    settings = dataclasses.replace(FAST, poll_seconds=60, direct_url=direct_database_url)
+    worker = Worker(app, settings)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        with app.app_context():  # asleep: it has asked the writes to wake it
+            while not store.worker_waiting() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        committed = time.monotonic()
+        api.purchase(api.register())
+        while not hook.received and time.monotonic() < committed + 20:
+            time.sleep(0.01)
+        assert hook.received and time.monotonic() - committed < 10  # a sixth of one poll interval at most
+    finally:
+        stopped = time.monotonic()
+        worker.stop()
+        thread.join(30)
+    assert time.monotonic() - stopped < 10  # the stop woke it too, with a minute of its poll to go
+    with app.app_context():
+        assert not store.worker_waiting()  # woken, it withdrew its request

@@ -229,9 +229,19 @@ def relay_events() -> None:
 def work() -> None:
     """Deliver the feed's events to the webhook endpoints, until SIGTERM (which lets deliveries in flight finish).
 
-    Run one or more beside gunicorn; they share the work (SKIP LOCKED leases).
+    Run one or more beside gunicorn; they share the work (SKIP LOCKED leases). With EVENTS_NATS_URL set,
+    each also runs the JetStream relay, one of them publishing at a time.
     """
-    worker.run(current_app._get_current_object(), worker.WorkerSettings.from_config(current_app.config))
+    app = current_app._get_current_object()
+    relaying = None
+    if app.config.get("EVENTS_NATS_URL"):  # the JetStream relay runs here too, on a thread of its own
+        relaying = relay.RelayThread(app, relay.RelaySettings.from_config(app.config))
+        relaying.start()
+    try:
+        worker.run(app, worker.WorkerSettings.from_config(app.config))
+    finally:
+        if relaying is not None:
+            relaying.stop()
 
 
 # The command's first name, kept so that schedulers set up before lots keep working.

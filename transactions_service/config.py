@@ -35,14 +35,21 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, kind: type = int, what: str = "an integer") -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        return kind(raw)
     except ValueError as exc:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+        raise ConfigError(f"{name} must be {what}, got {raw!r}") from exc
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    seconds = _int(env, name, default, float, "a number of seconds")
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{name} must be a positive number of seconds")
+    return seconds
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -63,6 +70,7 @@ def _event_settings(env: Mapping[str, str]) -> dict[str, Any]:
         "LOW_BALANCE_THRESHOLD": _int(env, "LOW_BALANCE_THRESHOLD", None),
         "EVENTS_NATS_URL": env.get("EVENTS_NATS_URL") or None,
         "EVENTS_NATS_STREAM": env.get("EVENTS_NATS_STREAM") or "LEDGER",
+        "EVENTS_RELAY_LEASE_SECONDS": _seconds(env, "EVENTS_RELAY_LEASE_SECONDS", 15),
     }
 
 
@@ -90,6 +98,9 @@ def _webhook_settings(env: Mapping[str, str]) -> dict[str, Any]:
         "WEBHOOK_CONCURRENCY": _int(env, "WEBHOOK_CONCURRENCY", 8),
         "WEBHOOK_ALLOW_HTTP": _bool(env, "WEBHOOK_ALLOW_HTTP", False),
         "WEBHOOK_ALLOW_PRIVATE_NETWORKS": _bool(env, "WEBHOOK_ALLOW_PRIVATE_NETWORKS", False),
+        "WEBHOOK_POLL_SECONDS": _seconds(env, "WEBHOOK_POLL_SECONDS", 1.0),
+        # A connection past any transaction pooler, for the worker's LISTEN and nothing else.
+        "DATABASE_DIRECT_URL": env.get("DATABASE_DIRECT_URL") or None,
     }
 
 
@@ -190,6 +201,10 @@ def finalise_database(config: dict[str, Any]) -> None:
         )
     url = _postgresql_url(url, "DATABASE_URL", "; no other database is supported")
     config["SQLALCHEMY_DATABASE_URI"] = url
+    # LISTEN needs a session of its own, which a pooler in transaction mode does not keep: there the
+    # worker polls unless DATABASE_DIRECT_URL names the server itself.
+    direct = config.get("DATABASE_DIRECT_URL") or (url if config.get("DATABASE_CONNECT_OPTIONS", True) else None)
+    config["DATABASE_DIRECT_URL"] = direct and _postgresql_url(direct, "DATABASE_DIRECT_URL", "")
     # A pooler in transaction mode hands each statement any server connection, which may not have
     # the statement prepared: prepare only on connections of our own.
     config.setdefault("DATABASE_PREPARED_STATEMENTS", config.get("DATABASE_CONNECT_OPTIONS", True))

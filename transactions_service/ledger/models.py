@@ -311,6 +311,11 @@ class EventRelay(db.Model):
     after_xid: Mapped[int] = mapped_column(BigInteger)
     after_position: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Set by a worker waiting for events: until then, the writes that add events notify it (migration 0009).
+    wake_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The relay that may publish (one at a time, when several workers run one), and until when.
+    holder: Mapped[str | None] = mapped_column(Text)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class IdempotencyRecord(db.Model):

@@ -412,6 +412,29 @@ def save_relay_position(name: str, position: FeedPosition) -> None:
     run_statement(_SAVE_RELAY_POSITION, {"name": name, **position._asdict()}, repeatable=True)
 
 
+# One relay at a time publishes: it holds the lease, renewing it as it goes; another takes it over
+# only once it has run out (a relay killed, or stalled for longer than the lease).
+_TAKE_RELAY_LEASE = (
+    "INSERT INTO event_relays AS r (name, after_xid, after_position, holder, lease_until)"
+    " VALUES (%(name)s, 0, 0, %(holder)s, now() + make_interval(secs => %(seconds)s))"
+    " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, lease_until = excluded.lease_until"
+    " WHERE r.holder = excluded.holder OR r.holder IS NULL OR r.lease_until < now() RETURNING 1"
+)
+_RELEASE_RELAY_LEASE = (
+    "UPDATE event_relays SET holder = NULL, lease_until = NULL WHERE name = %(name)s AND holder = %(holder)s"
+)
+
+
+def take_relay_lease(name: str, holder: str, seconds: float) -> bool:
+    """Take or renew the named relay's lease for ``seconds``; False while another holder's runs."""
+    return bool(run_statement(_TAKE_RELAY_LEASE, {"name": name, "holder": holder, "seconds": seconds},
+                              repeatable=True))
+
+
+def release_relay_lease(name: str, holder: str) -> None:
+    run_statement(_RELEASE_RELAY_LEASE, {"name": name, "holder": holder}, repeatable=True)
+
+
 _PRUNE_EVENTS = (
     "WITH old AS (SELECT position FROM ledger_events WHERE created_at < %(before)s LIMIT %(limit)s),"
     " pruned AS (DELETE FROM ledger_events AS e USING old WHERE e.position = old.position RETURNING 1)"

@@ -136,6 +136,34 @@ def fan_out(before: FeedPosition, after: FeedPosition, queued: list[Queued]) -> 
     return bool(moved)
 
 
+# --- waking: while a worker waits, the writes that add events notify it ----------------------------
+
+WAKE_CHANNEL = "ledger_events"  # notified by the trigger ledger_events_wake (migration 0009)
+_ARM = (
+    "UPDATE event_relays SET wake_until = now() + make_interval(secs => %(seconds)s) WHERE name = %(name)s"
+    " RETURNING wake_until"
+)
+_WAITING = "SELECT wake_until > now() FROM event_relays WHERE name = %(name)s"
+_DISARM = "UPDATE event_relays SET wake_until = NULL WHERE name = %(name)s AND wake_until = %(until)s"
+
+
+def arm_wake(seconds: float) -> datetime | None:
+    """Ask the writes of the next ``seconds`` to notify ``WAKE_CHANNEL``; returns until when (to disarm)."""
+    rows = run_statement(_ARM, {"name": FAN_OUT, "seconds": seconds}, repeatable=True)
+    return rows[0][0] if rows else None
+
+
+def worker_waiting() -> bool:
+    """Whether a worker is waiting for the writes to wake it."""
+    rows = run_statement(_WAITING, {"name": FAN_OUT}, repeatable=True)
+    return bool(rows and rows[0][0])
+
+
+def disarm_wake(until: datetime) -> None:
+    """Stop the notifications this worker asked for, unless another worker has asked for longer since."""
+    run_statement(_DISARM, {"name": FAN_OUT, "until": until}, repeatable=True)
+
+
 # --- delivering -------------------------------------------------------------------------------------
 
 

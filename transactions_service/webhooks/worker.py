@@ -14,10 +14,12 @@ Two jobs in one loop, both safe to run in several workers at once:
   leaves a lease that runs out, and the next worker sends the same
   ``webhook-id`` again.
 
-Deliveries follow Standard Webhooks, signed with the ``standardwebhooks``
-package. The body is the one queued at fan-out, so its data is the state at
-that event, never read again. SIGTERM stops the loop and lets the deliveries
-in flight finish.
+Idle, it waits to be woken by the commit of a new event (wake.py), or for
+``WEBHOOK_POLL_SECONDS``. Deliveries follow Standard Webhooks, signed with
+the ``standardwebhooks`` package, and go to the address the SSRF guard
+checked (destinations.py). The body is the one queued at fan-out, so its
+data is the state at that event, never read again. SIGTERM stops the loop
+and lets the deliveries in flight finish.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import logging
 import signal
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -38,6 +40,7 @@ from standardwebhooks import Webhook
 from ..ledger import store as ledger_store
 from ..ledger.store import FeedPosition
 from . import destinations, store
+from .wake import Wake
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,9 @@ class WorkerSettings:
     allow_http: bool = False
     allow_private: bool = False
     concurrency: int = 8
-    poll_seconds: float = 0.2
+    poll_seconds: float = 1.0
     page_size: int = 100
+    direct_url: str | None = None  # for LISTEN; None polls only
 
     @classmethod
     def from_config(cls, config: dict) -> WorkerSettings:
@@ -62,7 +66,8 @@ class WorkerSettings:
             schedule=tuple(config["WEBHOOK_RETRY_SCHEDULE"]), timeout_seconds=config["WEBHOOK_TIMEOUT_SECONDS"],
             lease_seconds=config["WEBHOOK_LEASE_SECONDS"], disable_after_days=config["WEBHOOK_DISABLE_AFTER_DAYS"],
             allow_http=config["WEBHOOK_ALLOW_HTTP"], allow_private=config["WEBHOOK_ALLOW_PRIVATE_NETWORKS"],
-            concurrency=config["WEBHOOK_CONCURRENCY"],
+            concurrency=config["WEBHOOK_CONCURRENCY"], poll_seconds=config["WEBHOOK_POLL_SECONDS"],
+            direct_url=config["DATABASE_DIRECT_URL"],
         )
 
 
@@ -122,6 +127,7 @@ class Worker:
     def __init__(self, app: Flask, settings: WorkerSettings):
         self.app, self.settings = app, settings
         self.stopping = threading.Event()
+        self.wake = Wake(settings.direct_url)
         # No proxy from the environment: the address the guard checked is the one connected to.
         self.client = httpx.Client(timeout=settings.timeout_seconds, follow_redirects=False, trust_env=False)
         self.pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="webhook")
@@ -141,34 +147,55 @@ class Worker:
                 store.start_fan_out()
                 self.started = True
             covered = fan_out_once(self.settings.page_size)
-            free = self.settings.concurrency - len(self.in_flight)
-            claimed = store.claim_due(free, self.settings.lease_seconds) if free > 0 else []
+            claimed = store.claim_due(self.free(), self.settings.lease_seconds) if self.free() > 0 else []
         for delivery in claimed:
-            self.in_flight.add(self.pool.submit(self.deliver, delivery))
+            future = self.pool.submit(self.deliver, delivery)
+            future.add_done_callback(lambda _future: self.wake.nudge())
+            self.in_flight.add(future)
         return bool(covered or claimed)
 
+    def free(self) -> int:
+        return self.settings.concurrency - len(self.in_flight)
+
+    def idle(self) -> None:
+        """Wait for new events, a finished delivery, SIGTERM or the poll interval, whichever comes first.
+
+        Only a worker with room for more deliveries asks the writes to wake it (wake.py); a full one
+        waits for a delivery to finish.
+        """
+        armed = None
+        if self.free() > 0 and self.wake.listening():
+            with self.app.app_context():
+                armed = store.arm_wake(self.settings.poll_seconds * 2)
+            if self.step():  # what came in before the writes knew to notify
+                return
+        woken = self.wake.wait(self.settings.poll_seconds)
+        if armed is not None and woken:
+            with self.app.app_context():
+                store.disarm_wake(armed)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.nudge()
+
     def run(self) -> None:
-        """Until ``stopping``: work while there is work, otherwise wait a poll interval or for a delivery."""
+        """Until ``stopping``: work while there is work, otherwise wait in ``idle``."""
         try:
             while not self.stopping.is_set():
                 try:
-                    busy = self.step()
+                    if not self.step():
+                        self.idle()
                 except DBAPIError as error:  # the database is away: what was leased is leased again later
                     log.warning("webhook worker: the database is unavailable (%s); trying again",
                                 type(error.orig).__name__)
                     self.stopping.wait(1.0)
-                    continue
-                if self.in_flight:
-                    done, _ = wait(self.in_flight, timeout=0 if busy else self.settings.poll_seconds,
-                                   return_when=FIRST_COMPLETED)
-                    self._collect(done)
-                elif not busy:
-                    self.stopping.wait(self.settings.poll_seconds)
+                self._collect({future for future in self.in_flight if future.done()})
         finally:
             done, _ = wait(self.in_flight)  # the deliveries in flight finish
             self._collect(done)
             self.pool.shutdown()
             self.client.close()
+            self.wake.close()
 
     def _collect(self, done: set[Future]) -> None:
         for future in done:
@@ -181,5 +208,5 @@ def run(app: Flask, settings: WorkerSettings) -> None:
     """Work until SIGTERM or SIGINT, for the ``webhooks work`` command."""
     worker = Worker(app, settings)
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda _signum, _frame: worker.stopping.set())
+        signal.signal(signum, lambda _signum, _frame: worker.stop())
     worker.run()
