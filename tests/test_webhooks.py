@@ -389,3 +389,88 @@ def test_an_idle_worker_wakes_on_a_commit_long_before_its_poll(api, app, manager
     assert time.monotonic() - stopped < 10  # the stop woke it too, with a minute of its poll to go
     with app.app_context():
         assert not store.worker_waiting()  # woken, it withdrew its request
+
+
+# --- recording attempts, many at once ----------------------------------------------------------------
+
+
+def claimed_deliveries(api, app, manager, url, count):
+    """``count`` deliveries of one endpoint, fanned out and leased as a worker leases them."""
+    from transactions_service.webhooks import store
+
+    endpoint = register(api, manager, url)
+    user_id = api.funded_user(100)
+    for _ in range(count - 1):
+        api.usage(user_id, credits=-1)
+    with app.app_context():
+        store.start_fan_out()
+        while store.fan_out(100):
+            pass
+        claimed = store.claim_due(100, 60, per_endpoint=100)
+    return endpoint, [c for c in claimed if c.endpoint_id == endpoint["id"]]
+
+
+def endpoint_state(api, manager, endpoint):
+    shown = api.client.get(f"/api/webhook-endpoints/{endpoint['id']}", headers=bearer(manager)).json
+    return shown["failing_since"], shown["disabled"]
+
+
+@pytest.mark.parametrize("outcomes, failing_from, disabled", [
+    (("failed", "delivered", "failed"), 2, False),  # the run of failures starts after the last success
+    (("failed", "failed", "delivered"), None, False),  # a success ends it
+    (("failed", "failed", "failed"), 0, True),  # six days of nothing but failures
+])
+def test_attempts_recorded_together_keep_the_endpoints_run_of_failures_in_order(
+    api, app, manager, local_destinations, outcomes, failing_from, disabled
+):
+    from datetime import datetime, timedelta, timezone
+
+    from transactions_service.webhooks import store
+
+    endpoint, claimed = claimed_deliveries(api, app, manager, "http://127.0.0.1:9/hooks", len(outcomes))
+    start = datetime.now(timezone.utc) - timedelta(days=6)
+    times = [start, start + timedelta(days=3), start + timedelta(days=6)]
+    recorded = [
+        (delivery.id, store.Outcome(at, 200 if status == "delivered" else 500, None, 5,
+                                    "delivered" if status == "delivered" else "pending", None if status == "delivered"
+                                    else at + timedelta(seconds=5)))
+        for delivery, status, at in zip(claimed, outcomes, times)
+    ]
+    with app.app_context():
+        store.finish(recorded, disable_after_days=5)
+    failing_since, is_disabled = endpoint_state(api, manager, endpoint)
+    expected = None if failing_from is None else times[failing_from]
+    assert (failing_since and datetime.fromisoformat(failing_since.replace("Z", "+00:00"))) == expected
+    assert is_disabled is disabled
+    deliveries = api.client.get(f"/api/webhook-endpoints/{endpoint['id']}/deliveries",
+                                headers=bearer(manager)).json["data"]
+    assert sorted(d["status"] for d in deliveries) == sorted(
+        "delivered" if status == "delivered" else "pending" for status in outcomes)
+
+
+def test_a_slow_endpoints_backlog_leaves_threads_for_the_others(api, app, manager, receiver, local_destinations):
+    from transactions_service.webhooks import store
+
+    slow, fast = receiver(delay=3), receiver()
+    register(api, manager, slow.url)
+    user_id = api.funded_user(100)
+    for _ in range(5):
+        api.usage(user_id, credits=-1)
+    with app.app_context():  # the slow endpoint's six deliveries are queued, and due, first
+        store.start_fan_out()
+        while store.fan_out(100):
+            pass
+    register(api, manager, fast.url)
+    for _ in range(6):
+        api.usage(user_id, credits=-1)
+    settings = dataclasses.replace(FAST, concurrency=4, endpoint_concurrency=2, timeout_seconds=10)
+    started, reached = time.monotonic(), []
+
+    def fast_all_in():
+        if len(fast.received) >= 6 and not reached:
+            reached.append((time.monotonic() - started, len(slow.received)))
+        return bool(reached)
+
+    work_until(app, fast_all_in, settings=settings)
+    seconds, slow_received = reached[0]
+    assert seconds < 3 and slow_received <= 2  # not behind the slow endpoint's first answers

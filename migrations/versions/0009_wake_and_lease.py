@@ -10,6 +10,11 @@ under the load that keeps a worker busy (ADR 0006, decision 10).
 ``holder`` and ``lease_until`` let one relay at a time publish into
 JetStream when every webhook worker runs one: the others wait for the lease.
 
+A worker now leases due deliveries endpoint by endpoint, at most
+``WEBHOOK_ENDPOINT_CONCURRENCY`` of one endpoint's at once, so that a slow
+endpoint's backlog cannot take every sending thread: the index of due
+deliveries leads with the endpoint (rebuilt CONCURRENTLY).
+
 Adding the trigger takes a lock that pauses writes to ledger_events for an
 instant; nothing is rewritten.
 
@@ -47,9 +52,24 @@ def upgrade():
         "CREATE TRIGGER ledger_events_wake AFTER INSERT ON ledger_events"
         " FOR EACH STATEMENT EXECUTE FUNCTION ledger_events_wake()"
     )
+    _due_index(["endpoint_id", "next_attempt_at"])
+
+
+def _due_index(columns):
+    """Replace the index of due deliveries with one on ``columns``: built beside it, then swapped in.
+
+    CONCURRENTLY, so the worker's writes go on; the old one serves the worker's claims until then.
+    """
+    with op.get_context().autocommit_block():
+        op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_webhook_deliveries_due_next")
+        op.create_index("ix_webhook_deliveries_due_next", "webhook_deliveries", columns,
+                        postgresql_where=sa.text("status = 'pending'"), postgresql_concurrently=True)
+        op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_webhook_deliveries_due")
+        op.execute("ALTER INDEX ix_webhook_deliveries_due_next RENAME TO ix_webhook_deliveries_due")
 
 
 def downgrade():
+    _due_index(["next_attempt_at"])
     op.execute("DROP TRIGGER ledger_events_wake ON ledger_events")
     op.execute("DROP FUNCTION ledger_events_wake()")
     for column in ("lease_until", "holder", "wake_until"):

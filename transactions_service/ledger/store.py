@@ -369,12 +369,12 @@ class Event(NamedTuple):
 
 # Only events of transactions older than every transaction still running: a transaction that commits
 # later than one with a larger id would otherwise have its events appear behind a reader's position.
-_VISIBLE_EVENTS = "xid < pg_snapshot_xmin(pg_current_snapshot())"
+VISIBLE_EVENTS = "xid < pg_snapshot_xmin(pg_current_snapshot())"
 
 
 @functools.cache
 def _events_page(by_type: bool, by_user: bool) -> str:
-    conditions = ["(xid, position) > (%(xid)s::text::xid8, %(position)s)", _VISIBLE_EVENTS]
+    conditions = ["(xid, position) > (%(xid)s::text::xid8, %(position)s)", VISIBLE_EVENTS]
     if by_type:
         conditions.append("type = ANY(%(types)s::text[])")
     if by_user:

@@ -52,7 +52,8 @@ class WebhookDelivery(db.Model):
     __table_args__ = (
         CheckConstraint(f"status IN ({', '.join(repr(s) for s in DELIVERY_STATUSES)})", name="status_known"),
         Index("uq_webhook_deliveries_endpoint_event", "endpoint_id", "event_id", unique=True),
-        Index("ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=db.text("status = 'pending'")),
+        # Each endpoint's due deliveries, soonest first: a worker takes a few of every endpoint's (migration 0009).
+        Index("ix_webhook_deliveries_due", "endpoint_id", "next_attempt_at", postgresql_where=db.text("status = 'pending'")),
         Index("ix_webhook_deliveries_endpoint", "endpoint_id", db.text("created_at DESC"), db.text("id DESC")),
     )
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from ..extensions import run_statement
-from ..ledger.store import RFC3339 as _RFC3339
-from ..ledger.store import FeedPosition, Position
+from ..ledger.store import RFC3339, VISIBLE_EVENTS, Position
 from . import models  # noqa: F401  (the tables, for the migrations' checks)
 FAN_OUT = "webhooks"  # the fan-out's row in event_relays: how far into the feed deliveries are queued
 
@@ -26,8 +26,8 @@ class Endpoint(NamedTuple):
 
 
 _ENDPOINT_COLUMNS = (
-    f"id::text, url, event_types, description, disabled, {_RFC3339.format('failing_since')},"
-    f" {_RFC3339.format('created_at')}, {_RFC3339.format('updated_at')}"
+    f"id::text, url, event_types, description, disabled, {RFC3339.format('failing_since')},"
+    f" {RFC3339.format('created_at')}, {RFC3339.format('updated_at')}"
 )
 _CREATE = (
     "INSERT INTO webhook_endpoints (id, url, event_types, description, secret)"
@@ -91,49 +91,40 @@ def rotate_secret(endpoint_id: uuid.UUID, secret: str, previous_until: datetime)
 
 # --- fan-out: the feed's events become deliveries ----------------------------------------------------
 
-_ACTIVE = "SELECT id::text, event_types FROM webhook_endpoints WHERE NOT disabled"
 _START_FAN_OUT = (
     "INSERT INTO event_relays (name, after_xid, after_position) VALUES (%(name)s, 0, 0) ON CONFLICT (name) DO NOTHING"
 )
-# Moves the fan-out's position from where this worker read it to past the page, queuing the page's
-# deliveries, or does nothing at all when another worker moved it first.
+# One statement: the next page of the feed after the fan-out's position, a delivery queued for each
+# event and enabled endpoint subscribed to its type, and the position moved past the page. The
+# position row is locked for it, and a worker that finds it locked skips the fan-out this time
+# instead of waiting. The body is built here once and sent as it is on every attempt: the event's
+# data as written, never read again.
 _FAN_OUT = (
-    "WITH moved AS (UPDATE event_relays SET after_xid = %(to_xid)s, after_position = %(to_position)s, updated_at = now()"
-    " WHERE name = %(name)s AND (after_xid, after_position) = (%(from_xid)s, %(from_position)s) RETURNING 1),"
+    "WITH fan_out AS (SELECT after_xid, after_position FROM event_relays WHERE name = %(name)s"
+    " FOR UPDATE SKIP LOCKED),"
+    " page AS (SELECT e.xid, e.position, e.id, e.type, e.created_at, e.data FROM ledger_events AS e, fan_out AS f"
+    f" WHERE (e.xid, e.position) > (f.after_xid::text::xid8, f.after_position) AND e.{VISIBLE_EVENTS}"
+    " ORDER BY e.xid, e.position LIMIT %(limit)s),"
+    " last AS (SELECT xid, position FROM page ORDER BY xid DESC, position DESC LIMIT 1),"
+    " moved AS (UPDATE event_relays AS r SET after_xid = last.xid::text::bigint, after_position = last.position,"
+    " updated_at = now() FROM last WHERE r.name = %(name)s),"
     " queued AS (INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, payload, next_attempt_at)"
-    " SELECT gen_random_uuid(), d.endpoint_id, d.event_id, d.event_type, d.payload, now()"
-    " FROM unnest(%(endpoints)s::text[]::uuid[], %(events)s::text[]::uuid[], %(types)s::text[], %(payloads)s::text[])"
-    " AS d(endpoint_id, event_id, event_type, payload) WHERE EXISTS (SELECT 1 FROM moved)"
-    " ON CONFLICT (endpoint_id, event_id) DO NOTHING RETURNING 1)"
-    " SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM queued)"
+    " SELECT gen_random_uuid(), w.id, page.id, page.type, '{\"type\":\"' || page.type || '\",\"timestamp\":\"' ||"
+    f" {RFC3339.format('page.created_at')} || '\",\"data\":' || page.data::text || '}}', now()"
+    " FROM page JOIN webhook_endpoints AS w ON NOT w.disabled AND page.type = ANY(w.event_types)"
+    " ON CONFLICT (endpoint_id, event_id) DO NOTHING)"
+    " SELECT count(*) FROM page"
 )
-
-
-class Queued(NamedTuple):
-    endpoint_id: str
-    event_id: str
-    event_type: str
-    payload: str
-
-
-def active_endpoints() -> list[tuple[str, list[str]]]:
-    return [tuple(row) for row in run_statement(_ACTIVE, {}, repeatable=True)]
 
 
 def start_fan_out() -> None:
     run_statement(_START_FAN_OUT, {"name": FAN_OUT}, repeatable=True)
 
 
-def fan_out(before: FeedPosition, after: FeedPosition, queued: list[Queued]) -> bool:
-    """Queue these deliveries and move the fan-out past them; False if another worker had moved it."""
-    params = {
-        "name": FAN_OUT, "from_xid": before.xid, "from_position": before.position, "to_xid": after.xid,
-        "to_position": after.position, "endpoints": [q.endpoint_id for q in queued],
-        "events": [q.event_id for q in queued], "types": [q.event_type for q in queued],
-        "payloads": [q.payload for q in queued],
-    }
-    ((moved, _count),) = run_statement(_FAN_OUT, params, repeatable=True)
-    return bool(moved)
+def fan_out(limit: int) -> int:
+    """Queue the deliveries of the next page of the feed, up to ``limit`` events; returns how many it covered."""
+    ((covered,),) = run_statement(_FAN_OUT, {"name": FAN_OUT, "limit": limit}, repeatable=True)
+    return covered
 
 
 # --- waking: while a worker waits, the writes that add events notify it ----------------------------
@@ -178,31 +169,48 @@ class Claimed(NamedTuple):
     previous_secret: str | None
 
 
-# Due deliveries of enabled endpoints that no live lease holds, leased to this worker; the attempt is
+# Due deliveries of enabled endpoints that no live lease holds, leased to this worker: up to
+# ``per_endpoint`` of each endpoint's, less those this worker is sending already (``busy``), so that a
+# slow endpoint's backlog cannot take every thread; then the soonest due first. The attempt is
 # counted now, so one a worker died in counts too.
 _CLAIM = (
-    "WITH due AS (SELECT d.id FROM webhook_deliveries AS d JOIN webhook_endpoints AS e ON e.id = d.endpoint_id"
-    " WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND (d.lease_until IS NULL OR d.lease_until <= now())"
-    " AND NOT e.disabled ORDER BY d.next_attempt_at LIMIT %(limit)s FOR UPDATE OF d SKIP LOCKED)"
+    "WITH busy AS (SELECT * FROM unnest(%(busy_endpoints)s::text[]::uuid[], %(busy_counts)s::text[]::int[])"
+    " AS b(endpoint_id, sending)),"
+    " due AS (SELECT d.id FROM webhook_endpoints AS e LEFT JOIN busy AS b ON b.endpoint_id = e.id"
+    " CROSS JOIN LATERAL (SELECT d.id, d.next_attempt_at FROM webhook_deliveries AS d WHERE d.endpoint_id = e.id"
+    " AND d.status = 'pending' AND d.next_attempt_at <= now() AND (d.lease_until IS NULL OR d.lease_until <= now())"
+    " ORDER BY d.next_attempt_at LIMIT greatest(%(per_endpoint)s - coalesce(b.sending, 0), 0)"
+    " FOR UPDATE OF d SKIP LOCKED) AS d"
+    " WHERE NOT e.disabled ORDER BY d.next_attempt_at LIMIT %(limit)s)"
     " UPDATE webhook_deliveries AS d SET lease_until = now() + make_interval(secs => %(lease)s),"
     " attempts = d.attempts + 1 FROM due, webhook_endpoints AS e WHERE d.id = due.id AND e.id = d.endpoint_id"
     " RETURNING d.id::text, d.endpoint_id::text, d.event_id::text, d.payload, d.attempts, e.url, e.secret,"
     " CASE WHEN e.previous_secret_until > now() THEN e.previous_secret END"
 )
-# An attempt's outcome: recorded, the delivery moved on (delivered, due again, or failed for good), and
-# the endpoint's run of failures started, ended, or long enough to disable it.
+# Attempts' outcomes, many in one statement: each recorded, its delivery moved on (delivered, due again,
+# or failed for good), and each endpoint's run of failures ended by its latest success, or started by
+# its first failure after that, and disabled once that run is long enough.
 _FINISH = (
-    "WITH attempt AS (INSERT INTO webhook_attempts"
-    " (delivery_id, attempted_at, status_code, error, duration_ms, next_attempt_at)"
-    " VALUES (%(id)s, %(at)s, %(status_code)s, %(error)s, %(duration_ms)s, %(next)s)),"
-    " delivery AS (UPDATE webhook_deliveries SET status = %(status)s, next_attempt_at = %(next)s, lease_until = NULL,"
-    " finished_at = CASE WHEN %(status)s <> 'pending' THEN %(at)s END WHERE id = %(id)s AND status = 'pending'"
-    " RETURNING endpoint_id)"
-    " UPDATE webhook_endpoints AS e SET"
-    " failing_since = CASE WHEN %(succeeded)s THEN NULL ELSE coalesce(e.failing_since, %(at)s) END,"
-    " disabled = e.disabled OR (NOT %(succeeded)s"
-    "   AND coalesce(e.failing_since, %(at)s) <= %(at)s - make_interval(days => %(disable_after_days)s))"
-    " FROM delivery WHERE e.id = delivery.endpoint_id"
+    "WITH outcome AS (SELECT * FROM unnest(%(ids)s::text[]::uuid[], %(ats)s::text[]::timestamptz[],"
+    " %(status_codes)s::text[]::int[], %(errors)s::text[], %(durations)s::text[]::int[], %(statuses)s::text[],"
+    " %(nexts)s::text[]::timestamptz[]) AS o(id, at, status_code, error, duration_ms, status, next)),"
+    " attempt AS (INSERT INTO webhook_attempts (delivery_id, attempted_at, status_code, error, duration_ms,"
+    " next_attempt_at) SELECT id, at, status_code, error, duration_ms, next FROM outcome),"
+    " delivery AS (UPDATE webhook_deliveries AS d SET status = o.status, next_attempt_at = o.next, lease_until = NULL,"
+    " finished_at = CASE WHEN o.status <> 'pending' THEN o.at END FROM outcome AS o"
+    " WHERE d.id = o.id AND d.status = 'pending' RETURNING d.endpoint_id, o.at, o.status = 'delivered' AS succeeded),"
+    " runs AS (SELECT endpoint_id, max(at) FILTER (WHERE succeeded) AS succeeded_at, max(at) AS last_at"
+    " FROM delivery GROUP BY endpoint_id),"
+    " failures AS (SELECT r.endpoint_id, r.succeeded_at, r.last_at, min(d.at) FILTER (WHERE NOT d.succeeded"
+    " AND (r.succeeded_at IS NULL OR d.at > r.succeeded_at)) AS failed_at FROM runs AS r"
+    " JOIN delivery AS d USING (endpoint_id) GROUP BY r.endpoint_id, r.succeeded_at, r.last_at),"
+    " since AS (SELECT f.endpoint_id, f.last_at, CASE WHEN f.failed_at IS NULL THEN NULL"
+    " WHEN f.succeeded_at IS NULL THEN coalesce(e.failing_since, f.failed_at) ELSE f.failed_at END AS failing_since"
+    " FROM failures AS f JOIN webhook_endpoints AS e ON e.id = f.endpoint_id)"
+    " UPDATE webhook_endpoints AS e SET failing_since = since.failing_since,"
+    " disabled = e.disabled OR coalesce(since.failing_since <= since.last_at"
+    " - make_interval(days => %(disable_after_days)s), false)"
+    " FROM since WHERE e.id = since.endpoint_id"
 )
 
 
@@ -215,14 +223,28 @@ class Outcome(NamedTuple):
     next: datetime | None
 
 
-def claim_due(limit: int, lease_seconds: float) -> list[Claimed]:
-    rows = run_statement(_CLAIM, {"limit": limit, "lease": lease_seconds})
-    return [Claimed(*row) for row in rows]
+def claim_due(limit: int, lease_seconds: float, per_endpoint: int,
+              busy: Mapping[str, int] | None = None) -> list[Claimed]:
+    """Lease up to ``limit`` due deliveries, at most ``per_endpoint`` of an endpoint's with those ``busy``."""
+    busy = busy or {}
+    params = {"limit": limit, "lease": lease_seconds, "per_endpoint": per_endpoint,
+              "busy_endpoints": list(busy), "busy_counts": [str(count) for count in busy.values()]}
+    return [Claimed(*row) for row in run_statement(_CLAIM, params)]
 
 
-def finish(delivery_id: str, outcome: Outcome, disable_after_days: int) -> None:
-    params = {**outcome._asdict(), "id": delivery_id, "succeeded": outcome.status == "delivered",
-              "disable_after_days": disable_after_days}
+def finish(outcomes: list[tuple[str, Outcome]], disable_after_days: int) -> None:
+    """Record these attempts (delivery id, outcome), in the order they were made, in one statement."""
+
+    def text(value: Any) -> str | None:
+        return None if value is None else str(value)
+
+    params = {
+        "ids": [delivery_id for delivery_id, _ in outcomes], "ats": [o.at.isoformat() for _, o in outcomes],
+        "status_codes": [text(o.status_code) for _, o in outcomes], "errors": [o.error for _, o in outcomes],
+        "durations": [str(o.duration_ms) for _, o in outcomes], "statuses": [o.status for _, o in outcomes],
+        "nexts": [o.next.isoformat() if o.next else None for _, o in outcomes],
+        "disable_after_days": disable_after_days,
+    }
     run_statement(_FINISH, params)
 
 
@@ -251,12 +273,12 @@ class Attempt(NamedTuple):
 
 _DELIVERY_COLUMNS = (
     "id::text, event_id::text, event_type, status, attempts,"
-    f" CASE WHEN status = 'pending' THEN {_RFC3339.format('next_attempt_at')} END,"
-    f" {_RFC3339.format('created_at')}, {_RFC3339.format('finished_at')}"
+    f" CASE WHEN status = 'pending' THEN {RFC3339.format('next_attempt_at')} END,"
+    f" {RFC3339.format('created_at')}, {RFC3339.format('finished_at')}"
 )
 _ATTEMPTS = (
-    f"SELECT delivery_id::text, {_RFC3339.format('attempted_at')}, status_code, error, duration_ms,"
-    f" {_RFC3339.format('next_attempt_at')} FROM webhook_attempts WHERE delivery_id = ANY(%(ids)s::text[]::uuid[]) ORDER BY id"
+    f"SELECT delivery_id::text, {RFC3339.format('attempted_at')}, status_code, error, duration_ms,"
+    f" {RFC3339.format('next_attempt_at')} FROM webhook_attempts WHERE delivery_id = ANY(%(ids)s::text[]::uuid[]) ORDER BY id"
 )
 _RETRY = (
     "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = now(), lease_until = NULL, finished_at = NULL"

@@ -2,17 +2,19 @@
 
 Two jobs in one loop, both safe to run in several workers at once:
 
-- **fan-out**: it pages the feed from the fan-out's position (``event_relays``)
-  and queues one delivery per event and subscribed endpoint, moving the
-  position in the same statement (a worker that read an old position queues
-  nothing);
+- **fan-out**: one statement pages the feed from the fan-out's position
+  (``event_relays``, locked for it; a worker that finds it locked skips this
+  turn), queues one delivery per event and subscribed endpoint, and moves
+  the position past the page;
 - **delivery**: it leases due deliveries (``FOR UPDATE SKIP LOCKED``, a lease
-  of ``WEBHOOK_LEASE_SECONDS``) and posts each, on a thread of its own, so a
-  slow endpoint holds up only its own deliveries. A 2xx is delivered; any
-  other answer, a timeout or a refused connection is tried again on
-  ``WEBHOOK_RETRY_SCHEDULE``, then failed. A worker killed mid-delivery
-  leaves a lease that runs out, and the next worker sends the same
-  ``webhook-id`` again.
+  of ``WEBHOOK_LEASE_SECONDS``), at most ``WEBHOOK_ENDPOINT_CONCURRENCY`` of
+  one endpoint's at once, and posts each on a thread of the pool, so a slow
+  endpoint holds up only its own deliveries. The loop records the finished
+  attempts, all of them in one statement. A 2xx is delivered; any other
+  answer, a timeout or a refused connection is tried again on
+  ``WEBHOOK_RETRY_SCHEDULE``, then failed. A worker killed mid-delivery, or
+  after sending and before recording, leaves a lease that runs out, and the
+  next worker sends the same ``webhook-id`` again.
 
 Idle, it waits to be woken by the commit of a new event (wake.py), or for
 ``WEBHOOK_POLL_SECONDS``. Deliveries follow Standard Webhooks, signed with
@@ -28,17 +30,16 @@ import logging
 import signal
 import threading
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import httpx
 from flask import Flask
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from standardwebhooks import Webhook
 
-from ..ledger import store as ledger_store
-from ..ledger.store import FeedPosition
 from . import destinations, store
 from .wake import Wake
 
@@ -55,7 +56,8 @@ class WorkerSettings:
     disable_after_days: int = 5
     allow_http: bool = False
     allow_private: bool = False
-    concurrency: int = 8
+    concurrency: int = 32
+    endpoint_concurrency: int = 16
     poll_seconds: float = 1.0
     page_size: int = 100
     direct_url: str | None = None  # for LISTEN; None polls only
@@ -66,7 +68,8 @@ class WorkerSettings:
             schedule=tuple(config["WEBHOOK_RETRY_SCHEDULE"]), timeout_seconds=config["WEBHOOK_TIMEOUT_SECONDS"],
             lease_seconds=config["WEBHOOK_LEASE_SECONDS"], disable_after_days=config["WEBHOOK_DISABLE_AFTER_DAYS"],
             allow_http=config["WEBHOOK_ALLOW_HTTP"], allow_private=config["WEBHOOK_ALLOW_PRIVATE_NETWORKS"],
-            concurrency=config["WEBHOOK_CONCURRENCY"], poll_seconds=config["WEBHOOK_POLL_SECONDS"],
+            concurrency=config["WEBHOOK_CONCURRENCY"], endpoint_concurrency=config["WEBHOOK_ENDPOINT_CONCURRENCY"],
+            poll_seconds=config["WEBHOOK_POLL_SECONDS"],
             direct_url=config["DATABASE_DIRECT_URL"],
         )
 
@@ -82,22 +85,6 @@ def signed_headers(claimed: store.Claimed, at: datetime) -> dict[str, str]:
         "content-type": "application/json",
         "user-agent": "transactions-service-webhooks/1",
     }
-
-
-def fan_out_once(page_size: int) -> int:
-    """Queue the deliveries of the next page of the feed; returns how many events it covered."""
-    before = ledger_store.relay_position(store.FAN_OUT)
-    events = ledger_store.events_page(before, page_size, types=[], user_id=None)
-    if not events:
-        return 0
-    endpoints = store.active_endpoints()
-    queued = [
-        store.Queued(endpoint_id, event.id, event.type,
-                     f'{{"type":"{event.type}","timestamp":"{event.created_at}","data":{event.data}}}')
-        for event in events for endpoint_id, types in endpoints if event.type in types
-    ]
-    after = FeedPosition(events[-1].xid, events[-1].position)
-    return len(events) if store.fan_out(before, after, queued) else 0
 
 
 def _outcome(claimed: store.Claimed, settings: WorkerSettings, client: httpx.Client) -> store.Outcome:
@@ -124,6 +111,13 @@ def _outcome(claimed: store.Claimed, settings: WorkerSettings, client: httpx.Cli
 
 
 class Worker:
+    """One loop that touches the database, and a pool of threads that only send.
+
+    The loop records the attempts the threads have finished, all in one statement, then fans out and
+    leases what is due; so a worker's statements do not grow with its deliveries, and one worker
+    keeps up with the writes (BENCHMARKS.md, scenario I).
+    """
+
     def __init__(self, app: Flask, settings: WorkerSettings):
         self.app, self.settings = app, settings
         self.stopping = threading.Event()
@@ -131,28 +125,36 @@ class Worker:
         # No proxy from the environment: the address the guard checked is the one connected to.
         self.client = httpx.Client(timeout=settings.timeout_seconds, follow_redirects=False, trust_env=False)
         self.pool = ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="webhook")
-        self.in_flight: set[Future] = set()
+        self.in_flight: dict[Future, str] = {}  # each delivery being sent, and its endpoint
+        self.unrecorded: list[tuple[str, store.Outcome]] = []  # sent, not yet recorded (still leased)
         self.started = False  # the fan-out's position row made (on the first step the database answers)
 
-    def deliver(self, claimed: store.Claimed) -> None:
-        with self.app.app_context():
-            outcome = _outcome(claimed, self.settings, self.client)
-            store.finish(claimed.id, outcome, self.settings.disable_after_days)
-            log.info("webhook %s to %s: %s", claimed.event_id, claimed.url, outcome.status_code or outcome.error)
+    def deliver(self, claimed: store.Claimed) -> tuple[str, store.Outcome]:
+        outcome = _outcome(claimed, self.settings, self.client)
+        log.info("webhook %s to %s: %s", claimed.event_id, claimed.url, outcome.status_code or outcome.error)
+        return claimed.id, outcome
 
     def step(self) -> bool:
-        """Fan out a page and start what is due; True if there was anything to do."""
+        """Record what was sent, fan out a page and start what is due; True if there was anything to do."""
+        recorded = len(self.unrecorded)
         with self.app.app_context():
             if not self.started:
                 store.start_fan_out()
                 self.started = True
-            covered = fan_out_once(self.settings.page_size)
-            claimed = store.claim_due(self.free(), self.settings.lease_seconds) if self.free() > 0 else []
+            self.record()
+            covered = store.fan_out(self.settings.page_size)
+            claimed = store.claim_due(self.free(), self.settings.lease_seconds, self.settings.endpoint_concurrency,
+                                      Counter(self.in_flight.values())) if self.free() > 0 else []
         for delivery in claimed:
             future = self.pool.submit(self.deliver, delivery)
             future.add_done_callback(lambda _future: self.wake.nudge())
-            self.in_flight.add(future)
-        return bool(covered or claimed)
+            self.in_flight[future] = delivery.endpoint_id
+        return bool(recorded or covered or claimed)
+
+    def record(self) -> None:
+        if self.unrecorded:
+            store.finish(self.unrecorded, self.settings.disable_after_days)
+            self.unrecorded = []
 
     def free(self) -> int:
         return self.settings.concurrency - len(self.in_flight)
@@ -182,26 +184,38 @@ class Worker:
         """Until ``stopping``: work while there is work, otherwise wait in ``idle``."""
         try:
             while not self.stopping.is_set():
+                self._collect({future for future in self.in_flight if future.done()})
                 try:
                     if not self.step():
                         self.idle()
-                except DBAPIError as error:  # the database is away: what was leased is leased again later
+                except (OperationalError, InterfaceError) as error:  # the database is away: leases run out, are taken again
                     log.warning("webhook worker: the database is unavailable (%s); trying again",
                                 type(error.orig).__name__)
                     self.stopping.wait(1.0)
-                self._collect({future for future in self.in_flight if future.done()})
         finally:
-            done, _ = wait(self.in_flight)  # the deliveries in flight finish
-            self._collect(done)
-            self.pool.shutdown()
-            self.client.close()
-            self.wake.close()
+            self._finish()
+
+    def _finish(self) -> None:
+        """The deliveries in flight finish and are recorded; if the database is away, they are sent again later."""
+        done, _ = wait(self.in_flight)
+        self._collect(done)
+        try:
+            with self.app.app_context():
+                self.record()
+        except (OperationalError, InterfaceError):
+            log.warning("webhook worker: %d attempts left unrecorded; their deliveries will be sent again",
+                        len(self.unrecorded))
+        self.pool.shutdown()
+        self.client.close()
+        self.wake.close()
 
     def _collect(self, done: set[Future]) -> None:
         for future in done:
-            self.in_flight.discard(future)
-            if future.exception() is not None:
-                log.error("a webhook delivery failed to record", exc_info=future.exception())
+            del self.in_flight[future]
+            if future.exception() is not None:  # its lease runs out, and it is sent again
+                log.error("a webhook delivery failed", exc_info=future.exception())
+            else:
+                self.unrecorded.append(future.result())
 
 
 def run(app: Flask, settings: WorkerSettings) -> None:
