@@ -16,11 +16,14 @@ One run, one machine, every number next to its reference:
    then G: A and B again through PgBouncer in transaction mode (a second
    gunicorn, as a fleet behind a pooler is configured) beside the direct
    service, in alternating slices; then H: spends by users with five lots
-   beside spends by users with one;
+   beside spends by users with one; then I: spends with a webhook endpoint
+   subscribed beside spends with it disabled, and the time from a spend's
+   201 to its event at a receiver in this process (``bench/receiver.py``);
 5. a table, and one JSON object on the last line, also written to ``bench/results/``.
 
 Everything listens on 127.0.0.1, every load is bounded in time, and every
 process and directory the run made is removed in ``finally`` blocks.
+``--only I`` does the setup and scenario I alone.
 """
 
 from __future__ import annotations
@@ -46,17 +49,21 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jwt
 import psycopg2
 import requests
 from sqlalchemy.engine import make_url
 
+from bench.openloop import percentile
+from bench.receiver import Receiver
 from devtools.devdb import EmbeddedPostgres, bin_dir, wait_for_replay
 from devtools.devpooler import PgBouncer, pgbouncer_binary
 from transactions_service.ledger.rules import encode_cursor
 from transactions_service.ledger.store import SPEND_ORDER
+from transactions_service.scopes import MANAGE_WEBHOOKS
+from transactions_service.webhooks.store import FAN_OUT
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -85,6 +92,13 @@ POOLER_POOL_SIZE = 4
 # The timeouts the service sends as startup options when direct, set on the role for the pooled service.
 STATEMENT_TIMEOUT_MS, LOCK_TIMEOUT_MS = 10_000, 5_000
 
+# Scenario I: the events a spend can emit (transaction.created; balance.low when it falls below the
+# threshold), how long after the last acknowledged spend its event may still come before it counts as
+# missing, and how long the worker may take to deliver what is queued before the open-loop part.
+WEBHOOK_EVENT_TYPES = ["transaction.created", "balance.low"]
+WEBHOOK_GRACE_SECONDS = 30
+WEBHOOK_DRAIN_SECONDS = 300
+
 # The targets, as (key, comparison, bound).
 TARGETS = [
     ("post_ratio", ">=", 0.30),
@@ -94,6 +108,8 @@ TARGETS = [
     ("mixed_p99_ms", "<=", 25.0),
     ("rss_growth", "<=", 1.10),
     ("lots_five_ratio", ">=", 0.70),
+    ("webhook_spend_ratio", ">=", 0.90),
+    ("webhook_latency_p99_ms", "<=", 1000.0),
 ]
 
 
@@ -194,13 +210,32 @@ def gunicorn(app_spec: str, env: dict[str, str], log_path: Path, ready_path: str
             time.sleep(0.2)
         yield server
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
+
+
+def stop(process: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM, which lets the process finish what it is doing; SIGKILL if it has not after ``timeout``."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def webhook_worker(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """``flask webhooks work``, as production runs it beside gunicorn; stopped with SIGTERM, its deliveries finish."""
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen([FLASK, "--app", "wsgi", "webhooks", "work"], cwd=REPO, env=env,
+                                   stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        stop(process)
+        if process.returncode != 0:
+            log(f"the webhook worker exited with {process.returncode}; see {log_path}")
 
 
 def _answers(url: str, headers: dict[str, str] | None) -> bool:
@@ -237,6 +272,12 @@ def tree_cpu_seconds(pid: int) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / TICKS
     return total
+
+
+def own_cpu_seconds() -> float:
+    """This process's CPU, all its threads, without its children's."""
+    times = os.times()
+    return times.user + times.system
 
 
 def postmaster_pid(dsn: str) -> int:
@@ -399,9 +440,13 @@ class Load:
         return Measured(count, count / float(tps[1]), int(failed[1]) if failed else 0,
                         float(latency[1]) if latency else float("nan"))
 
-    def openloop(self, url: str, data_json: Path, rate: float, seconds: float) -> dict[str, Any]:
+    def openloop(self, url: str, data_json: Path, rate: float, seconds: float, *, mix: str = "mixed",
+                 name: str = "openloop", acks: Path | None = None) -> dict[str, Any]:
+        """bench/openloop.py: ``mix`` at ``rate``; with ``acks``, each 201's time and transaction id written there."""
         command = [PYTHON, "-m", "bench.openloop", "--url", url, "--data", str(data_json),
-                   "--rate", f"{rate:.1f}", "--duration", str(seconds)]
+                   "--rate", f"{rate:.1f}", "--duration", str(seconds), "--mix", mix, "--name", name]
+        if acks is not None:
+            command += ["--acks", str(acks)]
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=seconds + 120)
         line = next((line for line in done.stdout.splitlines() if line.startswith("OPENLOOP ")), None)
         if done.returncode != 0 or line is None:
@@ -431,9 +476,9 @@ class Paired:
         }
 
 
-def finite(value: float) -> float | None:
-    """JSON has no NaN: pgbench reports no median, for instance."""
-    return round(value, 3) if math.isfinite(value) else None
+def finite(value: float, digits: int = 3) -> float | None:
+    """JSON has no NaN: pgbench reports no median, for instance, and no webhook may have arrived."""
+    return round(value, digits) if math.isfinite(value) else None
 
 
 def paired(rounds: int, reference: Callable[[], Measured], subject: Callable[[], Measured]) -> Paired:
@@ -608,6 +653,9 @@ def prepare(stack: ExitStack, profile: Profile, pg_settings: tuple[str, ...] = P
         "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
         "BENCH_DATA": str(workdir / "data.lua"),
         "BENCH_BARE_BODY": str(workdir / "first-page.json"),
+        # Scenario I's receiver is on this machine, over http, which production refuses.
+        "WEBHOOK_ALLOW_HTTP": "true",
+        "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
     }
 
     subprocess.run([FLASK, "--app", "wsgi", "db", "upgrade"], cwd=REPO, env=env, check=True, capture_output=True)
@@ -747,16 +795,15 @@ def replica_page(setup: Prepared, load: Load, conditions: Conditions, profile: P
                       "replica_fallbacks_logged": fallbacks, "replica_ready_s": round(ready_s, 1)}
 
 
-def run(profile: Profile, replica: bool = True) -> dict[str, Any]:
+def run(profile: Profile, replica: bool = True, only: str | None = None) -> dict[str, Any]:
+    """Set up, then every scenario, or only ``only`` ("I": the setup and scenario I, while developing it)."""
     started = time.monotonic()
     results: dict[str, Any] = {"profile": profile.name,
                                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                "commit": git_commit(), "loadavg_start": loadavg(), "machine": machine()}
     with ExitStack() as stack:
         setup = prepare(stack, profile)
-        workdir, env, dsn, service = setup.workdir, setup.env, setup.dsn, setup.service
-        scripts, deep_cursor = setup.spend_scripts, setup.deep_cursor
-        heavy, light = setup.tokens["heavy"], setup.tokens["light"]
+        env, dsn, service = setup.env, setup.dsn, setup.service
         results["versions"] = versions(dsn)
         results.update(setup.seed)
         results["workers"] = len(service.workers())
@@ -764,123 +811,138 @@ def run(profile: Profile, replica: bool = True) -> dict[str, Any]:
 
         log(f"warming up ({profile.warm_up_seconds} s of mixed traffic)")
         load.wrk(service.url, "mixed.lua", profile.warm_up_seconds, counts=False)
-        rss_before = {pid: rss_mb(pid) for pid in service.workers()}
-        seconds, rounds = profile.seconds, profile.rounds
-        latency_seconds, latency_rounds = profile.latency_seconds, profile.latency_rounds
 
         scenarios: dict[str, Any] = {}
 
         conditions = Conditions(dsn, service.process.pid,
                                 None if os.environ.get("BENCH_DATABASE_URL") else postmaster_pid(dsn))
-        log("A: POST spend vs pgbench running the minimal SQL")
-        before = conditions.snapshot()
-        spend = paired(
-            rounds,
-            lambda: load.pgbench(dsn, scripts, seconds, "simple"),
-            lambda: load.wrk(service.url + "/api/transactions", "spend.lua", seconds),
-        )
-        prepared = load.pgbench(dsn, scripts, seconds, "prepared") if profile.name == "full" else None
-        scenarios["A"] = {**conditions.between(before, conditions.snapshot()), **spend.slices()}
-        post_rps, pgbench_tps = throughput(spend.subject), throughput(spend.reference)
-        results.update(post_rps=round(post_rps, 1), pgbench_tps=round(pgbench_tps, 1),
-                       post_ratio=round(post_rps / pgbench_tps, 3), post_p50_ms=round(median_latency(spend.subject), 2),
-                       pgbench_latency_ms=round(statistics.mean(run.mean_ms for run in spend.reference), 2),
-                       pgbench_prepared_tps=round(prepared.rps, 1) if prepared else None,
-                       post_errors=sum(run.errors for run in spend.subject),
-                       pgbench_failed=sum(run.errors for run in spend.reference))
-
-        log("B: first page of the 200,000-row user vs a bare Flask endpoint")
-        before = conditions.snapshot()
-        page_url = f"{service.url}/api/transactions?limit={PAGE_SIZE}"
-        with gunicorn("bench.bare_app:app", env, workdir / "bare.log", "/api/transactions") as bare:
-            load.wrk(bare.url + "/api/transactions", "get.lua", 3, counts=False)
-            page = paired(
-                rounds,
-                lambda: load.wrk(bare.url + f"/api/transactions?limit={PAGE_SIZE}", "get.lua", seconds, counts=False,
-                                 headers=bearer(heavy)),
-                lambda: load.wrk(page_url, "get.lua", seconds, headers=bearer(heavy)),
-            )
-        scenarios["B"] = {**conditions.between(before, conditions.snapshot()), **page.slices()}
-        page_rps, bare_rps = throughput(page.subject), throughput(page.reference)
-        results.update(page_rps=round(page_rps, 1), bare_rps=round(bare_rps, 1),
-                       page_ratio=round(page_rps / bare_rps, 3), page_errors=page.errors)
-
-        log("C: page 5,000 (by cursor) vs the first page, one connection")
-        before = conditions.snapshot()
-        deep = paired(
-            latency_rounds,
-            lambda: load.wrk(page_url, "get.lua", latency_seconds, connections=1, headers=bearer(heavy)),
-            lambda: load.wrk(f"{page_url}&cursor={deep_cursor}", "get.lua", latency_seconds, connections=1,
-                             headers=bearer(heavy)),
-        )
-        scenarios["C"] = {**conditions.between(before, conditions.snapshot()), **deep.slices()}
-        first_ms, deep_ms = median_latency(deep.reference), median_latency(deep.subject)
-        results.update(first_page_ms=round(first_ms, 3), deep_page_ms=round(deep_ms, 3),
-                       deep_ratio=round(deep_ms / first_ms, 3), deep_errors=deep.errors)
-
-        log("D: balance of the 200,000-row user vs a 10-row user, one connection")
-        before = conditions.snapshot()
-        balance = paired(
-            latency_rounds,
-            lambda: load.wrk(service.url + "/api/balance", "get.lua", latency_seconds, connections=1,
-                             headers=bearer(light)),
-            lambda: load.wrk(service.url + "/api/balance", "get.lua", latency_seconds, connections=1,
-                             headers=bearer(heavy)),
-        )
-        scenarios["D"] = {**conditions.between(before, conditions.snapshot()), **balance.slices()}
-        light_ms, heavy_ms = median_latency(balance.reference), median_latency(balance.subject)
-        results.update(balance_light_ms=round(light_ms, 3), balance_heavy_ms=round(heavy_ms, 3),
-                       balance_ratio=round(heavy_ms / light_ms, 3), balance_errors=balance.errors)
-
-        log("E: mixed traffic, maximum throughput, then latency at half of it (open loop)")
-        before = conditions.snapshot()
-        mixed = load.wrk(service.url, "mixed.lua", profile.mixed_seconds)
-        middle = conditions.snapshot()
-        half = load.openloop(service.url, workdir / "data.json", mixed.rps / 2, profile.mixed_seconds)
-        scenarios["E"] = {**conditions.between(before, middle), "open_loop": half,
-                          "open_loop_conditions": conditions.between(middle, conditions.snapshot())}
-        results.update(mixed_rps=round(mixed.rps, 1), mixed_errors=mixed.errors + half["non_2xx"],
-                       mixed_rate=half["rate"], mixed_achieved_rps=half["achieved_rps"],
-                       mixed_p50_ms=half["p50_ms"], mixed_p95_ms=half["p95_ms"], mixed_p99_ms=half["p99_ms"],
-                       mixed_closed_loop_p99_ms=round(mixed.p99_ms, 2),
-                       openloop_lag_p99_ms=half["lag_p99_ms"], openloop_cpu_share=half["generator_cpu_share"])
-
-        log(f"F: worker memory after {profile.rss_requests:,} requests (served so far: {load.served:,})")
-        for _ in range(5):
-            missing = profile.rss_requests - load.served
-            if missing <= 0:
-                break
-            load.wrk(service.url, "mixed.lua", min(600, missing / max(mixed.rps, 1) * 1.1 + 1))
-        rss_after = {pid: rss_mb(pid) for pid in service.workers()}
-        if set(rss_after) != set(rss_before):
-            log(f"workers changed during the run: {sorted(rss_before)} -> {sorted(rss_after)}")
-        common = [pid for pid in rss_before if pid in rss_after]
-        results.update(
-            rss_growth=round(max(rss_after[pid] / rss_before[pid] for pid in common), 3),
-            rss_before_mb=[round(rss_before[pid], 1) for pid in common],
-            rss_after_mb=[round(rss_after[pid], 1) for pid in common],
-            rss_requests=load.served,
-        )
-
-        if replica and os.environ.get("BENCH_DATABASE_URL"):
-            log("B on a replica: skipped, BENCH_DATABASE_URL names a server this run cannot copy")
-        elif replica:
-            scenarios["B_replica"], measured = replica_page(setup, load, conditions, profile)
-            results.update(measured)
-
-        results.update(pooled_vs_direct(setup, load, profile, conditions, scenarios))
-        results.update(lot_spends(setup, load, profile, conditions, scenarios))
+        if only is None:
+            results.update(ledger_scenarios(setup, load, profile, conditions, scenarios, replica))
+        results.update(webhook_spends(setup, load, profile, conditions, scenarios))
 
         sound = subprocess.run([PYTHON, "-m", "bench.seed", "--check"], cwd=REPO, env=env,
                                capture_output=True, text=True)
         results["ledger_sound_after"] = sound.returncode == 0
         if sound.returncode != 0:
             log("the ledger's invariants do not hold after the run:\n" + sound.stdout)
-        results["service_errors_logged"] = errors_logged(workdir / "service.log")
+        results["service_errors_logged"] = errors_logged(setup.workdir / "service.log")
         results["scenarios"] = scenarios
     results["loadavg_end"] = loadavg()
-    results["targets"] = {key: verdict(results[key], comparison, bound) for key, comparison, bound in TARGETS}
+    results["targets"] = {key: verdict(results[key], comparison, bound) for key, comparison, bound in TARGETS
+                          if key in results}
     results["total_s"] = round(time.monotonic() - started, 1)
+    return results
+
+
+def ledger_scenarios(setup: Prepared, load: Load, profile: Profile, conditions: Conditions,
+                     scenarios: dict[str, Any], replica: bool) -> dict[str, Any]:
+    """Scenarios A to H, right after the warm-up."""
+    workdir, env, dsn, service = setup.workdir, setup.env, setup.dsn, setup.service
+    scripts, deep_cursor = setup.spend_scripts, setup.deep_cursor
+    heavy, light = setup.tokens["heavy"], setup.tokens["light"]
+    rss_before = {pid: rss_mb(pid) for pid in service.workers()}
+    seconds, rounds = profile.seconds, profile.rounds
+    latency_seconds, latency_rounds = profile.latency_seconds, profile.latency_rounds
+    results: dict[str, Any] = {}
+
+    log("A: POST spend vs pgbench running the minimal SQL")
+    before = conditions.snapshot()
+    spend = paired(
+        rounds,
+        lambda: load.pgbench(dsn, scripts, seconds, "simple"),
+        lambda: load.wrk(service.url + "/api/transactions", "spend.lua", seconds),
+    )
+    prepared = load.pgbench(dsn, scripts, seconds, "prepared") if profile.name == "full" else None
+    scenarios["A"] = {**conditions.between(before, conditions.snapshot()), **spend.slices()}
+    post_rps, pgbench_tps = throughput(spend.subject), throughput(spend.reference)
+    results.update(post_rps=round(post_rps, 1), pgbench_tps=round(pgbench_tps, 1),
+                   post_ratio=round(post_rps / pgbench_tps, 3), post_p50_ms=round(median_latency(spend.subject), 2),
+                   pgbench_latency_ms=round(statistics.mean(run.mean_ms for run in spend.reference), 2),
+                   pgbench_prepared_tps=round(prepared.rps, 1) if prepared else None,
+                   post_errors=sum(run.errors for run in spend.subject),
+                   pgbench_failed=sum(run.errors for run in spend.reference))
+
+    log("B: first page of the 200,000-row user vs a bare Flask endpoint")
+    before = conditions.snapshot()
+    page_url = f"{service.url}/api/transactions?limit={PAGE_SIZE}"
+    with gunicorn("bench.bare_app:app", env, workdir / "bare.log", "/api/transactions") as bare:
+        load.wrk(bare.url + "/api/transactions", "get.lua", 3, counts=False)
+        page = paired(
+            rounds,
+            lambda: load.wrk(bare.url + f"/api/transactions?limit={PAGE_SIZE}", "get.lua", seconds, counts=False,
+                             headers=bearer(heavy)),
+            lambda: load.wrk(page_url, "get.lua", seconds, headers=bearer(heavy)),
+        )
+    scenarios["B"] = {**conditions.between(before, conditions.snapshot()), **page.slices()}
+    page_rps, bare_rps = throughput(page.subject), throughput(page.reference)
+    results.update(page_rps=round(page_rps, 1), bare_rps=round(bare_rps, 1),
+                   page_ratio=round(page_rps / bare_rps, 3), page_errors=page.errors)
+
+    log("C: page 5,000 (by cursor) vs the first page, one connection")
+    before = conditions.snapshot()
+    deep = paired(
+        latency_rounds,
+        lambda: load.wrk(page_url, "get.lua", latency_seconds, connections=1, headers=bearer(heavy)),
+        lambda: load.wrk(f"{page_url}&cursor={deep_cursor}", "get.lua", latency_seconds, connections=1,
+                         headers=bearer(heavy)),
+    )
+    scenarios["C"] = {**conditions.between(before, conditions.snapshot()), **deep.slices()}
+    first_ms, deep_ms = median_latency(deep.reference), median_latency(deep.subject)
+    results.update(first_page_ms=round(first_ms, 3), deep_page_ms=round(deep_ms, 3),
+                   deep_ratio=round(deep_ms / first_ms, 3), deep_errors=deep.errors)
+
+    log("D: balance of the 200,000-row user vs a 10-row user, one connection")
+    before = conditions.snapshot()
+    balance = paired(
+        latency_rounds,
+        lambda: load.wrk(service.url + "/api/balance", "get.lua", latency_seconds, connections=1,
+                         headers=bearer(light)),
+        lambda: load.wrk(service.url + "/api/balance", "get.lua", latency_seconds, connections=1,
+                         headers=bearer(heavy)),
+    )
+    scenarios["D"] = {**conditions.between(before, conditions.snapshot()), **balance.slices()}
+    light_ms, heavy_ms = median_latency(balance.reference), median_latency(balance.subject)
+    results.update(balance_light_ms=round(light_ms, 3), balance_heavy_ms=round(heavy_ms, 3),
+                   balance_ratio=round(heavy_ms / light_ms, 3), balance_errors=balance.errors)
+
+    log("E: mixed traffic, maximum throughput, then latency at half of it (open loop)")
+    before = conditions.snapshot()
+    mixed = load.wrk(service.url, "mixed.lua", profile.mixed_seconds)
+    middle = conditions.snapshot()
+    half = load.openloop(service.url, workdir / "data.json", mixed.rps / 2, profile.mixed_seconds)
+    scenarios["E"] = {**conditions.between(before, middle), "open_loop": half,
+                      "open_loop_conditions": conditions.between(middle, conditions.snapshot())}
+    results.update(mixed_rps=round(mixed.rps, 1), mixed_errors=mixed.errors + half["non_2xx"],
+                   mixed_rate=half["rate"], mixed_achieved_rps=half["achieved_rps"],
+                   mixed_p50_ms=half["p50_ms"], mixed_p95_ms=half["p95_ms"], mixed_p99_ms=half["p99_ms"],
+                   mixed_closed_loop_p99_ms=round(mixed.p99_ms, 2),
+                   openloop_lag_p99_ms=half["lag_p99_ms"], openloop_cpu_share=half["generator_cpu_share"])
+
+    log(f"F: worker memory after {profile.rss_requests:,} requests (served so far: {load.served:,})")
+    for _ in range(5):
+        missing = profile.rss_requests - load.served
+        if missing <= 0:
+            break
+        load.wrk(service.url, "mixed.lua", min(600, missing / max(mixed.rps, 1) * 1.1 + 1))
+    rss_after = {pid: rss_mb(pid) for pid in service.workers()}
+    if set(rss_after) != set(rss_before):
+        log(f"workers changed during the run: {sorted(rss_before)} -> {sorted(rss_after)}")
+    common = [pid for pid in rss_before if pid in rss_after]
+    results.update(
+        rss_growth=round(max(rss_after[pid] / rss_before[pid] for pid in common), 3),
+        rss_before_mb=[round(rss_before[pid], 1) for pid in common],
+        rss_after_mb=[round(rss_after[pid], 1) for pid in common],
+        rss_requests=load.served,
+    )
+
+    if replica and os.environ.get("BENCH_DATABASE_URL"):
+        log("B on a replica: skipped, BENCH_DATABASE_URL names a server this run cannot copy")
+    elif replica:
+        scenarios["B_replica"], measured = replica_page(setup, load, conditions, profile)
+        results.update(measured)
+
+    results.update(pooled_vs_direct(setup, load, profile, conditions, scenarios))
+    results.update(lot_spends(setup, load, profile, conditions, scenarios))
     return results
 
 
@@ -979,7 +1041,172 @@ def lot_spends(setup: Prepared, load: Load, profile: Profile, conditions: Condit
             "lots_five_ratio": round(five_rps / one_rps, 3), "lots_errors": spends.errors}
 
 
-def verdict(value: float, comparison: str, bound: float) -> bool:
+class Backlog(NamedTuple):
+    """What the webhook worker has still to do: feed events it has not fanned out, deliveries not yet made."""
+
+    unqueued_events: int
+    pending_deliveries: int
+
+
+def webhook_backlog(dsn: str) -> Backlog:
+    with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT (SELECT count(*) FROM ledger_events AS e, event_relays AS r WHERE r.name = %(name)s"
+            "  AND (e.xid, e.position) > (r.after_xid::text::xid8, r.after_position)),"
+            " (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending')",
+            {"name": FAN_OUT},
+        )
+        backlog = Backlog(*cursor.fetchone())
+    connection.close()
+    return backlog
+
+
+def wait_for_webhooks(dsn: str, timeout: float) -> float | None:
+    """Seconds until the worker had fanned out every event and made every delivery; None if not in ``timeout``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if webhook_backlog(dsn) == (0, 0):
+            return round(time.monotonic() - started, 1)
+        time.sleep(0.25)
+    return None
+
+
+def fan_out_from_feed_end(dsn: str) -> None:
+    """Put the worker's fan-out after the feed's last event, where a worker running all along would be.
+
+    The events of the scenarios before I are not I's to deliver, and paging through them (the fan-out's
+    first position is the feed's start) would keep the worker busy while I measures. Nothing writes now.
+    """
+    with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO event_relays (name, after_xid, after_position)"
+            " SELECT %(name)s, xid::text::bigint, position FROM ledger_events ORDER BY xid DESC, position DESC LIMIT 1"
+            " ON CONFLICT (name) DO UPDATE SET after_xid = excluded.after_xid, after_position = excluded.after_position,"
+            " updated_at = now()",
+            {"name": FAN_OUT},
+        )
+    connection.close()
+
+
+def webhook_spends(setup: Prepared, load: Load, profile: Profile, conditions: Conditions,
+                   scenarios: dict[str, Any]) -> dict[str, Any]:
+    """I: spends with one webhook endpoint subscribed against none, then the time from commit to receiver.
+
+    A receiver in this process (bench/receiver.py) verifies every delivery's signature, answers 204 and
+    notes when each arrived; one worker, ``flask webhooks work`` with the production settings (but http to
+    this machine), delivers to it; the endpoint is registered through the API, subscribed to the events a
+    spend can emit.
+
+    1. Scenario A's spends (its users, wrk) in alternating slices with the endpoint enabled and disabled
+       (PATCH ``disabled``). The worker runs in both halves: production runs it whether or not anyone
+       subscribes, so the question is what a subscriber costs (queueing, posting and recording each
+       delivery, and the receiver's share of the same cores), not what a process reading the feed costs;
+       with the endpoint disabled the worker still fans out every event, queuing nothing. Deliveries
+       an enabled slice leaves pending wait, while the endpoint is disabled, for the next enabled slice,
+       so all the delivering happens in enabled slices.
+    2. With the endpoint enabled and nothing left to deliver, bench/openloop.py sends the same spends at
+       half the enabled rate for E's duration and notes, for each 201, when its last byte arrived: the
+       commit was then acknowledged. A spend's latency is the first arrival at the receiver of its
+       transaction's ``transaction.created`` (matched by the transaction id in the event's data) less
+       that, both read with ``time.time()``, the one clock the two processes share; the generator reads
+       it when its loop gets there (its lag), so a latency can come out a few ms short, even below 0,
+       as can one whose event really overtook the 201. An event not received within
+       WEBHOOK_GRACE_SECONDS of the last 201 is missing; a webhook-id received again (at least once
+       allows it), anywhere in I, is a duplicate.
+    """
+    api = setup.service.url + "/api"
+    spend_url = api + "/transactions"
+    worker_log = setup.workdir / "webhooks.log"
+    manager = bearer(api_key(setup.env, "webhooks-admin", MANAGE_WEBHOOKS))
+    fan_out_from_feed_end(setup.dsn)
+    with ExitStack() as stack:
+        receiver = Receiver()
+        stack.callback(receiver.stop)  # after the worker has stopped: its last deliveries are answered
+        created = requests.post(f"{api}/webhook-endpoints", headers=manager, timeout=30, json={
+            "url": receiver.url, "event_types": WEBHOOK_EVENT_TYPES, "description": "Benchmark receiver"})
+        created.raise_for_status()
+        endpoint = created.json()
+        receiver.start(endpoint["secret"])
+        worker = stack.enter_context(webhook_worker(setup.env, worker_log))
+        measured = AlsoOwnConditions(conditions, [worker.pid])
+
+        def subscribe(enabled: bool) -> None:
+            requests.patch(f"{api}/webhook-endpoints/{endpoint['id']}", json={"disabled": not enabled},
+                           headers=manager, timeout=30).raise_for_status()
+
+        log("I: the webhook worker and receiver: a first delivery")
+        load.wrk(spend_url, "spend.lua", 2, counts=False)
+        if wait_for_webhooks(setup.dsn, WEBHOOK_DRAIN_SECONDS) is None or not receiver.received():
+            raise RuntimeError(f"the webhook worker delivered nothing to the receiver; see {worker_log}:\n"
+                               + worker_log.read_text(errors="replace")[-3000:])
+        beside: list[dict[str, Any]] = []
+
+        def spends(enabled: bool) -> Measured:
+            """One slice; what the worker and the receiver (this process, otherwise idle) did beside it."""
+            subscribe(enabled)
+            received, worker_cpu, own = receiver.received(), tree_cpu_seconds(worker.pid), own_cpu_seconds()
+            spent = load.wrk(spend_url, "spend.lua", profile.seconds)
+            delivered = receiver.received() - received
+            beside.append({"enabled": enabled, "delivered": delivered,
+                           "delivered_rps": round(delivered / spent.seconds, 1),
+                           "worker_cores": round((tree_cpu_seconds(worker.pid) - worker_cpu) / spent.seconds, 2),
+                           "receiver_cores": round((own_cpu_seconds() - own) / spent.seconds, 2),
+                           **webhook_backlog(setup.dsn)._asdict()})
+            return spent
+
+        log(f"I: spends with one webhook endpoint vs none ({profile.rounds} rounds of {profile.seconds} s)")
+        before = measured.snapshot()
+        spend = paired(profile.rounds, lambda: spends(False), lambda: spends(True))
+        spend_conditions = measured.between(before, measured.snapshot())
+        subscribe(True)
+        pending = webhook_backlog(setup.dsn).pending_deliveries
+        drain_s = wait_for_webhooks(setup.dsn, WEBHOOK_DRAIN_SECONDS)
+        if drain_s is None:
+            log(f"I: the worker had not delivered the slices' events after {WEBHOOK_DRAIN_SECONDS} s; "
+                "the latency below includes them")
+        with_rps, without_rps = throughput(spend.subject), throughput(spend.reference)
+
+        log(f"I: commit to receiver at {with_rps / 2:,.0f} spends/s, open loop, {profile.mixed_seconds} s")
+        acks_path = setup.workdir / "webhook-acks.json"
+        before = measured.snapshot()
+        half = load.openloop(setup.service.url, setup.workdir / "data.json", with_rps / 2, profile.mixed_seconds,
+                             mix="spend", name="webhooks", acks=acks_path)
+        acks = json.loads(acks_path.read_text())
+        outstanding = [transaction_id for _, transaction_id in acks]
+        deadline = time.monotonic() + WEBHOOK_GRACE_SECONDS
+        while outstanding and time.monotonic() < deadline:
+            time.sleep(0.2)
+            outstanding = [transaction_id for transaction_id in outstanding
+                           if transaction_id is None or receiver.first_arrival(transaction_id) is None]
+        open_loop_conditions = measured.between(before, measured.snapshot())
+        latencies = [(arrived - acknowledged) * 1000 for acknowledged, transaction_id in acks
+                     if transaction_id is not None and (arrived := receiver.first_arrival(transaction_id)) is not None]
+        duplicates, refused = receiver.duplicates(), receiver.refused
+    scenarios["I"] = {**spend_conditions, **spend.slices(), "beside_slices": beside, "drain_s": drain_s,
+                      "drain_rps": round(pending / drain_s, 1) if drain_s else None,
+                      "open_loop": half, "open_loop_conditions": open_loop_conditions,
+                      "latency_min_ms": finite(min(latencies, default=math.nan), 1),
+                      "latency_max_ms": finite(max(latencies, default=math.nan), 1)}
+    return {
+        "webhook_spend_rps": round(with_rps, 1), "webhook_none_rps": round(without_rps, 1),
+        "webhook_spend_ratio": round(with_rps / without_rps, 3), "webhook_rate": half["rate"],
+        # Of the enabled slices' spends, the share the worker delivered in them: below 1, it fell behind,
+        # and the ratio is the cost of what it managed.
+        "webhook_spend_delivered_share": round(sum(part["delivered"] for part in beside if part["enabled"])
+                                               / sum(run.requests for run in spend.subject), 3),
+        "webhook_achieved_rps": half["achieved_rps"],
+        "webhook_latency_p50_ms": finite(percentile(latencies, 0.50), 1),
+        "webhook_latency_p99_ms": finite(percentile(latencies, 0.99), 1),
+        "webhook_delivered": len(latencies), "webhook_missing": len(acks) - len(latencies),
+        "webhook_duplicates": duplicates, "webhook_bad_signatures": refused,
+        "webhook_errors": spend.errors + half["non_2xx"], "webhook_worker_errors_logged": errors_logged(worker_log),
+    }
+
+
+def verdict(value: float | None, comparison: str, bound: float) -> bool:
+    """Whether ``value`` meets the target; no value (nothing was measured) does not."""
+    if value is None:
+        return False
     return value >= bound if comparison == ">=" else value <= bound
 
 
@@ -990,7 +1217,8 @@ def table(results: dict[str, Any]) -> str:
         return "hit" if results["targets"][key] else "MISSED"
 
     r = results
-    rows = [
+    ledger = "post_rps" in r  # A to H ran (not --only I)
+    rows = [] if not ledger else [
         ("A spend: POST /api/transactions", f"{r['post_rps']:,.0f} req/s",
          f"pgbench {r['pgbench_tps']:,.0f} tps", "post_ratio", r["post_ratio"]),
         ("B first page, 200k-row user", f"{r['page_rps']:,.0f} req/s",
@@ -1006,18 +1234,25 @@ def table(results: dict[str, Any]) -> str:
         ("H spend, user with five lots", f"{r['lots_five_rps']:,.0f} req/s",
          f"one lot {r['lots_one_rps']:,.0f} req/s", "lots_five_ratio", r["lots_five_ratio"]),
     ]
+    rows += [
+        ("I spend, one webhook endpoint", f"{r['webhook_spend_rps']:,.0f} req/s",
+         f"disabled {r['webhook_none_rps']:,.0f} req/s", "webhook_spend_ratio", r["webhook_spend_ratio"]),
+        ("I commit to webhook, open loop", f"p99 {r['webhook_latency_p99_ms']} ms at {r['webhook_rate']:,.0f}/s",
+         f"p50 {r['webhook_latency_p50_ms']} ms", "webhook_latency_p99_ms", r["webhook_latency_p99_ms"]),
+    ]
     header = ("scenario", "measured", "reference", "key", "value", "target", "")
-    lines = [header] + [(name, measured, reference, key, f"{value:g}", target[key], mark(key))
-                        for name, measured, reference, key, value in rows]
+    lines = [header] + [(name, measured, reference, key, "none" if value is None else f"{value:g}", target[key],
+                         mark(key)) for name, measured, reference, key, value in rows]
     widths = [max(len(str(line[column])) for line in lines) for column in range(len(header))]
     text = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
     text.insert(1, "  ".join("-" * width for width in widths))
     text.append("")
-    text.append(
-        f"E at {r['mixed_rate']:,.0f} req/s: p50 {r['mixed_p50_ms']} ms, p95 {r['mixed_p95_ms']} ms, "
-        f"p99 {r['mixed_p99_ms']} ms (generator lag p99 {r['openloop_lag_p99_ms']} ms, "
-        f"generator CPU {r['openloop_cpu_share']:.0%} of a core)"
-    )
+    if ledger:
+        text.append(
+            f"E at {r['mixed_rate']:,.0f} req/s: p50 {r['mixed_p50_ms']} ms, p95 {r['mixed_p95_ms']} ms, "
+            f"p99 {r['mixed_p99_ms']} ms (generator lag p99 {r['openloop_lag_p99_ms']} ms, "
+            f"generator CPU {r['openloop_cpu_share']:.0%} of a core)"
+        )
     if r.get("pooled_post_rps") is not None:
         text.append(
             f"G through PgBouncer, transaction mode, {r['pooled_pool_size']} server connections (vs direct, same slices): "
@@ -1034,18 +1269,34 @@ def table(results: dict[str, Any]) -> str:
                     f"from the primary in the same slices (replica_page_ratio {r['replica_page_ratio']:g}); "
                     f"replica made and caught up in {r['replica_ready_s']} s, "
                     f"{r['replica_fallbacks_logged']} fallbacks to the primary")
+    webhooks = r["scenarios"]["I"]
+    delivered = ", ".join(f"{part['delivered_rps']:,.0f}" for part in webhooks["beside_slices"] if part["enabled"])
+    drained = f"in {webhooks['drain_s']} s" if webhooks["drain_s"] is not None else f"NOT in {WEBHOOK_DRAIN_SECONDS} s"
+    text.append(
+        f"I at {r['webhook_rate']:,.0f} spends/s (achieved {r['webhook_achieved_rps']:,.0f}/s, "
+        f"{webhooks['open_loop']['skipped_over_max_in_flight']} skipped): {r['webhook_delivered']:,} of "
+        f"{r['webhook_delivered'] + r['webhook_missing']:,} acknowledged spends' events received within "
+        f"{WEBHOOK_GRACE_SECONDS} s, latency max {webhooks['latency_max_ms']} ms; {r['webhook_duplicates']} duplicates, "
+        f"{r['webhook_bad_signatures']} bad signatures; with the endpoint enabled and spends at full speed the "
+        f"worker delivered {delivered} per s ({r['webhook_spend_delivered_share']:.0%} of those spends' events); "
+        f"its queue emptied {drained} after ({webhooks['drain_rps']} per s)"
+    )
     errors = {key: r[key] for key in ("post_errors", "pgbench_failed", "page_errors", "deep_errors",
                                       "balance_errors", "mixed_errors", "service_errors_logged",
                                       "replica_page_errors", "pooled_errors", "pooled_service_errors_logged",
-                                      "lots_errors")
+                                      "lots_errors", "webhook_errors", "webhook_missing", "webhook_bad_signatures",
+                                      "webhook_worker_errors_logged")
               if r.get(key)}
     text.append(f"errors: {errors or 'none'}; ledger invariants after the run: "
                 f"{'hold' if r['ledger_sound_after'] else 'BROKEN'}")
-    measured = [(key, r["scenarios"][key]) for key in "ABCD"]
-    measured += [("E max", r["scenarios"]["E"]), ("E half", r["scenarios"]["E"]["open_loop_conditions"])]
-    if "G" in r["scenarios"]:
-        measured.append(("G", r["scenarios"]["G"]))
-    measured.append(("H", r["scenarios"]["H"]))
+    measured = []
+    if ledger:
+        measured += [(key, r["scenarios"][key]) for key in "ABCD"]
+        measured += [("E max", r["scenarios"]["E"]), ("E half", r["scenarios"]["E"]["open_loop_conditions"])]
+        if "G" in r["scenarios"]:
+            measured.append(("G", r["scenarios"]["G"]))
+        measured.append(("H", r["scenarios"]["H"]))
+    measured += [("I", webhooks), ("I open loop", webhooks["open_loop_conditions"])]
     text.append("while measuring (neighbours' CPU in cores, checkpoints, autovacuum runs): " + "; ".join(
         f"{name} {c['neighbour_cores']}, {c['checkpoints']}, {c['autovacuum_runs']}" for name, c in measured))
     text.append(f"{r['workers']} gunicorn workers, {PROFILES[r['profile']].connections} connections; "
@@ -1059,12 +1310,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     parser.add_argument("--no-replica", dest="replica", action="store_false",
                         help="skip scenario B served from a streaming replica")
+    parser.add_argument("--only", choices=["I"], help="the setup, then this scenario alone (while developing it)")
     args = parser.parse_args(argv)
     require_wrk()
     if pgbouncer_binary() is None:
         raise SystemExit("pgbouncer is not installed: `apt-get install -y pgbouncer` (the make targets do it as root)")
-    results = run(PROFILES[args.profile], replica=args.replica)
-    publish(results, results["profile"], table(results))
+    results = run(PROFILES[args.profile], replica=args.replica, only=args.only)
+    publish(results, f"{args.only}-{args.profile}" if args.only else args.profile, table(results))
     return 0
 
 
