@@ -299,10 +299,10 @@ def test_prune_deletes_events_older_than_the_retention_and_keeps_the_rest(api, r
         connection.execute(text("UPDATE ledger_events SET created_at = :old WHERE sequence = 1 AND user_id = :u"),
                            {"old": utcnow() - timedelta(days=31), "u": user_id})
     result = app.test_cli_runner().invoke(args=["events", "prune"])
-    assert (result.exit_code, result.output.strip()) == (0, "deleted 1 events")
+    assert (result.exit_code, result.output.strip()) == (0, "deleted 1 events and 0 webhook deliveries")
     assert [e["sequence"] for e in of_user(api, reader, user_id)] == [2]
     result = app.test_cli_runner().invoke(args=["events", "prune", "--older-than", "0s"])
-    assert result.output.strip() == "deleted 1 events"
+    assert result.output.strip() == "deleted 1 events and 0 webhook deliveries"
 
 
 def test_event_data_is_stored_as_written(api, engine):

@@ -474,3 +474,29 @@ def test_a_slow_endpoints_backlog_leaves_threads_for_the_others(api, app, manage
     work_until(app, fast_all_in, settings=settings)
     seconds, slow_received = reached[0]
     assert seconds < 3 and slow_received <= 2  # not behind the slow endpoint's first answers
+
+
+def test_prune_deletes_old_finished_deliveries_and_keeps_those_still_being_tried(
+    api, app, manager, local_destinations, engine
+):
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from transactions_service.ids import utcnow
+    from transactions_service.webhooks import store
+
+    endpoint, claimed = claimed_deliveries(api, app, manager, "http://127.0.0.1:9/hooks", 3)
+    at = utcnow()
+    delivered, failed = store.Outcome(at, 204, None, 3, "delivered", None), store.Outcome(at, None, "x", 3, "failed", None)
+    with app.app_context():  # one delivered, one failed for good, one still being tried
+        store.finish([(claimed[0].id, delivered), (claimed[1].id, failed)], disable_after_days=5)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE webhook_deliveries SET created_at = :old"), {"old": at - timedelta(days=31)})
+    result = app.test_cli_runner().invoke(args=["events", "prune"])
+    assert result.output.strip().endswith("and 2 webhook deliveries")
+    path = f"/api/webhook-endpoints/{endpoint['id']}/deliveries"
+    left = api.client.get(path, headers=bearer(manager)).json["data"]
+    assert [(d["id"], d["status"]) for d in left] == [(claimed[2].id, "pending")]
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM webhook_attempts")).scalar() == 0

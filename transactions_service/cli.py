@@ -34,6 +34,7 @@ from .scopes import (
     WRITE_USERS,
     parse_scopes,
 )
+from .webhooks import endpoints as webhook_endpoints
 from .webhooks import worker
 
 keys = AppGroup("keys", help="API keys: the credentials of the product's services.")
@@ -211,9 +212,14 @@ def expire(batch_size: int) -> None:
 @events_cli.command("prune")
 @click.option("--older-than", default=None, help="Age, e.g. 30d [default: EVENT_RETENTION_DAYS days].")
 def prune_events(older_than: str | None) -> None:
-    """Delete events older than the retention (EVENT_RETENTION_DAYS); run it daily. Safe to run concurrently."""
+    """Delete events and finished webhook deliveries older than the retention (EVENT_RETENTION_DAYS); run it daily.
+
+    Safe to run concurrently. Deliveries still being retried stay until they finish.
+    """
     age = timedelta(days=current_app.config["EVENT_RETENTION_DAYS"]) if older_than is None else parse_duration(older_than)
-    click.echo(f"deleted {rules.prune_events(utcnow() - age)} events")
+    events = rules.prune_events(utcnow() - age)
+    deliveries = webhook_endpoints.prune_deliveries(utcnow() - age)
+    click.echo(f"deleted {events} events and {deliveries} webhook deliveries")
 
 
 @events_cli.command("relay")

@@ -122,3 +122,11 @@ def retry(caller: Caller, endpoint_id: uuid.UUID, delivery_id: uuid.UUID) -> sto
     if delivery is None:
         raise ApiError(404, "not_found", f"No delivery {delivery_id} of endpoint {endpoint_id}.", title="Not Found")
     return delivery
+
+
+def prune_deliveries(older_than: datetime) -> int:
+    """Delete finished deliveries made before ``older_than``, a batch at a time; returns how many."""
+    pruned = 0
+    while count := store.prune_deliveries(older_than, 10_000):
+        pruned += count
+    return pruned

@@ -316,3 +316,20 @@ def retry_delivery(endpoint_id: uuid.UUID, delivery_id: uuid.UUID) -> Delivery |
 def get_delivery(endpoint_id: uuid.UUID, delivery_id: uuid.UUID) -> Delivery | None:
     rows = run_statement(_ONE_DELIVERY, {"id": str(delivery_id), "endpoint_id": str(endpoint_id)}, repeatable=True)
     return Delivery(*rows[0]) if rows else None
+
+
+# Finished deliveries (and their attempts, by the foreign key's cascade) made before ``before``, endpoint
+# by endpoint on each endpoint's index of deliveries; pending ones stay, however old, until they finish.
+_PRUNE = (
+    "WITH old AS (SELECT d.id FROM webhook_endpoints AS e CROSS JOIN LATERAL (SELECT id FROM webhook_deliveries AS d"
+    " WHERE d.endpoint_id = e.id AND d.created_at < %(before)s AND d.status <> 'pending'"
+    " ORDER BY d.created_at LIMIT %(limit)s) AS d LIMIT %(limit)s),"
+    " pruned AS (DELETE FROM webhook_deliveries AS d USING old WHERE d.id = old.id RETURNING 1)"
+    " SELECT count(*) FROM pruned"
+)
+
+
+def prune_deliveries(before: datetime, limit: int) -> int:
+    """Delete up to ``limit`` finished deliveries made before ``before``, with their attempts; returns how many."""
+    ((count,),) = run_statement(_PRUNE, {"before": before, "limit": limit}, repeatable=True)
+    return count
