@@ -169,10 +169,9 @@ class Worker:
         if self.free() > 0 and self.wake.listening():
             with self.app.app_context():
                 armed = store.arm_wake(self.settings.poll_seconds * 2)
-            if self.step():  # what came in before the writes knew to notify
-                return
-        woken = self.wake.wait(self.settings.poll_seconds)
-        if armed is not None and woken:
+        woken = self.step() if armed is not None else False  # what came in before the writes knew to notify
+        woken = woken or self.wake.wait(self.settings.poll_seconds)
+        if armed is not None and woken:  # busy again: the writes need not notify (left alone, it lapses)
             with self.app.app_context():
                 store.disarm_wake(armed)
 
