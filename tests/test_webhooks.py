@@ -500,3 +500,26 @@ def test_prune_deletes_old_finished_deliveries_and_keeps_those_still_being_tried
     assert [(d["id"], d["status"]) for d in left] == [(claimed[2].id, "pending")]
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM webhook_attempts")).scalar() == 0
+
+
+def test_the_fan_out_seeks_to_its_position_in_the_feed_instead_of_reading_it_from_the_start(engine):
+    """Its cost must not grow with the feed: the position is an index condition, not a filter on every event."""
+    from sqlalchemy import text
+
+    from transactions_service.webhooks import store
+
+    with engine.begin() as connection:  # a long feed, the fan-out near its end
+        connection.execute(text(
+            "INSERT INTO ledger_events (type, user_id, sequence, data, created_at) SELECT 'transaction.created',"
+            " gen_random_uuid(), 1, '{}', now() FROM generate_series(1, 50000)"))
+        connection.execute(text(
+            "INSERT INTO event_relays (name, after_xid, after_position) SELECT 'webhooks', xid::text::bigint,"
+            " position - 10 FROM ledger_events ORDER BY xid DESC, position DESC LIMIT 1"))
+    with engine.begin() as connection:
+        connection.execute(text("ANALYZE ledger_events"))
+        sql = store._FAN_OUT.replace("%(name)s", "'webhooks'").replace("%(limit)s", "100")
+        plan = "\n".join(row[0] for row in connection.execute(text("EXPLAIN (COSTS OFF) " + sql)))
+        connection.rollback()
+    feed_scan = next(line for line in plan.splitlines() if "ix_ledger_events_feed" in line)
+    condition = plan.split(feed_scan, 1)[1].splitlines()[1]
+    assert "Index Cond" in condition and "ROW(xid, \"position\") >" in condition, plan
