@@ -13,7 +13,7 @@ API_URL ?= http://127.0.0.1:5000
 export NEXT_TELEMETRY_DISABLED := 1
 export NPM_CONFIG_UPDATE_NOTIFIER := false
 
-.PHONY: install web-install run web test test-python test-pooled test-web faults migrate fuzz bench bench-quick bench-profile bench-servers bench-migration wrk pgbouncer clean
+.PHONY: install web-install run web test test-python test-pooled test-web faults migrate fuzz bench bench-quick bench-profile bench-queues bench-servers bench-migration wrk pgbouncer clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is required (found " + sys.version.split()[0] + ")") if sys.version_info < (3, 11) else None'
@@ -104,6 +104,14 @@ bench-quick: install wrk pgbouncer
 bench-profile: install wrk
 	@test -x $(BIN)/py-spy || $(BIN)/python -m pip install --quiet --disable-pip-version-check py-spy
 	$(BIN)/python -m bench.profile
+
+# Our webhook queue against procrastinate and pgqueuer (throughput, wake-up, cost on the write), for ADR 0006;
+# installs them into the venv, with psycopg 3 (procrastinate's driver, binary: no libpq needed) and asyncpg (pgqueuer's).
+bench-queues: install
+	@$(BIN)/python -c 'import procrastinate, pgqueuer, psycopg, asyncpg' 2>/dev/null || $(BIN)/python -m pip install \
+		--quiet --disable-pip-version-check procrastinate pgqueuer 'psycopg[binary,pool]' asyncpg
+	$(BIN)/python -m bench.queues
+	$(BIN)/python -m bench.notify
 
 # gunicorn against Granian on scenarios A and B, with correctness and fault checks; installs granian into the venv.
 bench-servers: install wrk
