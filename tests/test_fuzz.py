@@ -127,12 +127,20 @@ def in_the_future(body: dict) -> None:
         body["expires_at"] = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
 
 
+_TAKEN = "SELECT 1 FROM user_transactions WHERE id = :id AND NOT (user_id = :user_id AND type::text = :type)"
+
+
 def given_back(connection, body: dict) -> None:
     for field, insert in _GIVEN_BACK.items():
         try:
             target, user_id = uuid.UUID(str(body.get(field))), uuid.UUID(str(body.get("user_id")))
         except ValueError:
             continue
+        kind = "purchase" if field == "refunds" else "usage"
+        if connection.execute(text(_TAKEN), {"id": target, "user_id": user_id, "type": kind}).first():
+            # An earlier example made this id another user's (or another type): name one of this user's.
+            target = uuid.uuid4()
+            body[field] = str(target)
         connection.execute(text(insert), {"id": target, "user_id": user_id})
         connection.execute(text("INSERT INTO user_balances (user_id, balance, held) VALUES (:id, 0, 0)"
                                 " ON CONFLICT DO NOTHING"), {"id": user_id})

@@ -45,9 +45,10 @@ def test_user_transactions_has_the_seed_columns(db_session):
     lot_terms = {"lot_expires_at", "lot_priority", "lot_category"}
     links = {"refunds", "reverses"}
     given_back = {"refunded_amount", "reversed_credits"}
-    assert set(columns) == seed_columns | {"updated_at"} | hold_columns | lot_terms | links | given_back
-    assert not any(columns[name]["nullable"] for name in seed_columns | {"updated_at"} | given_back)
-    assert all(columns[name]["nullable"] for name in hold_columns | lot_terms | links)
+    callers_own = {"metadata", "reference"}
+    assert set(columns) == seed_columns | {"updated_at"} | hold_columns | lot_terms | links | given_back | callers_own
+    assert not any(columns[name]["nullable"] for name in seed_columns | {"updated_at", "metadata"} | given_back)
+    assert all(columns[name]["nullable"] for name in hold_columns | lot_terms | links | {"reference"})
     assert str(columns["amount"]["type"]) == "NUMERIC(12, 2)"
     assert str(columns["credits"]["type"]) == "INTEGER"
     assert str(columns["created_at"]["type"]) == "TIMESTAMP"

@@ -195,7 +195,7 @@ def test_api3_responses_expose_only_the_documented_fields(api):
     usage = api.usage(user_id, status="pending").json
     assert set(usage) == {
         "id", "user_id", "type", "amount", "credits", "description", "status", "created_at", "updated_at",
-        "hold_expires_at", "refunds", "reverses",
+        "hold_expires_at", "refunds", "reverses", "metadata", "reference",
     }
 
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from transactions_service.ledger.models import UserTransaction
-from transactions_service.api.schemas import DESCRIPTION_PATTERN
+from transactions_service.api.schemas import DESCRIPTION_PATTERN, METADATA_KEY_PATTERN, METADATA_VALUE_PATTERN
 
 from .helpers import bearer
 
@@ -188,3 +188,15 @@ def test_two_idempotency_key_headers_are_422_not_one_joined_key(api, db_session)
 
 def test_an_idempotency_key_with_a_comma_is_422(api):
     assert api.purchase(api.register(), key="evt_1,evt_2").status_code == 422
+
+
+def test_the_contract_states_the_reference_rule_the_service_applies(contract):
+    """A reference is a one-line label, as a description is."""
+    schema = contract.spec["components"]["schemas"]["NewTransaction"]["properties"]["reference"]
+    assert schema["pattern"] == DESCRIPTION_PATTERN
+
+
+def test_the_contract_states_the_metadata_rules_the_service_applies(contract):
+    schema = contract.spec["components"]["schemas"]["Metadata"]
+    assert schema["propertyNames"]["pattern"] == METADATA_KEY_PATTERN
+    assert schema["additionalProperties"]["pattern"] == METADATA_VALUE_PATTERN

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime, timezone
 from decimal import Decimal
 from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any
@@ -51,6 +52,54 @@ DESCRIPTION_PATTERN = rf"^(?=.*[^{INVISIBLE_CHARACTERS}])[^{CONTROL_CHARACTERS}{
 _CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
 _BIDI = re.compile(f"[{BIDI_CONTROLS}]")
 _VISIBLE = re.compile(f"[^{INVISIBLE_CHARACTERS}]")
+
+
+# The caller's metadata on a transaction: as Stripe's, a flat object of strings.
+MAX_METADATA_KEYS, MAX_METADATA_VALUE_LENGTH = 20, 500
+METADATA_KEY_PATTERN = r"^[A-Za-z0-9_.-]{1,40}$"
+# A value may be empty, and holds what a description may, but for the visible character it needs.
+METADATA_VALUE_PATTERN = rf"^[^{CONTROL_CHARACTERS}{BIDI_CONTROLS}]*(?![\s\S])"
+_METADATA_KEY = re.compile(METADATA_KEY_PATTERN[1:-1])
+MAX_REFERENCE_LENGTH = 255
+
+
+class Metadata(fields.Field):
+    """A JSON object of at most 20 strings: keys of 1-40 characters of ``[A-Za-z0-9_.-]``, values of at most
+    500 characters without control characters. A refusal names the key (its first 40 characters)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict[str, str]:
+        if not isinstance(value, dict):
+            raise ValidationError("Must be a JSON object whose values are strings.")
+        if len(value) > MAX_METADATA_KEYS:
+            raise ValidationError(f"At most {MAX_METADATA_KEYS} keys; this has {len(value)}.")
+        errors = {}
+        for key, item in value.items():
+            if not _METADATA_KEY.fullmatch(key):
+                errors[key[:40]] = ["Keys are 1 to 40 characters of A-Z, a-z, 0-9, '_', '.' and '-'."]
+            elif not isinstance(item, str):
+                errors[key] = ["Must be a string."]
+            elif len(item) > MAX_METADATA_VALUE_LENGTH:
+                errors[key] = [f"At most {MAX_METADATA_VALUE_LENGTH} characters."]
+            elif _CONTROL.search(item) or _BIDI.search(item):
+                errors[key] = ["Must not contain control or bidirectional formatting characters."]
+        if errors:
+            raise ValidationError(errors)
+        return dict(value)
+
+
+class Instant(fields.AwareDateTime):
+    """An RFC 3339 instant with its offset, taken to UTC: PostgreSQL reads offsets up to 15:59 only, and
+    an instant at the edge of the calendar may have no UTC time at all."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(format="iso", **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(timezone.utc)
+        except OverflowError as error:
+            raise ValidationError("Not an instant this service can store.") from error
 
 
 class Money(fields.Field):
@@ -203,13 +252,17 @@ class NewTransactionSchema(StrictSchema):
     hold_expires_in = StrictInteger(load_default=None, allow_none=False, validate=validate.Range(min=1))
     # The terms of the lot a purchase, grant or positive adjustment makes: when it expires, and its
     # place in the spend order.
-    expires_at = fields.AwareDateTime(format="iso", load_default=None, allow_none=False)
+    expires_at = Instant(load_default=None, allow_none=False)
     expires_in = StrictInteger(load_default=None, allow_none=False, validate=validate.Range(1, 100 * 365 * 86_400))
     priority = StrictInteger(load_default=None, allow_none=False, validate=validate.Range(0, 100))
     category = fields.Enum(LotCategory, by_value=True, load_default=None, allow_none=False)
     # The purchase a refund gives back, the usage a reversal gives back.
     refunds = fields.UUID(load_default=None, allow_none=False)
     reverses = fields.UUID(load_default=None, allow_none=False)
+    # The caller's own: left out, they stay out of the idempotency fingerprint (a retry of a request
+    # recorded before they existed is still a replay).
+    metadata = Metadata(load_default=None, allow_none=False)
+    reference = Text(load_default=None, allow_none=False, validate=validate.Length(1, MAX_REFERENCE_LENGTH))
 
     @validates_schema
     def hold_only_on_pending_usage(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -286,6 +339,17 @@ class HistoryQuerySchema(UserQuerySchema):
     cursor = fields.String(load_default=None)
     kind = fields.Enum(TransactionType, by_value=True, load_default=None, data_key="type")
     status = fields.Enum(TransactionStatus, by_value=True, load_default=None)
+    # Any text: a reference no write could have given simply matches nothing.
+    reference = fields.String(load_default=None, validate=validate.Length(1, MAX_REFERENCE_LENGTH))
+    # RFC 3339 with an offset; the interval is half-open: from created_after, up to but not including created_before.
+    created_after = Instant(load_default=None)
+    created_before = Instant(load_default=None)
+
+    @validates_schema
+    def an_interval_that_can_hold_something(self, data: dict[str, Any], **kwargs: Any) -> None:
+        after, before = data.get("created_after"), data.get("created_before")
+        if after is not None and before is not None and before <= after:
+            raise ValidationError("Must be later than created_after.", "created_before")
 
 
 class NextExpirySchema(Schema):
@@ -429,7 +493,9 @@ def transaction_json(transaction: Transaction, postings: list[Posting] | None = 
         f'{{"id":"{t.id}","user_id":"{t.user_id}","type":"{t.type}","amount":"{t.amount}","credits":{t.credits},'
         f'"description":{_json_string(t.description)},"status":"{t.status}",'
         f'"created_at":"{t.created_at}","updated_at":"{t.updated_at}","hold_expires_at":{_nullable(t.hold_expires_at)},'
-        f'"refunds":{_nullable(t.refunds)},"reverses":{_nullable(t.reverses)}{detail}}}'
+        f'"refunds":{_nullable(t.refunds)},"reverses":{_nullable(t.reverses)},'
+        f'"metadata":{json.dumps(t.metadata or {}, separators=(",", ":"))},'
+        f'"reference":{"null" if t.reference is None else _json_string(t.reference)}{detail}}}'
     )
 
 

@@ -124,6 +124,10 @@ class UserTransaction(db.Model):
         ),
         # A usage's reversals: what each of its lots has had back already.
         Index("ix_user_transactions_reverses", "reverses", postgresql_where=db.text("reverses IS NOT NULL")),
+        # The caller's own id for an entry: once per user and type; found by user and reference.
+        Index("uq_user_transactions_reference", "user_id", "reference", "type", unique=True,
+              postgresql_where=db.text("reference IS NOT NULL")),
+        CheckConstraint("char_length(reference) BETWEEN 1 AND 255", name="reference_length"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
@@ -156,6 +160,9 @@ class UserTransaction(db.Model):
     # on the row that the next refund or reversal locks, so that concurrent ones cannot both fit.
     refunded_amount: Mapped[Decimal] = mapped_column(Numeric(12, 2), server_default="0")
     reversed_credits: Mapped[int] = mapped_column(Integer, server_default="0")
+    # The caller's own: a JSON object of strings, kept as written ({} when none), and its id for the entry.
+    metadata_: Mapped[dict] = mapped_column("metadata", JSON, server_default=db.text("'{}'::json"))
+    reference: Mapped[str | None] = mapped_column(Text)
 
 
 class CreditLot(db.Model):

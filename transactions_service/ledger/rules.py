@@ -12,6 +12,7 @@ the table's CHECK constraints back them up for any other code path.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
@@ -35,6 +36,7 @@ from .store import Balance, Lot, Position, Posting, Registration, Transaction, T
 
 _UNKNOWN_USER_CONSTRAINTS = {"fk_user_transactions_user_id_users", "fk_user_balances_user_id_users"}
 _OVERDRAFT_CONSTRAINT = "ck_user_balances_available_not_negative"
+_REFERENCE_CONSTRAINT = "uq_user_transactions_reference"
 _LOT_CONSTRAINTS = {
     "ck_credit_lots_remaining_not_negative", "ck_credit_lots_held_not_negative", "ck_credit_lots_within_credits"
 }
@@ -154,11 +156,14 @@ def _new_transaction(request: dict[str, Any], now: datetime) -> tuple[Transactio
         created_at=rfc3339(now), updated_at=rfc3339(now),
         hold_expires_at=None if hold_expires_at is None else rfc3339(hold_expires_at),
         refunds=_text(request.get("refunds")), reverses=_text(request.get("reverses")),
+        metadata=request.get("metadata") or {}, reference=request.get("reference"),
     )
     row = {
         **new._asdict(), "amount": request["amount"], "created_at": now, "hold_expires_at": hold_expires_at,
         "needed": -request["credits"], "low_balance_default": _low_balance_default(), **_lot_terms(request, now),
     }
+    # Kept as the caller wrote it, members in its order; shown the same way (api/schemas.py).
+    row["metadata_json"] = json.dumps(row.pop("metadata"), separators=(",", ":"))
     return new, row
 
 
@@ -224,17 +229,35 @@ def _refusal(caller: Caller, request: dict[str, Any], needed: int, now: datetime
     return _insufficient_credits(caller, user_id, needed)
 
 
+def _duplicate_reference(request: dict[str, Any]) -> ApiError:
+    kind, reference = request["type"].value, request["reference"]
+    existing = store.by_reference(request["user_id"], kind, reference)
+    return ApiError(
+        409, "duplicate_reference",
+        f"User {request['user_id']} already has a {kind} with reference {reference!r}: transaction {existing}.",
+        title="Duplicate reference", extensions={"transaction_id": existing},
+    )
+
+
 def _applied(
-    write: Callable[[], store.Recorded | None], user_id: uuid.UUID, caller: Caller, needed: int, found: dict[str, bool]
+    write: Callable[[], store.Recorded | None], request: dict[str, Any], claim: store.Claim | None,
+    caller: Caller, needed: int, found: dict[str, bool],
 ) -> Callable[[], bool]:
     """``write``, with the database's refusals told as the problems they mean; ``found["lapsed_lots"]``
     says whether the user has lots whose expiry is to be recorded."""
+    user_id = request["user_id"]
 
     def translated() -> bool:
         try:
             recorded = write()
         except IntegrityError as error:
             constraint = getattr(getattr(error.orig, "diag", None), "constraint_name", None)
+            if constraint == _REFERENCE_CONSTRAINT:
+                # The ledger row is inserted before the key's record: a retry of the write that took the
+                # reference meets the reference first, and is a replay all the same.
+                if claim is not None and store.find_claim(claim.caller, claim.key) is not None:
+                    return False
+                raise _duplicate_reference(request) from error
             if constraint in _UNKNOWN_USER_CONSTRAINTS:
                 raise _unknown_user(user_id) from error
             if constraint == _OVERDRAFT_CONSTRAINT:
@@ -279,7 +302,7 @@ def record_transaction(caller: Caller, request: dict[str, Any], key: str | None)
     shown = idempotency.snapshot(new)
     user_id, effect = request["user_id"], _effect(kind, request["status"], request["credits"])
     found = {"lapsed_lots": False}
-    write = _applied(lambda: store.record(row, effect, claim, shown), user_id, caller, row["needed"], found)
+    write = _applied(lambda: store.record(row, effect, claim, shown), request, claim, caller, row["needed"], found)
     for attempt in range(_ATTEMPTS):
         outcome = idempotency.write_once(claim, write)
         if outcome.applied:
@@ -430,14 +453,18 @@ def list_history(
     cursor: str | None = None,
     kind: TransactionType | None = None,
     status: TransactionStatus | None = None,
+    reference: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
 ) -> HistoryPage:
-    """One page of a user's history, newest first, by keyset on (created_at, id), from the replica if any."""
+    """One page of a user's history, newest first, by keyset on (created_at, id), from the replica if any.
+
+    The filters narrow it: a type, a status, the caller's reference, and the half-open interval
+    [``created_after``, ``created_before``). A cursor continues the page it came from, filters and all.
+    """
     after = None if cursor is None else decode_cursor(cursor)
-    rows = read_history(
-        lambda engine: store.history_page(
-            engine, user_id, limit + 1, kind=kind and kind.value, status=status and status.value, after=after
-        )
-    )
+    only = store.HistoryFilter(kind and kind.value, status and status.value, reference, created_after, created_before)
+    rows = read_history(lambda engine: store.history_page(engine, user_id, limit + 1, only=only, after=after))
     has_more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if has_more else None

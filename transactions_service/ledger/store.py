@@ -56,6 +56,10 @@ class Transaction(NamedTuple):
     # (and in the idempotency records kept before these fields existed).
     refunds: str | None = None
     reverses: str | None = None
+    # The caller's metadata (its JSON object, read into a dict) and reference; the same defaults for
+    # records kept before they existed.
+    metadata: dict[str, str] | None = None
+    reference: str | None = None
 
 
 # How each field of Transaction is read, with ``{t}`` where a table's alias may go (none, so that it
@@ -77,6 +81,8 @@ _TRANSACTION_SQL = {
     ),
     "refunds": ("{t}refunds::text", None),
     "reverses": ("{t}reverses::text", None),
+    "metadata": ("{t}metadata", None),
+    "reference": ("{t}reference", None),
 }
 assert tuple(_TRANSACTION_SQL) == Transaction._fields
 TRANSACTION_COLUMNS = ", ".join(
@@ -153,18 +159,37 @@ def _value(statement: str, params: dict[str, Any], **options: Any) -> Any:
 # --- reading -----------------------------------------------------------------------------------
 
 
+class HistoryFilter(NamedTuple):
+    """Which of a user's transactions a history page shows: all, when every field is None."""
+
+    type: str | None = None
+    status: str | None = None
+    reference: str | None = None
+    created_after: datetime | None = None  # inclusive
+    created_before: datetime | None = None  # exclusive
+
+
+# Each on the history index (user_id, created_at DESC, id DESC), as a range or a filter along it; a
+# reference on its own unique index, which finds at most one row per type.
+_HISTORY_CONDITIONS = {
+    "type": "type = %(type)s",
+    "status": "status = %(status)s",
+    "reference": "reference = %(reference)s",
+    "created_after": "created_at >= %(created_after)s",
+    "created_before": "created_at < %(created_before)s",
+}
+
+
 @functools.cache
-def _history_page(by_type: bool, by_status: bool, after: bool) -> str:
-    conditions = ["user_id = %(user_id)s"]
-    if by_type:
-        conditions.append("type = %(type)s")
-    if by_status:
-        conditions.append("status = %(status)s")
+def _history_page(filtered: tuple[str, ...], after: bool) -> str:
+    conditions = ["user_id = %(user_id)s", *(_HISTORY_CONDITIONS[name] for name in filtered)]
     if after:
         conditions.append("(created_at, id) < (%(after_created_at)s, %(after_id)s)")
     return (
         f"SELECT {TRANSACTION_COLUMNS} FROM user_transactions WHERE {' AND '.join(conditions)}"
-        " ORDER BY created_at DESC, id DESC LIMIT %(limit)s"
+        # The table's columns, named so: a bare "id" would be the text the select list makes of it,
+        # which the index does not hold, and the page would be sorted again after the scan.
+        " ORDER BY user_transactions.created_at DESC, user_transactions.id DESC LIMIT %(limit)s"
     )
 
 
@@ -173,24 +198,35 @@ def history_page(
     user_id: uuid.UUID,
     limit: int,
     *,
-    kind: str | None,
-    status: str | None,
+    only: HistoryFilter,
     after: Position | None,
 ) -> list[Transaction]:
     """Up to ``limit`` of a user's transactions, newest first, after a keyset position, on ``engine``."""
-    params: dict[str, Any] = {"user_id": str(user_id), "limit": limit, "type": kind, "status": status}
+    params: dict[str, Any] = {"user_id": str(user_id), "limit": limit, **only._asdict()}
     if after is not None:
         params.update(after_created_at=after.created_at, after_id=str(after.id))
-    statement = _history_page(kind is not None, status is not None, after is not None)
+    statement = _history_page(tuple(name for name, value in only._asdict().items() if value is not None),
+                              after is not None)
     return _transactions(run_statement(statement, params, engine, repeatable=True))
 
 
 _READ = f"SELECT {TRANSACTION_COLUMNS} FROM user_transactions WHERE id = %(id)s"
+_BY_REFERENCE = (
+    "SELECT id::text FROM user_transactions"
+    " WHERE user_id = %(user_id)s AND reference = %(reference)s AND type = %(type)s::transaction_type"
+)
 _STATE = "SELECT type::text, user_id, status::text, failure_reason, hold_expires_at FROM user_transactions WHERE id = %(id)s"
 
 
 def read(transaction_id: uuid.UUID) -> Transaction | None:
     return _first(Transaction, _READ, {"id": str(transaction_id)}, repeatable=True)
+
+
+def by_reference(user_id: uuid.UUID, kind: str, reference: str) -> str | None:
+    """The id of the user's transaction of this type with this reference, if there is one."""
+    rows = run_statement(_BY_REFERENCE, {"user_id": str(user_id), "type": kind, "reference": reference},
+                         repeatable=True)
+    return rows[0][0] if rows else None
 
 
 def state(transaction_id: uuid.UUID) -> TransactionState | None:
@@ -711,11 +747,12 @@ _NEW_ROW = (
     "%(id)s::uuid, %(user_id)s::uuid, %(type)s::transaction_type, %(amount)s::numeric, %(credits)s::integer,"
     " %(description)s::text, %(status)s::transaction_status, %(created_at)s::timestamptz,"
     " %(created_at)s::timestamptz, %(hold_expires_at)s::timestamptz, %(lot_expires_at)s::timestamptz,"
-    " %(lot_priority)s::smallint, %(lot_category)s::lot_category, %(refunds)s::uuid, %(reverses)s::uuid"
+    " %(lot_priority)s::smallint, %(lot_category)s::lot_category, %(refunds)s::uuid, %(reverses)s::uuid,"
+    " %(metadata_json)s::json, %(reference)s::text"
 )
 _LEDGER_COLUMNS = (
     "id, user_id, type, amount, credits, description, status, created_at, updated_at, hold_expires_at,"
-    " lot_expires_at, lot_priority, lot_category, refunds, reverses"
+    " lot_expires_at, lot_priority, lot_category, refunds, reverses, metadata, reference"
 )
 
 

@@ -14,9 +14,11 @@ export interface paths {
         /**
          * List a user's transactions, newest first
          * @description One page of a user's history, newest first (by `created_at`, then
-         *     `id`), optionally filtered by `type` and `status`. Page with `limit`
-         *     and the `next_cursor` of the previous page; `has_more` says whether
-         *     another page follows.
+         *     `id`), optionally filtered by `type`, `status`, `reference` and the
+         *     half-open interval [`created_after`, `created_before`). Page with
+         *     `limit` and the `next_cursor` of the previous page, sending the same
+         *     filters; `has_more` says whether another page follows. Every filter
+         *     runs on an index: a filtered page costs what the first page does.
          *
          *     **Authorization.** A *user token* reads only its own user's history:
          *     it may omit `user_id` or name itself; naming another user is `403
@@ -624,6 +626,23 @@ export interface components {
             refunds: components["schemas"]["Uuid"] | null;
             /** @description A reversal's usage; `null` on every other entry. */
             reverses: components["schemas"]["Uuid"] | null;
+            metadata: components["schemas"]["Metadata"];
+            /** @description The caller's own id for the entry, if it gave one. */
+            reference: string | null;
+        };
+        /**
+         * @description The caller's own key-value pairs, as it wrote them (`{}` when none),
+         *     never changed after the write: at most 20 keys of 1-40 characters
+         *     of `[A-Za-z0-9_.-]`, each value a string of at most 500 characters
+         *     without control characters. A refusal is `422 validation_error`
+         *     naming the key under `errors.metadata`.
+         * @example {
+         *       "model": "gpt-4o",
+         *       "generation_id": "gen_8f2c"
+         *     }
+         */
+        Metadata: {
+            [key: string]: string;
         };
         /**
          * @description A purchase, usage, grant, refund, reversal or adjustment to record.
@@ -738,6 +757,15 @@ export interface components {
              *     `remaining`).
              */
             reverses?: components["schemas"]["Uuid"];
+            metadata?: components["schemas"]["Metadata"];
+            /**
+             * @description Your own id for the entry (a payment intent, a generation), unique
+             *     per user and type: a second write with the same reference is `409
+             *     duplicate_reference`, with the existing `transaction_id`. A second
+             *     line of defence behind `Idempotency-Key`, for a caller that lost
+             *     its key; a retry with the same key is still a replay.
+             */
+            reference?: string;
         } & (unknown & unknown & unknown & unknown & unknown & unknown & unknown & unknown & unknown);
         /** @description The amount of an entry that moves no money (a grant, reversal or adjustment) - 0.00, or left out. */
         NoMoney: string | 0;
@@ -1011,6 +1039,8 @@ export interface components {
             remaining?: number;
             /** @description With `refund_exceeds_amount`, the dollars the purchase has left to refund. */
             remaining_amount?: string;
+            /** @description With `duplicate_reference`, the user's transaction that has the reference already. */
+            transaction_id?: components["schemas"]["Uuid"];
             /**
              * @description With `validation_error` only: the offending field (or `_schema` for
              *     the body as a whole, or `Idempotency-Key` for that header) mapped to
@@ -1161,6 +1191,10 @@ export interface components {
          *     `remaining_amount` says how much is left).
          *     `reversal_exceeds_usage`: a reversal gives back more credits than the
          *     usage has left to reverse (`remaining`).
+         *     `duplicate_reference`: the user has a transaction of this type with
+         *     this `reference` already (`transaction_id` names it); nothing was
+         *     recorded. A retry with the first write's `Idempotency-Key` is a replay
+         *     instead.
          *     `idempotency_key_in_use`: another request with the same
          *     `Idempotency-Key` is still being processed (sent with `Retry-After`).
          */
@@ -1307,6 +1341,20 @@ export interface components {
         TypeFilter: components["schemas"]["TransactionType"];
         /** @description Only transactions with this status. */
         StatusFilter: "completed" | "pending" | "failed";
+        /** @description Only the transactions with this `reference` (at most one of each type). */
+        ReferenceFilter: string;
+        /**
+         * @description Only transactions created at or after this instant (RFC 3339 with a
+         *     `Z` or an offset; encode a `+` as `%2B` in a query string).
+         * @example 2026-11-01T00:00:00Z
+         */
+        CreatedAfter: string;
+        /**
+         * @description Only transactions created before this instant (exclusive), which must
+         *     be later than `created_after` (else `422 validation_error`).
+         * @example 2026-12-01T00:00:00Z
+         */
+        CreatedBefore: string;
         /**
          * @description A key, unique per logical write, that makes retrying this request safe
          *     (for example the payment provider's event id, or the generation job's
@@ -1396,6 +1444,20 @@ export interface operations {
                 type?: components["parameters"]["TypeFilter"];
                 /** @description Only transactions with this status. */
                 status?: components["parameters"]["StatusFilter"];
+                /** @description Only the transactions with this `reference` (at most one of each type). */
+                reference?: components["parameters"]["ReferenceFilter"];
+                /**
+                 * @description Only transactions created at or after this instant (RFC 3339 with a
+                 *     `Z` or an offset; encode a `+` as `%2B` in a query string).
+                 * @example 2026-11-01T00:00:00Z
+                 */
+                created_after?: components["parameters"]["CreatedAfter"];
+                /**
+                 * @description Only transactions created before this instant (exclusive), which must
+                 *     be later than `created_after` (else `422 validation_error`).
+                 * @example 2026-12-01T00:00:00Z
+                 */
+                created_before?: components["parameters"]["CreatedBefore"];
             };
             header?: never;
             path?: never;
