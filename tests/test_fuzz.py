@@ -159,7 +159,11 @@ def test_generated_requests_are_answered_as_documented(case, fuzz_app, engine):
         before = connection.execute(LEDGER_FOOTPRINT).one()
     # ignored_auth's probes are re-authenticated by the auth provider above, so it reports valid
     # tokens as ignored; tests/test_security.py sends missing and invalid tokens to every operation.
-    response = case.call_and_validate(app=fuzz_app, params=params, excluded_checks=[ignored_auth])
+    response = case.call(app=fuzz_app, params=params)
+    if response.status_code != 414:
+        # A query string past 2048 bytes is 414 whatever it holds (test_security.py, API4); generated
+        # values that break a maxLength can be that long, and the checks do not count 414 as refusing them.
+        case.validate_response(response, excluded_checks=[ignored_auth])
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
         with engine.connect() as connection:

@@ -19,7 +19,7 @@ from .errors import ApiError, validation_error
 # limits (gunicorn.conf.py) sit above them, so that it refuses only what is far out.
 MAX_PATH_BYTES = 2048
 MAX_QUERY_STRING_BYTES = 2048
-MAX_QUERY_PARAMETERS = 10
+MAX_QUERY_PARAMETERS = 12
 MAX_AUTHORIZATION_BYTES = 8192
 MAX_HEADER_BYTES = 8192
 MAX_HEADERS = 50

@@ -15,7 +15,7 @@ from decimal import Decimal
 from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 
 from ..ids import rfc3339, utcnow
 from ..ledger.models import (
@@ -61,6 +61,8 @@ METADATA_KEY_PATTERN = r"^[A-Za-z0-9_.-]{1,40}$"
 METADATA_VALUE_PATTERN = rf"^[^{CONTROL_CHARACTERS}{BIDI_CONTROLS}]*(?![\s\S])"
 _METADATA_KEY = re.compile(METADATA_KEY_PATTERN[1:-1])
 MAX_REFERENCE_LENGTH = 255
+MAX_METADATA_FILTERS = 3
+_METADATA_PARAMETER = re.compile(r"metadata\[(.*)\]", re.DOTALL)
 
 
 class Metadata(fields.Field):
@@ -339,17 +341,35 @@ class HistoryQuerySchema(UserQuerySchema):
     cursor = fields.String(load_default=None)
     kind = fields.Enum(TransactionType, by_value=True, load_default=None, data_key="type")
     status = fields.Enum(TransactionStatus, by_value=True, load_default=None)
+    # metadata[KEY]=VALUE, up to three, gathered into one field by ``metadata_pairs``.
+    metadata = fields.Dict(keys=fields.String(), values=fields.String(), load_default=None)
     # Any text: a reference no write could have given simply matches nothing.
     reference = fields.String(load_default=None, validate=validate.Length(1, MAX_REFERENCE_LENGTH))
-    # RFC 3339 with an offset; the interval is half-open: from created_after, up to but not including created_before.
+    # RFC 3339 with an offset; the interval is half-open: from created_after, up to but not including
+    # created_before (one that ends before it starts holds nothing: an empty page, not an error).
     created_after = Instant(load_default=None)
     created_before = Instant(load_default=None)
 
-    @validates_schema
-    def an_interval_that_can_hold_something(self, data: dict[str, Any], **kwargs: Any) -> None:
-        after, before = data.get("created_after"), data.get("created_before")
-        if after is not None and before is not None and before <= after:
-            raise ValidationError("Must be later than created_after.", "created_before")
+    @pre_load
+    def metadata_pairs(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """``metadata[KEY]=VALUE`` parameters, as one ``metadata`` object; a refusal names the parameter."""
+        pairs, rest, errors = {}, {}, {}
+        for name, value in data.items():
+            match = _METADATA_PARAMETER.fullmatch(name)
+            if match is None:
+                rest[name] = value
+            elif not _METADATA_KEY.fullmatch(match.group(1)):
+                errors[name[:60]] = ["Keys are 1 to 40 characters of A-Z, a-z, 0-9, '_', '.' and '-'."]
+            elif len(value) > MAX_METADATA_VALUE_LENGTH:
+                errors[name] = [f"At most {MAX_METADATA_VALUE_LENGTH} characters."]
+            else:
+                pairs[match.group(1)] = value
+        if len(pairs) + len(errors) > MAX_METADATA_FILTERS:
+            errors["metadata"] = [f"At most {MAX_METADATA_FILTERS} metadata[KEY] filters."]
+        if errors:
+            raise ValidationError(errors)
+        return {**rest, "metadata": pairs} if pairs else rest
+
 
 
 class NextExpirySchema(Schema):

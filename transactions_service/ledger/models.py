@@ -309,6 +309,26 @@ class LedgerEvent(db.Model):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class TransactionMetadata(db.Model):
+    """One metadata pair of a transaction, as an index: a page filtered by a pair is a range of it.
+
+    Written by the write's own statement from the pairs it records on the row (``metadata``, the
+    record itself); never changed, as the row's metadata never is.
+    """
+
+    __tablename__ = "transaction_metadata"
+    __table_args__ = (
+        Index("ix_transaction_metadata_lookup", "user_id", "key", "value", db.text("created_at DESC"),
+              db.text("transaction_id DESC")),
+    )
+
+    transaction_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("user_transactions.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class EventRelay(db.Model):
     """How far a relay of the feed has got: the last event it handed on, as a feed position."""
 

@@ -456,14 +456,17 @@ def list_history(
     reference: str | None = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> HistoryPage:
     """One page of a user's history, newest first, by keyset on (created_at, id), from the replica if any.
 
-    The filters narrow it: a type, a status, the caller's reference, and the half-open interval
-    [``created_after``, ``created_before``). A cursor continues the page it came from, filters and all.
+    The filters narrow it: a type, a status, the caller's reference, the half-open interval
+    [``created_after``, ``created_before``), and metadata pairs that must all match. A cursor
+    continues the page it came from, filters and all.
     """
     after = None if cursor is None else decode_cursor(cursor)
-    only = store.HistoryFilter(kind and kind.value, status and status.value, reference, created_after, created_before)
+    only = store.HistoryFilter(kind and kind.value, status and status.value, reference, created_after, created_before,
+                               metadata or None)
     rows = read_history(lambda engine: store.history_page(engine, user_id, limit + 1, only=only, after=after))
     has_more = len(rows) > limit
     rows = rows[:limit]

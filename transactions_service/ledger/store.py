@@ -167,22 +167,28 @@ class HistoryFilter(NamedTuple):
     reference: str | None = None
     created_after: datetime | None = None  # inclusive
     created_before: datetime | None = None  # exclusive
+    metadata: dict[str, str] | None = None  # every pair must match
 
 
 # Each on the history index (user_id, created_at DESC, id DESC), as a range or a filter along it; a
-# reference on its own unique index, which finds at most one row per type.
+# reference on its own unique index, which finds at most one row per type. ``{t}`` is the ledger row,
+# ``{c}`` the row whose created_at the page is ordered by.
 _HISTORY_CONDITIONS = {
-    "type": "type = %(type)s",
-    "status": "status = %(status)s",
-    "reference": "reference = %(reference)s",
-    "created_after": "created_at >= %(created_after)s",
-    "created_before": "created_at < %(created_before)s",
+    "type": "{t}type = %(type)s",
+    "status": "{t}status = %(status)s",
+    "reference": "{t}reference = %(reference)s",
+    "created_after": "{c}created_at >= %(created_after)s",
+    "created_before": "{c}created_at < %(created_before)s",
 }
+# The ledger row's columns read through an alias, for a statement over more than one table.
+_ALIASED_COLUMNS = ", ".join(
+    sql.format(t="t.") + f" AS {output or name}" for name, (sql, output) in _TRANSACTION_SQL.items()
+)
 
 
 @functools.cache
 def _history_page(filtered: tuple[str, ...], after: bool) -> str:
-    conditions = ["user_id = %(user_id)s", *(_HISTORY_CONDITIONS[name] for name in filtered)]
+    conditions = ["user_id = %(user_id)s", *(_HISTORY_CONDITIONS[name].format(t="", c="") for name in filtered)]
     if after:
         conditions.append("(created_at, id) < (%(after_created_at)s, %(after_id)s)")
     return (
@@ -190,6 +196,25 @@ def _history_page(filtered: tuple[str, ...], after: bool) -> str:
         # The table's columns, named so: a bare "id" would be the text the select list makes of it,
         # which the index does not hold, and the page would be sorted again after the scan.
         " ORDER BY user_transactions.created_at DESC, user_transactions.id DESC LIMIT %(limit)s"
+    )
+
+
+@functools.cache
+def _metadata_history_page(filtered: tuple[str, ...], pairs: int, after: bool) -> str:
+    """A page of the transactions carrying every pair: a range of the first pair's index (its rows are
+    in the page's order), each further pair looked up by the transaction's primary key."""
+    conditions = [
+        "m.user_id = %(user_id)s", "m.key = %(key_0)s", "m.value = %(value_0)s",
+        *(_HISTORY_CONDITIONS[name].format(t="t.", c="m.") for name in filtered),
+        *(f"EXISTS (SELECT 1 FROM transaction_metadata AS m{i} WHERE m{i}.transaction_id = m.transaction_id"
+          f" AND m{i}.key = %(key_{i})s AND m{i}.value = %(value_{i})s)" for i in range(1, pairs)),
+    ]
+    if after:
+        conditions.append("(m.created_at, m.transaction_id) < (%(after_created_at)s, %(after_id)s)")
+    return (
+        f"SELECT {_ALIASED_COLUMNS} FROM transaction_metadata AS m JOIN user_transactions AS t"
+        f" ON t.id = m.transaction_id WHERE {' AND '.join(conditions)}"
+        " ORDER BY m.created_at DESC, m.transaction_id DESC LIMIT %(limit)s"
     )
 
 
@@ -205,8 +230,15 @@ def history_page(
     params: dict[str, Any] = {"user_id": str(user_id), "limit": limit, **only._asdict()}
     if after is not None:
         params.update(after_created_at=after.created_at, after_id=str(after.id))
-    statement = _history_page(tuple(name for name, value in only._asdict().items() if value is not None),
-                              after is not None)
+    filtered = tuple(name for name, value in only._asdict().items() if value is not None and name != "metadata")
+    pairs = list((only.metadata or {}).items())
+    if pairs:
+        del params["metadata"]
+        for i, (key, value) in enumerate(pairs):
+            params.update({f"key_{i}": key, f"value_{i}": value})
+        statement = _metadata_history_page(filtered, len(pairs), after is not None)
+    else:
+        statement = _history_page(filtered, after is not None)
     return _transactions(run_statement(statement, params, engine, repeatable=True))
 
 
@@ -772,13 +804,22 @@ _EVENT_ONLY = [
 ]
 
 
+# The pairs of a write's metadata, into the index a filtered history reads (models.TransactionMetadata).
+_LABELLED = (
+    "labelled AS (INSERT INTO transaction_metadata (transaction_id, key, user_id, value, created_at)"
+    " SELECT new.id, m.key, %(user_id)s::uuid, m.value, %(created_at)s::timestamptz"
+    " FROM new, json_each_text(%(metadata_json)s::json) AS m)"
+)
+
+
 @functools.cache
-def _record(effect: str | None, keyed: bool) -> str:
+def _record(effect: str | None, keyed: bool, labelled: bool) -> str:
     before, after = EFFECTS[effect] if effect is not None else (_EVENT_ONLY, [])
     parts = [
         *before,
         f"new AS (INSERT INTO user_transactions ({_LEDGER_COLUMNS}) SELECT {_NEW_ROW} FROM applied RETURNING id)",
         *after,
+        *([_LABELLED] if labelled else []),
         f"created AS ({_EVENT_INSERT} SELECT 'transaction.created', %(user_id)s::uuid,"
         " applied.event_sequence - applied.fell::integer, %(event)s::json, %(created_at)s FROM new, applied)",
     ]
@@ -809,7 +850,8 @@ def record(row: dict[str, Any], effect: str | None, claim: Claim | None, shown: 
     params = {**row, "event": shown}
     if claim is not None:
         params.update(claim._asdict(), snapshot=shown)
-    return _first(Recorded, _record(effect, claim is not None), params, repeatable=claim is not None)
+    statement = _record(effect, claim is not None, row["metadata_json"] != "{}")
+    return _first(Recorded, statement, params, repeatable=claim is not None)
 
 
 # --- settling a pending transaction: the inverses of hold and of a pending purchase --------------

@@ -14,8 +14,9 @@ export interface paths {
         /**
          * List a user's transactions, newest first
          * @description One page of a user's history, newest first (by `created_at`, then
-         *     `id`), optionally filtered by `type`, `status`, `reference` and the
-         *     half-open interval [`created_after`, `created_before`). Page with
+         *     `id`), optionally filtered by `type`, `status`, `reference`,
+         *     `metadata[KEY]` (up to three pairs, all matching) and the half-open
+         *     interval [`created_after`, `created_before`). Page with
          *     `limit` and the `next_cursor` of the previous page, sending the same
          *     filters; `has_more` says whether another page follows. Every filter
          *     runs on an index: a filtered page costs what the first page does.
@@ -1344,14 +1345,27 @@ export interface components {
         /** @description Only the transactions with this `reference` (at most one of each type). */
         ReferenceFilter: string;
         /**
+         * @description `metadata[KEY]=VALUE`, up to three: only the transactions whose
+         *     metadata has every one of these pairs. The first pair is a range of
+         *     its own index, so a page filtered by metadata costs what an
+         *     unfiltered one does.
+         * @example {
+         *       "model": "gpt-4o"
+         *     }
+         */
+        MetadataFilter: {
+            [key: string]: string;
+        };
+        /**
          * @description Only transactions created at or after this instant (RFC 3339 with a
          *     `Z` or an offset; encode a `+` as `%2B` in a query string).
          * @example 2026-11-01T00:00:00Z
          */
         CreatedAfter: string;
         /**
-         * @description Only transactions created before this instant (exclusive), which must
-         *     be later than `created_after` (else `422 validation_error`).
+         * @description Only transactions created before this instant (exclusive). An
+         *     interval that ends where or before it starts holds nothing: an empty
+         *     page.
          * @example 2026-12-01T00:00:00Z
          */
         CreatedBefore: string;
@@ -1447,14 +1461,25 @@ export interface operations {
                 /** @description Only the transactions with this `reference` (at most one of each type). */
                 reference?: components["parameters"]["ReferenceFilter"];
                 /**
+                 * @description `metadata[KEY]=VALUE`, up to three: only the transactions whose
+                 *     metadata has every one of these pairs. The first pair is a range of
+                 *     its own index, so a page filtered by metadata costs what an
+                 *     unfiltered one does.
+                 * @example {
+                 *       "model": "gpt-4o"
+                 *     }
+                 */
+                metadata?: components["parameters"]["MetadataFilter"];
+                /**
                  * @description Only transactions created at or after this instant (RFC 3339 with a
                  *     `Z` or an offset; encode a `+` as `%2B` in a query string).
                  * @example 2026-11-01T00:00:00Z
                  */
                 created_after?: components["parameters"]["CreatedAfter"];
                 /**
-                 * @description Only transactions created before this instant (exclusive), which must
-                 *     be later than `created_after` (else `422 validation_error`).
+                 * @description Only transactions created before this instant (exclusive). An
+                 *     interval that ends where or before it starts holds nothing: an empty
+                 *     page.
                  * @example 2026-12-01T00:00:00Z
                  */
                 created_before?: components["parameters"]["CreatedBefore"];
