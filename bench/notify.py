@@ -17,6 +17,7 @@ and writes them to ``bench/results/<UTC time>-notify.json``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import subprocess
 import sys
@@ -28,19 +29,21 @@ from sqlalchemy.engine import make_url
 
 from .run import database, log, publish
 
+def _wake_function() -> str:
+    """The trigger's function as migration 0009 makes it, so that this measures the one in use."""
+    path = Path(__file__).resolve().parent.parent / "migrations" / "versions" / "0009_wake_and_lease.py"
+    spec = importlib.util.spec_from_file_location("wake_and_lease", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.WAKE_FUNCTION
+
+
 SCHEMA = """
 CREATE TABLE plain_events (position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, data json);
 CREATE TABLE woken_events (position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, data json);
 CREATE TABLE event_relays (name text PRIMARY KEY, wake_until timestamptz);
 INSERT INTO event_relays VALUES ('webhooks', NULL), ('jetstream', NULL);
-CREATE FUNCTION ledger_events_wake() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF EXISTS (SELECT 1 FROM event_relays WHERE wake_until > now()) THEN
-        PERFORM pg_notify('ledger_events', '');
-    END IF;
-    RETURN NULL;
-END
-$$;
+{wake_function};
 CREATE TRIGGER ledger_events_wake AFTER INSERT ON woken_events FOR EACH STATEMENT EXECUTE FUNCTION ledger_events_wake();
 """
 INSERT = "INSERT INTO {table} (data) VALUES ('{{\"type\":\"transaction.created\",\"credits\":-1}}');\n"
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         admin = psycopg2.connect(dsn)
         admin.autocommit = True
-        admin.cursor().execute(SCHEMA)
+        admin.cursor().execute(SCHEMA.format(wake_function=_wake_function()))
         listener = psycopg2.connect(dsn)  # a worker's connection, listening throughout (its queue drained below)
         listener.autocommit = True
         listener.cursor().execute("LISTEN ledger_events")
