@@ -91,6 +91,9 @@ export function history(count: number, start = Date.UTC(2025, 5, 12, 9, 30, 15))
       // only a refund (its purchase) or a reversal (its usage) names another entry; tests that make one set it
       refunds: null,
       reverses: null,
+      // the caller's own: none on these rows
+      metadata: {},
+      reference: null,
     } satisfies Transaction;
   });
 }
