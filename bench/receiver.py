@@ -13,10 +13,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
+
+from devtools.receiver import LoopbackReceiver
 
 
 class Receiver:
@@ -26,36 +27,17 @@ class Receiver:
         self.arrivals: dict[str, list[float]] = defaultdict(list)  # webhook-id: time.time() of each arrival
         self.events_of: dict[str, str] = {}  # transaction id: the webhook-id of its transaction.created
         self.refused = 0  # deliveries whose signature did not verify
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                headers = {name.lower(): value for name, value in self.headers.items()}
-                status = receiver.receive(body, headers, time.time())
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-        self._thread = threading.Thread(target=self.server.serve_forever, name="webhook-receiver", daemon=True)
+        self._http = LoopbackReceiver(lambda body, headers: self.receive(body, headers, time.time()))
+        self.url = self._http.url
 
     def start(self, secret: str) -> Receiver:
         """Serve, verifying with the endpoint's secret (the registration answers it, before any delivery)."""
         self._webhook = Webhook(secret)
-        self._thread.start()
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        if self._thread.is_alive():
-            self.server.shutdown()
-        self.server.server_close()
+        self._http.stop()
 
     def receive(self, body: bytes, headers: dict[str, str], arrived: float) -> int:
         """One delivery (``headers`` with lower-case names); returns the status to answer."""

@@ -630,46 +630,33 @@ class WebhookReceiver:
     and answers a share of them with a 500, so that they come again."""
 
     def __init__(self, rng: random.Random) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from devtools.receiver import LoopbackReceiver
 
         self.accepted: Counter = Counter()
         self.refused_signatures = 0
         self.failed_on_purpose = 0
         self.secret = ""
-        receiver, lock = self, threading.Lock()
+        self._rng, self._lock = rng, threading.Lock()
+        self._http = LoopbackReceiver(self._answer).start()
+        self.url = self._http.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                from standardwebhooks import Webhook
+    def _answer(self, body: bytes, headers: dict[str, str]) -> int:
+        from standardwebhooks import Webhook
 
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                headers = {name.lower(): value for name, value in self.headers.items()}
-                with lock:
-                    try:
-                        Webhook(receiver.secret).verify(body, headers)
-                    except Exception:
-                        receiver.refused_signatures += 1
-                        status = 400
-                    else:
-                        status = 500 if rng.random() < RECEIVER_FAILURE_RATE else 204
-                        if status == 500:
-                            receiver.failed_on_purpose += 1
-                        else:
-                            receiver.accepted[headers["webhook-id"]] += 1
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        with self._lock:
+            try:
+                Webhook(self.secret).verify(body, headers)
+            except Exception:
+                self.refused_signatures += 1
+                return 400
+            if self._rng.random() < RECEIVER_FAILURE_RATE:
+                self.failed_on_purpose += 1
+                return 500
+            self.accepted[headers["webhook-id"]] += 1
+            return 204
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._http.stop()
 
 
 class WebhookWorker:
