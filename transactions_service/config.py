@@ -7,7 +7,7 @@ and a token verification key, rather than run with a guessable one.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 SUPPORTED_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
@@ -35,18 +35,22 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
-def _int(env: Mapping[str, str], name: str, default: int, kind: type = int, what: str = "an integer") -> int:
+def _number(env: Mapping[str, str], name: str, default: Any, parse: Callable[[str], Any], what: str) -> Any:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return kind(raw)
+        return parse(raw)
     except ValueError as exc:
         raise ConfigError(f"{name} must be {what}, got {raw!r}") from exc
 
 
+def _int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+    return _number(env, name, default, int, "an integer")
+
+
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    seconds = _int(env, name, default, float, "a number of seconds")
+    seconds = _number(env, name, default, float, "a number of seconds")
     if not 0 < seconds < float("inf"):
         raise ConfigError(f"{name} must be a positive number of seconds")
     return seconds

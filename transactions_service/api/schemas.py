@@ -60,6 +60,7 @@ METADATA_KEY_PATTERN = r"^[A-Za-z0-9_.-]{1,40}$"
 # A value may be empty, and holds what a description may, but for the visible character it needs.
 METADATA_VALUE_PATTERN = rf"^[^{CONTROL_CHARACTERS}{BIDI_CONTROLS}]*(?![\s\S])"
 _METADATA_KEY = re.compile(METADATA_KEY_PATTERN[1:-1])
+_METADATA_KEY_RULE = "Keys are 1 to 40 characters of A-Z, a-z, 0-9, '_', '.' and '-'."
 MAX_REFERENCE_LENGTH = 255
 MAX_METADATA_FILTERS = 3
 _METADATA_PARAMETER = re.compile(r"metadata\[(.*)\]", re.DOTALL)
@@ -77,7 +78,7 @@ class Metadata(fields.Field):
         errors = {}
         for key, item in value.items():
             if not _METADATA_KEY.fullmatch(key):
-                errors[key[:40]] = ["Keys are 1 to 40 characters of A-Z, a-z, 0-9, '_', '.' and '-'."]
+                errors[key[:40]] = [_METADATA_KEY_RULE]
             elif not isinstance(item, str):
                 errors[key] = ["Must be a string."]
             elif len(item) > MAX_METADATA_VALUE_LENGTH:
@@ -359,7 +360,7 @@ class HistoryQuerySchema(UserQuerySchema):
             if match is None:
                 rest[name] = value
             elif not _METADATA_KEY.fullmatch(match.group(1)):
-                errors[name[:60]] = ["Keys are 1 to 40 characters of A-Z, a-z, 0-9, '_', '.' and '-'."]
+                errors[name[:60]] = [_METADATA_KEY_RULE]
             elif len(value) > MAX_METADATA_VALUE_LENGTH:
                 errors[name] = [f"At most {MAX_METADATA_VALUE_LENGTH} characters."]
             else:

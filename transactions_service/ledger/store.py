@@ -228,12 +228,11 @@ def history_page(
 ) -> list[Transaction]:
     """Up to ``limit`` of a user's transactions, newest first, after a keyset position, on ``engine``."""
     params: dict[str, Any] = {"user_id": str(user_id), "limit": limit, **only._asdict()}
+    pairs = list((params.pop("metadata") or {}).items())
     if after is not None:
         params.update(after_created_at=after.created_at, after_id=str(after.id))
-    filtered = tuple(name for name, value in only._asdict().items() if value is not None and name != "metadata")
-    pairs = list((only.metadata or {}).items())
+    filtered = tuple(name for name in _HISTORY_CONDITIONS if params[name] is not None)
     if pairs:
-        del params["metadata"]
         for i, (key, value) in enumerate(pairs):
             params.update({f"key_{i}": key, f"value_{i}": value})
         statement = _metadata_history_page(filtered, len(pairs), after is not None)
