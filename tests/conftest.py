@@ -52,7 +52,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_SECRET = secrets.token_hex(32)
 CORS_ORIGIN = "http://127.0.0.1:3000"
 LEDGER_TABLES = (
-    "webhook_attempts", "webhook_deliveries", "webhook_endpoints", "ledger_events", "event_relays", "transaction_metadata", "lot_postings", "credit_lots", "idempotency_keys", "user_balances",
+    "webhook_attempts", "webhook_deliveries", "webhook_endpoints", "ledger_events", "event_relays", "transaction_metadata", "usage_rollup", "lot_postings", "credit_lots", "idempotency_keys", "user_balances",
     "user_transactions", "users",
 )
 # api_keys is not emptied between tests: keys made by module-scoped fixtures must outlive a test, and every key is new.

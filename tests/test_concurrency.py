@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from transactions_service.scopes import SERVICE_SCOPES
 from transactions_service.ledger.models import TransactionStatus, UserBalance, UserTransaction
@@ -150,3 +150,25 @@ def test_spends_racing_for_credits_behind_a_lapsed_hold_are_not_refused(http, db
         responses = race(2, lambda _: http("POST", "/api/transactions", json=spend))
         assert [response.status_code for response in responses] == [201, 201]
         assert ledger_totals(db_session, user_id) == (0, 0, 0)
+
+
+def test_racing_writes_of_one_user_are_stamped_in_the_order_they_wrote(http, db_session):
+    """The books at an instant read the last posting before it: across four workers whose requests race
+    for the balance row, a user's postings still carry running totals and stamps that never go back."""
+    user_id = funded_user(http, 10_000)
+    credits = [-(i % 7 + 1) if i % 3 else i + 1 for i in range(40)]
+    kinds = ["usage" if c < 0 else "purchase" for c in credits]
+    race(40, lambda i: http("POST", "/api/transactions", json={
+        "user_id": str(user_id), "type": kinds[i], "amount": "0" if kinds[i] == "usage" else "1",
+        "credits": credits[i], "description": "race"}))
+    rows = db_session.execute(text(
+        "SELECT credits, held, balance_after, held_after, created_at FROM lot_postings WHERE user_id = :u ORDER BY id"),
+        {"u": user_id}).all()
+    balance = held = 0
+    for previous, row in zip([None, *rows], rows):
+        balance, held = balance + row.credits, held + row.held
+        assert (row.balance_after, row.held_after) == (balance, held)
+        assert previous is None or row.created_at >= previous.created_at
+    last = rows[-1].created_at + timedelta(microseconds=1)
+    books = http("GET", f"/api/balance?user_id={user_id}&at={last.isoformat().replace('+00:00', 'Z')}").json()
+    assert books["balance"] == balance == 10_000 + sum(credits)

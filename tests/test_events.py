@@ -234,7 +234,7 @@ def test_an_event_of_a_write_still_open_holds_back_later_ones_until_it_ends(api,
     slow = psycopg2.connect(direct_database_url.replace("postgresql+psycopg2://", "postgresql://"))
     try:
         with slow.cursor() as statement:  # the service's own write, its transaction left open
-            statement.execute(store._record("credit", False, False), {**row, "event": idempotency.snapshot(new)})
+            statement.execute(store._record("credit", False, False, False), {**row, "event": idempotency.snapshot(new)})
         assert api.usage(late, credits=-5).status_code == 201  # begins later, commits first
         held_back = feed(api, reader, after=cursor)
         assert (held_back["data"], held_back["next_cursor"]) == ([], cursor)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+import zoneinfo
+from datetime import date, datetime, timedelta, timezone
 
 import jwt
 import pytest
@@ -29,7 +30,8 @@ from .contract import SPEC_PATH
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "25"))
 METRICS_TOKEN = "fuzz-metrics-" + uuid.uuid4().hex
-READS_NAMING_A_USER = {"/api/transactions", "/api/balance", "/api/lots"}
+READS_NAMING_A_USER = {"/api/transactions", "/api/balance", "/api/lots", "/api/statements", "/api/usage/summary",
+                       "/api/transactions/export"}
 LEDGER_FOOTPRINT = text(
     "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM user_transactions), "
     "(SELECT count(*) FROM idempotency_keys), (SELECT coalesce(sum(balance), 0) FROM user_balances), "
@@ -104,6 +106,8 @@ def prepare_ledger(engine, case) -> None:
         if isinstance(case.body, dict):
             given_back(connection, case.body)
             in_the_future(case.body)
+    if isinstance(case.query, dict):
+        answerable(case.query)
 
 
 # What a refund and a reversal give back, as made for a generated one: a completed purchase (without a lot of
@@ -125,6 +129,36 @@ def in_the_future(body: dict) -> None:
         return
     if moment.tzinfo is not None and moment <= datetime.now(timezone.utc):
         body["expires_at"] = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
+
+
+def _moved(query: dict, name: str, valid, replacement: str) -> None:
+    """Replace a query value the schema allows but the service cannot answer (``valid`` says which)."""
+    value = query.get(name)
+    if isinstance(value, str):
+        try:
+            if valid(value):
+                return
+        except (TypeError, ValueError, OverflowError):
+            return  # not of the parameter's shape: the 422 is the documented one
+        query[name] = replacement
+
+
+def answerable(query: dict) -> None:
+    """Instants and months the schema allows but that lie ahead, ranges too long or backwards, and keys the
+    rollup does not keep are 422 by design (tests/test_reports.py): replace them with ones it answers."""
+    now = datetime.now(timezone.utc)
+    _moved(query, "at", lambda value: datetime.fromisoformat(value).astimezone(timezone.utc) <= now,
+           (now - timedelta(days=1)).isoformat())
+    _moved(query, "month", lambda value: "1970-01" <= value <= f"{now:%Y-%m}", f"{now:%Y-%m}")
+    _moved(query, "group_by", lambda value: value == "metadata.model", "metadata.model")
+    _moved(query, "tz", lambda value: value in zoneinfo.available_timezones() | {"UTC"}, "UTC")
+    _moved(query, "to", lambda value: 1970 <= date.fromisoformat(value).year <= 9998, f"{now:%Y-%m-%d}")
+    try:
+        last = date.fromisoformat(query.get("to") or f"{now:%Y-%m-%d}")
+    except (TypeError, ValueError):
+        return
+    _moved(query, "from", lambda value: timedelta(0) <= last - date.fromisoformat(value) <= timedelta(days=300),
+           (last - timedelta(days=10)).isoformat())
 
 
 _TAKEN = "SELECT 1 FROM user_transactions WHERE id = :id AND NOT (user_id = :user_id AND type::text = :type)"

@@ -14,6 +14,10 @@ each step:
 - no credit of a lot was taken (spent or held) at or after the moment the lot expired;
 - no purchase refunded beyond its credits or its amount, no usage reversed beyond what it spent,
   and no lot given back more by a usage's reversals than that usage took from it;
+- each posting carries the running totals of the postings before it, stamped in write order; the
+  books at every instant of the run (`GET /api/balance?at=`) are what was recorded then, and this
+  month's statement adds up to the balance row; the usage rollup is what the ledger spent, per quarter
+  hour and model;
 - every ledger row has exactly one transaction.created event, at most one transaction.updated, and
   its latest event shows its status now; one lot.expired per expiration row; the user's events are
   numbered 1, 2, 3, ... with no number twice, up to the balance row's count.
@@ -29,8 +33,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, multiple, rule
 from sqlalchemy import text
 
+from transactions_service.ids import utcnow
+
 from .helpers import bearer
 
+# Usage with a model, or without: the rollup keeps both (USAGE_GROUP_KEYS is model by default).
+MODELS = st.sampled_from([{}, {"metadata": {"model": "small"}}, {"metadata": {"model": "large"}}])
+STATEMENT_LINES = ("purchases", "grants", "usage", "refunds", "reversals", "adjustments", "expirations", "carried_in")
 EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "20"))
 STEPS = int(os.environ.get("PROPERTY_STEPS", "25"))
 
@@ -93,6 +102,30 @@ EVENTS_AGREE = text(
 POSTINGS_IN_ORDER = text(
     "SELECT transaction_id, created_at, balance_after - held_after FROM lot_postings WHERE user_id = :u ORDER BY id"
 )
+# Postings whose totals are not the running sums of the user's postings before them in write order, or
+# whose stamps go back in time (what the books at an instant and the statements read: migration 0011).
+POSTINGS_OUT_OF_STEP = text(
+    "SELECT count(*) FROM (SELECT balance_after, held_after, created_at,"
+    " sum(credits) OVER w AS balance, sum(held) OVER w AS held, lag(created_at) OVER w AS previous"
+    " FROM lot_postings WHERE user_id = :u WINDOW w AS (ORDER BY id)) AS p"
+    " WHERE balance_after <> balance OR held_after <> held OR created_at < previous"
+)
+# The rollup against the ledger: per quarter hour and pair (the total, and each model), the credits
+# completed usage spent less what reversals gave back (against their usage's model); rows that differ.
+ROLLUP_DISAGREES = text(
+    "WITH ledger AS (SELECT key, quarter, value, sum(spent) AS credits FROM ("
+    "   SELECT '' AS key, date_bin('15 minutes', t.created_at, timestamptz '2000-01-01') AS quarter, '' AS value,"
+    "     -t.credits AS spent FROM user_transactions AS t WHERE t.user_id = :u"
+    "     AND ((t.type = 'usage' AND t.status = 'completed') OR t.type = 'reversal')"
+    "   UNION ALL SELECT 'model', date_bin('15 minutes', t.created_at, timestamptz '2000-01-01'),"
+    "     u.metadata->>'model', -t.credits FROM user_transactions AS t"
+    "     JOIN user_transactions AS u ON u.id = coalesce(t.reverses, t.id) WHERE t.user_id = :u"
+    "     AND ((t.type = 'usage' AND t.status = 'completed') OR t.type = 'reversal') AND u.metadata->>'model' IS NOT NULL"
+    " ) AS spent GROUP BY 1, 2, 3),"
+    " rolled AS (SELECT key, quarter, value, credits FROM usage_rollup WHERE user_id = :u)"
+    " SELECT count(*) FROM ledger FULL JOIN rolled USING (key, quarter, value)"
+    " WHERE ledger.credits IS DISTINCT FROM rolled.credits AND coalesce(ledger.credits, rolled.credits) <> 0"
+)
 LOW_BALANCE_EVENTS = text("SELECT count(*) FROM ledger_events WHERE user_id = :u AND type = 'balance.low'")
 
 
@@ -127,6 +160,7 @@ def make_machine(api, engine, app, granter):
             assert response.json["low_balance_threshold"] == threshold
             self.expiry_recorded = True
             self.bought = []
+            self.books = []  # (instant, balance, held) as recorded after each step
 
         def _created(self, response):
             assert response.status_code in (201, 409), response.json
@@ -183,14 +217,14 @@ def make_machine(api, engine, app, granter):
         def settle_checkout(self, purchase, outcome):
             assert api.settle(purchase, outcome).status_code in (200, 409)
 
-        @rule(target=usages, credits=st.integers(1, 150))
-        def spend(self, credits):
-            created = self._created(api.usage(self.user_id, credits=-credits))
+        @rule(target=usages, credits=st.integers(1, 150), model=MODELS)
+        def spend(self, credits, model):
+            created = self._created(api.usage(self.user_id, credits=-credits, **model))
             return created["id"] if created else str(uuid.uuid4())
 
-        @rule(target=holds, credits=st.integers(1, 150))
-        def hold(self, credits):
-            created = self._created(api.usage(self.user_id, credits=-credits, status="pending"))
+        @rule(target=holds, credits=st.integers(1, 150), model=MODELS)
+        def hold(self, credits, model):
+            created = self._created(api.usage(self.user_id, credits=-credits, status="pending", **model))
             return created["id"] if created else str(uuid.uuid4())
 
         @rule(hold=holds, outcome=st.sampled_from(["completed", "failed"]))
@@ -235,6 +269,8 @@ def make_machine(api, engine, app, granter):
                 events = connection.execute(EVENTS_AGREE, {"u": self.user_id}).one()
                 postings = connection.execute(POSTINGS_IN_ORDER, {"u": self.user_id}).all()
                 lows = connection.scalar(LOW_BALANCE_EVENTS, {"u": self.user_id})
+                out_of_step = connection.scalar(POSTINGS_OUT_OF_STEP, {"u": self.user_id})
+                rollup_off = connection.scalar(ROLLUP_DISAGREES, {"u": self.user_id})
             balance, held, lots, lots_held, posted, posted_held, completed, broken, unexpired_remaining = row
             balance, held = balance or 0, held or 0
             assert broken == 0
@@ -247,11 +283,35 @@ def make_machine(api, engine, app, granter):
             count, distinct, largest, counted = numbers
             assert count == distinct == largest == counted
             assert lows == crossings(postings, self.threshold)
+            assert (out_of_step, rollup_off) == (0, 0)
+            self._the_books_are_the_postings(balance, held)
             read = api.client.get(f"/api/balance?user_id={self.user_id}", headers=bearer(api.admin_token)).json
             assert read["available"] == read["paid"] + read["promotional"] >= 0
             if self.expiry_recorded:
                 assert (read["balance"], read["held"]) == (balance, held)
                 assert read["available"] == unexpired_remaining
+
+        def _the_books_are_the_postings(self, balance, held):
+            """The books now are the balance row's, and a statement of this month adds up to them."""
+            at = utcnow()
+            self.books.append((at, balance, held))
+            assert self._books_at(at) == (balance, held)
+            month = api.client.get(f"/api/statements?user_id={self.user_id}&month={at:%Y-%m}",
+                                   headers=bearer(api.admin_token)).json
+            lines = sum(month[line] for line in STATEMENT_LINES)
+            assert month["opening_balance"] + lines == month["closing_balance"] == balance
+            assert month["closing_held"] == held
+
+        def _books_at(self, at):
+            read = api.client.get(f"/api/balance?user_id={self.user_id}&at={at.isoformat().replace('+00:00', 'Z')}",
+                                  headers=bearer(api.admin_token)).json
+            assert read["available"] == read["balance"] - read["held"]
+            return read["balance"], read["held"]
+
+        def teardown(self):
+            # Every earlier instant still reads what was recorded then, however much came after.
+            for at, balance, held in getattr(self, "books", []):
+                assert self._books_at(at) == (balance, held)
 
     return LedgerMachine
 

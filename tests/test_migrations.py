@@ -42,7 +42,7 @@ def test_upgrade_downgrade_upgrade_from_an_empty_database(scratch_app):
     assert schema_objects(scratch_app) == (
         {"users", "user_transactions", "user_balances", "idempotency_keys", "api_keys", "credit_lots", "lot_postings",
          "ledger_events", "event_relays", "webhook_endpoints", "webhook_deliveries", "webhook_attempts",
-         "transaction_metadata"},
+         "transaction_metadata", "usage_rollup"},
         {"transaction_type", "transaction_status", "lot_category"},
     )
     with scratch_app.app_context():
@@ -51,7 +51,7 @@ def test_upgrade_downgrade_upgrade_from_an_empty_database(scratch_app):
     with scratch_app.app_context():
         upgrade()
         upgrade()  # a second run is a no-op
-    assert len(schema_objects(scratch_app)[0]) == 13
+    assert len(schema_objects(scratch_app)[0]) == 14
 
 
 def test_models_and_migrations_agree(scratch_app):

@@ -8,6 +8,7 @@ app, which needs ``DATABASE_URL``.
 
 from __future__ import annotations
 
+import random
 import re
 import uuid
 from datetime import timedelta
@@ -22,7 +23,7 @@ from .auth import Caller, issue_token
 from .config import ConfigError, token_settings
 from .errors import ApiError
 from .ids import utcnow
-from .ledger import idempotency, rules, store
+from .ledger import idempotency, rules
 from .ledger.models import TransactionStatus, TransactionType
 from .scopes import (
     MANAGE_WEBHOOKS,
@@ -56,16 +57,40 @@ SERVICE_KEYS = {
     "webhooks-admin": [MANAGE_WEBHOOKS],
 }
 
-# (type, amount, credits, description, status, how long ago), oldest first.
-DEMO_HISTORY = [
-    (TransactionType.PURCHASE, "9.99", 500, "Starter pack: 500 credits", TransactionStatus.COMPLETED, timedelta(days=21, hours=3)),
-    (TransactionType.USAGE, "0", -20, "Image generation (1024x1024)", TransactionStatus.COMPLETED, timedelta(days=19, hours=7)),
-    (TransactionType.USAGE, "0", -35, "Video generation, 5 s", TransactionStatus.COMPLETED, timedelta(days=12, hours=1)),
-    (TransactionType.PURCHASE, "19.99", 1200, "Creator pack: 1,200 credits", TransactionStatus.FAILED, timedelta(days=9, hours=2)),
-    (TransactionType.PURCHASE, "19.99", 1200, "Creator pack: 1,200 credits", TransactionStatus.COMPLETED, timedelta(days=9, hours=1)),
-    (TransactionType.USAGE, "0", -8, "Text generation, 4k tokens", TransactionStatus.COMPLETED, timedelta(days=2, hours=5)),
-    (TransactionType.USAGE, "0", -50, "Upscale 4x", TransactionStatus.PENDING, timedelta(0)),
-]
+# A demo user's three months, made the same way every time: (days ago, type, amount, credits, description,
+# status, metadata), oldest first. Packs bought when credits run low, a welcome grant that expires, a few
+# generations a day on four models, a reversal of one that failed, and a generation still running.
+_MODELS = {  # model: (credits per generation, description, share of generations)
+    "image-large": (20, "Image generation (1024x1024)", 4),
+    "image-fast": (6, "Image generation, fast (512x512)", 6),
+    "video-5s": (35, "Video generation, 5 s", 1),
+    "text-4k": (4, "Text generation, 4k tokens", 5),
+}
+_PACKS = [("9.99", 500, "Starter pack: 500 credits"), ("19.99", 1200, "Creator pack: 1,200 credits")]
+DEMO_DAYS = 90
+
+
+def demo_history() -> list[tuple[float, TransactionType, str, int, str, TransactionStatus, dict[str, str]]]:
+    rng = random.Random(14)
+    models, weights = list(_MODELS), [share for _credits, _description, share in _MODELS.values()]
+    entries = [(DEMO_DAYS, TransactionType.PURCHASE, *_PACKS[0], TransactionStatus.COMPLETED, {}),
+               (DEMO_DAYS - 0.1, TransactionType.GRANT, "0", 100, "Welcome bonus", TransactionStatus.COMPLETED, {})]
+    available = 600
+    for day in range(DEMO_DAYS - 1, 0, -1):
+        for slot in sorted(rng.random() for _ in range(rng.randint(1, 7))):
+            model = rng.choices(models, weights)[0]
+            credits, description, _share = _MODELS[model]
+            if available < credits + 50:
+                amount, pack, name = _PACKS[rng.random() < 0.5]
+                entries.append((day + 1 - slot - 0.01, TransactionType.PURCHASE, amount, pack, name,
+                                TransactionStatus.COMPLETED, {}))
+                available += pack
+            entries.append((day + 1 - slot, TransactionType.USAGE, "0", -credits, description,
+                            TransactionStatus.COMPLETED, {"model": model}))
+            available -= credits
+    entries.append((0, TransactionType.USAGE, "0", -50, "Upscale 4x", TransactionStatus.PENDING, {"model": "image-large"}))
+    return entries
+
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 
@@ -170,21 +195,21 @@ def seed(user_id: uuid.UUID) -> None:
 
 
 def seed_demo(user_id: uuid.UUID = DEMO_USER_ID) -> None:
+    """Write the demo history, each entry at its own moment, as the services would have (a rerun replays it)."""
     rules.register_user(user_id)
     seeder = Caller(name="demo-seed", scopes=SERVICE_SCOPES)
     now = utcnow()
-    for index, (kind, amount, credits, description, status, age) in enumerate(DEMO_HISTORY):
+    for index, (days_ago, kind, amount, credits, description, status, metadata) in enumerate(demo_history()):
         request = {
             "user_id": user_id, "type": kind, "amount": Decimal(amount), "credits": credits,
-            "description": description, "status": status,
+            "description": description, "status": status, "metadata": metadata,
         }
+        if kind is TransactionType.GRANT:
+            request["expires_in"] = 30 * 86400
         try:
-            recorded = rules.record_transaction(seeder, request, f"demo-{user_id}-{index}")
+            rules.record_transaction(seeder, request, f"demo-{user_id}-{index}", now=now - timedelta(days=days_ago))
         except ApiError as error:
             raise click.ClickException(f"demo row {index}: {error.detail}") from error
-        if age and not recorded.replayed:
-            # Demo data only: spread the history over the past weeks, as a real one would be.
-            store.backdate(uuid.UUID(recorded.transaction.id), now - age)
 
 
 @idempotency_cli.command("prune")

@@ -7,12 +7,15 @@ and a token verification key, rather than run with a guessable one.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 SUPPORTED_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
 
 
+# A metadata key, on a write, in a history filter, and in USAGE_GROUP_KEYS (here, below every module).
+METADATA_KEY_PATTERN = r"^[A-Za-z0-9_.-]{1,40}$"
 STATEMENTS_BIND = "statements"
 # The engine of the streaming replica that history is read from, when DATABASE_READ_URL is set.
 READ_REPLICA_BIND = "read_replica"
@@ -75,6 +78,29 @@ def _event_settings(env: Mapping[str, str]) -> dict[str, Any]:
         "EVENTS_NATS_URL": env.get("EVENTS_NATS_URL") or None,
         "EVENTS_NATS_STREAM": env.get("EVENTS_NATS_STREAM") or "LEDGER",
         "EVENTS_RELAY_LEASE_SECONDS": _seconds(env, "EVENTS_RELAY_LEASE_SECONDS", 15),
+    }
+
+
+def _rate_limit_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The rate limits: per caller, per address, and where the counts are shared (docs/operations.md)."""
+    return {
+        "RATELIMIT_ENABLED": _bool(env, "RATELIMIT_ENABLED", True),
+        "RATELIMIT_HEADERS_ENABLED": _bool(env, "RATELIMIT_HEADERS_ENABLED", True),
+        "RATELIMIT_DEFAULT": env.get("RATELIMIT_DEFAULT") or "300 per minute",
+        "RATELIMIT_SERVICE_DEFAULT": env.get("RATELIMIT_SERVICE_DEFAULT") or "20000 per minute",
+        "RATELIMIT_PER_ADDRESS": env.get("RATELIMIT_PER_ADDRESS") or "1000 per minute",
+        "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI") or "memory://",
+        # Windows that slide: a fixed window lets twice the limit through across its edge.
+        "RATELIMIT_STRATEGY": env.get("RATELIMIT_STRATEGY") or "sliding-window-counter",
+    }
+
+
+def _report_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """Exports and usage summaries: how big an export may be, which metadata keys a summary splits by."""
+    return {
+        "EXPORT_MAX_ROWS": _int(env, "EXPORT_MAX_ROWS", 1_000_000),
+        # Named before the usage is written, as a meter's dimensions are: the rollup keeps these keys' values.
+        "USAGE_GROUP_KEYS": _list(env, "USAGE_GROUP_KEYS") if env.get("USAGE_GROUP_KEYS") is not None else ["model"],
     }
 
 
@@ -143,18 +169,12 @@ def from_environment(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "DATABASE_PREPARED_STATEMENTS": _bool(env, "DATABASE_PREPARED_STATEMENTS", None),  # see finalise_database
         "HOLD_TTL_SECONDS": _int(env, "HOLD_TTL_SECONDS", 3600),
         **_event_settings(env),
+        **_report_settings(env),
         **_webhook_settings(env),
         "LOG_FORMAT": env.get("LOG_FORMAT") or "json",
         "LOG_LEVEL": (env.get("LOG_LEVEL") or "INFO").upper(),
         "METRICS_TOKEN": env.get("METRICS_TOKEN") or None,
-        "RATELIMIT_ENABLED": _bool(env, "RATELIMIT_ENABLED", True),
-        "RATELIMIT_HEADERS_ENABLED": _bool(env, "RATELIMIT_HEADERS_ENABLED", True),
-        "RATELIMIT_DEFAULT": env.get("RATELIMIT_DEFAULT") or "300 per minute",
-        "RATELIMIT_SERVICE_DEFAULT": env.get("RATELIMIT_SERVICE_DEFAULT") or "20000 per minute",
-        "RATELIMIT_PER_ADDRESS": env.get("RATELIMIT_PER_ADDRESS") or "1000 per minute",
-        "RATELIMIT_STORAGE_URI": env.get("RATELIMIT_STORAGE_URI") or "memory://",
-        # Windows that slide: a fixed window lets twice the limit through across its edge.
-        "RATELIMIT_STRATEGY": env.get("RATELIMIT_STRATEGY") or "sliding-window-counter",
+        **_rate_limit_settings(env),
         # How many proxies in front of the service set X-Forwarded-For (and -Proto): 0 trusts none.
         "TRUSTED_PROXIES": _int(env, "TRUSTED_PROXIES", 0),
     }
@@ -277,6 +297,10 @@ def finalise_service(config: dict[str, Any]) -> None:
         raise ConfigError("EVENT_RETENTION_DAYS must be at least 1")
     if config["HOLD_TTL_SECONDS"] < 1:
         raise ConfigError("HOLD_TTL_SECONDS must be at least 1")
+    if config["EXPORT_MAX_ROWS"] < 1:
+        raise ConfigError("EXPORT_MAX_ROWS must be at least 1")
+    if bad := [key for key in config["USAGE_GROUP_KEYS"] if not re.fullmatch(METADATA_KEY_PATTERN[1:-1], key)]:
+        raise ConfigError(f"USAGE_GROUP_KEYS must be metadata keys (1-40 of A-Z a-z 0-9 _ . -), got {bad[0]!r}")
     if config["API_KEY_CACHE_SECONDS"] < 0:
         raise ConfigError("API_KEY_CACHE_SECONDS must not be negative")
     if config["TRUSTED_PROXIES"] < 0:

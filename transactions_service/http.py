@@ -53,7 +53,11 @@ def json_body() -> Any:
 
 class AnySegmentConverter(BaseConverter):
     """Path ids (``<uuid:...>`` in the routes): any segment reaches the view, which decides what one
-    that is not a UUID means (:func:`path_uuid`); Werkzeug's own converter would always make it a 404."""
+    that is not a UUID means (:func:`path_uuid`); Werkzeug's own converter would always make it a 404.
+    But for the words that name a collection's own routes (``/api/transactions/export``), which
+    would otherwise also match the id's route and be offered its methods."""
+
+    regex = r"(?!export$)[^/]+"
 
 
 def path_uuid(name: str, value: str, *, missing: bool = False) -> uuid.UUID:

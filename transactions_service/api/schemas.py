@@ -8,15 +8,19 @@ shapes twenty of them per request and this was most of its CPU
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from datetime import datetime, timezone
+import zoneinfo
+from datetime import date, datetime, timezone
 from decimal import Decimal
 from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 
+from ..config import METADATA_KEY_PATTERN
 from ..ids import rfc3339, utcnow
 from ..ledger.models import (
     EVENT_TYPES,
@@ -56,7 +60,6 @@ _VISIBLE = re.compile(f"[^{INVISIBLE_CHARACTERS}]")
 
 # The caller's metadata on a transaction: as Stripe's, a flat object of strings.
 MAX_METADATA_KEYS, MAX_METADATA_VALUE_LENGTH = 20, 500
-METADATA_KEY_PATTERN = r"^[A-Za-z0-9_.-]{1,40}$"
 # A value may be empty, and holds what a description may, but for the visible character it needs.
 METADATA_VALUE_PATTERN = rf"^[^{CONTROL_CHARACTERS}{BIDI_CONTROLS}]*(?![\s\S])"
 _METADATA_KEY = re.compile(METADATA_KEY_PATTERN[1:-1])
@@ -337,9 +340,9 @@ class UserQuerySchema(StrictSchema):
     user_id = fields.UUID(load_default=None)
 
 
-class HistoryQuerySchema(UserQuerySchema):
-    limit = QueryInteger(load_default=20, validate=validate.Range(1, 100))
-    cursor = fields.String(load_default=None)
+class HistoryFiltersSchema(UserQuerySchema):
+    """Which of a user's transactions a history page or an export holds."""
+
     kind = fields.Enum(TransactionType, by_value=True, load_default=None, data_key="type")
     status = fields.Enum(TransactionStatus, by_value=True, load_default=None)
     # metadata[KEY]=VALUE, up to three, gathered into one field by ``metadata_pairs``.
@@ -370,6 +373,127 @@ class HistoryQuerySchema(UserQuerySchema):
         if errors:
             raise ValidationError(errors)
         return {**rest, "metadata": pairs} if pairs else rest
+
+
+class HistoryQuerySchema(HistoryFiltersSchema):
+    limit = QueryInteger(load_default=20, validate=validate.Range(1, 100))
+    cursor = fields.String(load_default=None)
+
+
+class ExportQuerySchema(HistoryFiltersSchema):
+    form = fields.String(load_default="csv", validate=validate.OneOf(["csv", "jsonl"]), data_key="format")
+
+
+class BalanceQuerySchema(UserQuerySchema):
+    at = Instant(load_default=None)
+
+
+# Years a month or a day may name: the calendar's edges have no instant to read at.
+_YEARS = (1970, 9998)
+
+
+class TimeZone(fields.String):
+    """An IANA time zone name (``Europe/Berlin``), as a ZoneInfo; ``UTC`` when absent."""
+
+    default_error_messages = {"unknown": "Not an IANA time zone name, such as Europe/Berlin or UTC."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> ZoneInfo:
+        name = super()._deserialize(value, attr, data, **kwargs)
+        if name not in _zone_names():
+            raise self.make_error("unknown")
+        return ZoneInfo(name)
+
+
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones()) | {"UTC"}
+
+
+class Day(fields.Date):
+    """A calendar day, ``YYYY-MM-DD``, in the years a summary can read."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> date:
+        day = super()._deserialize(value, attr, data, **kwargs)
+        if not _YEARS[0] <= day.year <= _YEARS[1]:
+            raise ValidationError(f"Must be a day from {_YEARS[0]} to {_YEARS[1]}.")
+        return day
+
+
+_MONTH = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
+
+
+class Month(fields.String):
+    """A month, ``YYYY-MM``, as the date of its first day."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> date:
+        match = _MONTH.fullmatch(super()._deserialize(value, attr, data, **kwargs))
+        if match is None or not _YEARS[0] <= int(match[1]) <= _YEARS[1]:
+            raise ValidationError(f"Must be a month, YYYY-MM, from {_YEARS[0]} to {_YEARS[1]}.")
+        return date(int(match[1]), int(match[2]), 1)
+
+
+class StatementQuerySchema(UserQuerySchema):
+    month = Month(required=True)
+    zone = TimeZone(load_default=ZoneInfo("UTC"), data_key="tz")
+
+
+class UsageQuerySchema(UserQuerySchema):
+    granularity = fields.String(load_default="day", validate=validate.OneOf(["day", "week", "month"]))
+    first = Day(load_default=None, data_key="from")
+    last = Day(load_default=None, data_key="to")
+    group_by = fields.String(load_default=None, validate=validate.Regexp(
+        rf"^metadata\.{METADATA_KEY_PATTERN[1:-1]}$", error="Must be metadata.KEY, for a key of USAGE_GROUP_KEYS."))
+    zone = TimeZone(load_default=ZoneInfo("UTC"), data_key="tz")
+
+
+class BalanceAtSchema(Schema):
+    user_id = fields.UUID()
+    at = Timestamp()
+    balance = fields.Integer()
+    held = fields.Integer()
+    available = fields.Integer()
+
+
+class StatementSchema(Schema):
+    user_id = fields.UUID()
+    month = fields.String()
+    tz = fields.String()
+    starts_at = Timestamp()
+    ends_at = Timestamp()
+    final = fields.Boolean()
+    opening_balance = fields.Integer(attribute="opening.balance")
+    purchases = fields.Integer(attribute="lines.purchases")
+    grants = fields.Integer(attribute="lines.grants")
+    usage = fields.Integer(attribute="lines.usage")
+    refunds = fields.Integer(attribute="lines.refunds")
+    reversals = fields.Integer(attribute="lines.reversals")
+    adjustments = fields.Integer(attribute="lines.adjustments")
+    expirations = fields.Integer(attribute="lines.expirations")
+    carried_in = fields.Integer(attribute="lines.carried_in")
+    closing_balance = fields.Integer(attribute="closing.balance")
+    closing_held = fields.Integer(attribute="closing.held")
+    amount_paid = fields.Function(lambda statement: f"{Decimal(statement.lines.amount_paid):.2f}")
+    amount_refunded = fields.Function(lambda statement: f"{Decimal(statement.lines.amount_refunded):.2f}")
+
+
+class BucketSchema(Schema):
+    start = fields.Date()
+    starts_at = Timestamp()
+    ends_at = Timestamp()
+    credits = fields.Integer()
+    split = fields.List(fields.Integer())
+
+
+class UsageSummarySchema(Schema):
+    user_id = fields.UUID()
+    granularity = fields.String()
+    first = fields.Date(data_key="from")
+    last = fields.Date(data_key="to")
+    tz = fields.String()
+    group_by = fields.String(allow_none=True)
+    series = fields.List(fields.Dict())
+    total = fields.Integer()
+    buckets = fields.List(fields.Nested(BucketSchema))
 
 
 

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, url_for
+from flask import Blueprint, Response, jsonify, stream_with_context, url_for
 
 from ..auth import authenticated, current_caller
 from ..http import idempotency_key, load_body, load_query, path_uuid
-from ..ledger import policy, rules
+from ..ids import utcnow
+from ..ledger import policy, reports, rules
 from .schemas import (
+    BalanceAtSchema,
+    BalanceQuerySchema,
     BalanceSchema,
+    ExportQuerySchema,
     HistoryQuerySchema,
     LotQuerySchema,
     NewTransactionSchema,
     SettleSchema,
-    UserQuerySchema,
+    StatementQuerySchema,
+    StatementSchema,
+    UsageQuerySchema,
+    UsageSummarySchema,
     history_page_json,
     lots_page_json,
     transaction_json,
@@ -24,8 +31,14 @@ bp = Blueprint("transactions", __name__, url_prefix="/api")
 _new_transaction = NewTransactionSchema()
 _settle = SettleSchema()
 _history_query = HistoryQuerySchema()
-_user_query = UserQuerySchema()
+_balance_query = BalanceQuerySchema()
 _balance = BalanceSchema()
+_balance_at = BalanceAtSchema()
+_statement_query = StatementQuerySchema()
+_statement = StatementSchema()
+_usage_query = UsageQuerySchema()
+_usage = UsageSummarySchema()
+_export_query = ExportQuerySchema()
 _lot_query = LotQuerySchema()
 
 
@@ -71,8 +84,41 @@ def settle_transaction(transaction_id: str) -> Response:
 @bp.get("/balance")
 @authenticated
 def get_balance() -> Response:
-    user_id = policy.readable_user(current_caller(), load_query(_user_query)["user_id"])
-    return jsonify(_balance.dump(rules.get_balance(user_id)))
+    query = load_query(_balance_query)
+    user_id = policy.readable_user(current_caller(), query["user_id"])
+    if query["at"] is None:
+        return jsonify(_balance.dump(rules.get_balance(user_id)))
+    return jsonify(_balance_at.dump(reports.balance_at(user_id, query["at"])))
+
+
+@bp.get("/statements")
+@authenticated
+def get_statement() -> Response:
+    query = load_query(_statement_query)
+    user_id = policy.readable_user(current_caller(), query["user_id"])
+    return jsonify(_statement.dump(reports.statement(user_id, query["month"], query["zone"])))
+
+
+@bp.get("/usage/summary")
+@authenticated
+def get_usage_summary() -> Response:
+    query = load_query(_usage_query)
+    user_id = policy.readable_user(current_caller(), query.pop("user_id"))
+    return jsonify(_usage.dump(reports.usage_summary(user_id, **query)))
+
+
+_EXPORT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/jsonl; charset=utf-8"}
+
+
+@bp.get("/transactions/export")
+@authenticated
+def export_transactions() -> Response:
+    query = load_query(_export_query)
+    user_id, form = policy.readable_user(current_caller(), query.pop("user_id")), query.pop("form")
+    lines = reports.export(user_id, form, **query)
+    name = f"transactions-{user_id}-{utcnow():%Y-%m-%d}.{form}"
+    return Response(stream_with_context(lines), content_type=_EXPORT_TYPES[form],
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 @bp.get("/lots")

@@ -218,6 +218,8 @@ class LotPosting(db.Model):
         CheckConstraint("credits <> 0 OR held <> 0", name="changes_something"),
         Index("ix_lot_postings_transaction", "transaction_id"),
         Index("ix_lot_postings_lot", "lot_id"),
+        # A user's postings in the order they were stamped: the books at an instant are one seek.
+        Index("ix_lot_postings_user_time", "user_id", "created_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
@@ -260,6 +262,9 @@ class UserBalance(db.Model):
     # below it: the user's own when ``low_balance_own`` (null: no alert), else LOW_BALANCE_THRESHOLD.
     low_balance_own: Mapped[bool] = mapped_column(Boolean, server_default="false")
     low_balance_threshold: Mapped[int | None] = mapped_column(BigInteger)
+    # When the user's latest posting was stamped: a write stamps its own no earlier (migration 0011), so
+    # that a user's postings are in time order and the books at an instant are those before a point.
+    posted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Xid8(UserDefinedType):
@@ -327,6 +332,25 @@ class TransactionMetadata(db.Model):
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     value: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class UsageRollup(db.Model):
+    """Credits spent per user and quarter hour: completed usage less what reversals gave back.
+
+    ``key`` and ``value`` are ``''`` for the total, else a metadata pair of a
+    key the service groups by (``USAGE_GROUP_KEYS``). Kept by the writes that
+    spend or give back, in their own statement (migration 0011); a usage
+    summary sums a range of it. Quarter hours: every time zone's midnight is
+    the start of one.
+    """
+
+    __tablename__ = "usage_rollup"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    quarter: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, primary_key=True)
+    credits: Mapped[int] = mapped_column(BigInteger)
 
 
 class EventRelay(db.Model):

@@ -135,6 +135,11 @@ def _lot_terms(request: dict[str, Any], now: datetime) -> dict[str, Any]:
     }
 
 
+def usage_group_keys() -> list[str]:
+    """The metadata keys the usage rollup keeps per value, for summaries split by them (USAGE_GROUP_KEYS)."""
+    return current_app.config["USAGE_GROUP_KEYS"]
+
+
 def _low_balance_default() -> int | None:
     """The threshold below which a user's available credits fire balance.low, unless they have their own."""
     return current_app.config["LOW_BALANCE_THRESHOLD"]
@@ -161,6 +166,7 @@ def _new_transaction(request: dict[str, Any], now: datetime) -> tuple[Transactio
     row = {
         **new._asdict(), "amount": request["amount"], "created_at": now, "hold_expires_at": hold_expires_at,
         "needed": -request["credits"], "low_balance_default": _low_balance_default(), **_lot_terms(request, now),
+        "group_keys": usage_group_keys(),
     }
     # Kept as the caller wrote it, members in its order; shown the same way (api/schemas.py).
     row["metadata_json"] = json.dumps(row.pop("metadata"), separators=(",", ":"))
@@ -281,7 +287,7 @@ def _applied(
 _ATTEMPTS = 4
 
 
-def record_transaction(caller: Caller, request: dict[str, Any], key: str | None) -> Recorded:
+def record_transaction(caller: Caller, request: dict[str, Any], key: str | None, *, now: datetime | None = None) -> Recorded:
     """Record a transaction with its balance effect, at most once per idempotency key.
 
     One statement does it all (``store.record``). When it records nothing, the
@@ -296,7 +302,7 @@ def record_transaction(caller: Caller, request: dict[str, Any], key: str | None)
     policy.require_write(caller, kind)
     if kind in _GIVES_BACK:
         _check_given_back(request)
-    now = utcnow()
+    now = now or utcnow()  # another instant only for demo data and tests (flask demo seed)
     new, row = _new_transaction(request, now)
     claim = idempotency.claim(caller.name, key, request)
     shown = idempotency.snapshot(new)
@@ -358,7 +364,9 @@ def _release_lapsed_holds(now: datetime, **which: Any) -> int:
     return released
 
 
-def settle_transaction(caller: Caller, transaction_id: uuid.UUID, status: TransactionStatus) -> Transaction:
+def settle_transaction(
+    caller: Caller, transaction_id: uuid.UUID, status: TransactionStatus, *, now: datetime | None = None
+) -> Transaction:
     """Move a pending transaction to completed or failed, once.
 
     Only types the caller may write move (decided before the statement runs).
@@ -366,8 +374,8 @@ def settle_transaction(caller: Caller, transaction_id: uuid.UUID, status: Transa
     webhook retries are harmless; any other move is refused. A hold that has
     lapsed is released (failed) instead, and completing it is refused.
     """
-    now = utcnow()
-    settled = store.settle(transaction_id, status.value, now, policy.writable_types(caller))
+    now = now or utcnow()  # as in record_transaction
+    settled = store.settle(transaction_id, status.value, now, policy.writable_types(caller), usage_group_keys())
     if settled is not None:
         moved = settled.transaction
         if moved.type == TransactionType.USAGE:
@@ -446,27 +454,27 @@ def decode_cursor(cursor: str) -> Position:
     return Position(_EPOCH + timedelta(microseconds=int(match[1])), uuid.UUID(hex=match[2]))
 
 
-def list_history(
-    user_id: uuid.UUID,
-    *,
-    limit: int,
-    cursor: str | None = None,
+def history_filter(
     kind: TransactionType | None = None,
     status: TransactionStatus | None = None,
     reference: str | None = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     metadata: dict[str, str] | None = None,
-) -> HistoryPage:
+) -> store.HistoryFilter:
+    """Which of a user's transactions a page or an export holds: a type, a status, the caller's reference,
+    the half-open interval [``created_after``, ``created_before``), and metadata pairs that must all match."""
+    return store.HistoryFilter(kind and kind.value, status and status.value, reference, created_after, created_before,
+                               metadata or None)
+
+
+def list_history(user_id: uuid.UUID, *, limit: int, cursor: str | None = None, **filters: Any) -> HistoryPage:
     """One page of a user's history, newest first, by keyset on (created_at, id), from the replica if any.
 
-    The filters narrow it: a type, a status, the caller's reference, the half-open interval
-    [``created_after``, ``created_before``), and metadata pairs that must all match. A cursor
-    continues the page it came from, filters and all.
+    The filters (:func:`history_filter`) narrow it. A cursor continues the page it came from, filters and all.
     """
     after = None if cursor is None else decode_cursor(cursor)
-    only = store.HistoryFilter(kind and kind.value, status and status.value, reference, created_after, created_before,
-                               metadata or None)
+    only = history_filter(**filters)
     rows = read_history(lambda engine: store.history_page(engine, user_id, limit + 1, only=only, after=after))
     has_more = len(rows) > limit
     rows = rows[:limit]

@@ -187,20 +187,20 @@ _ALIASED_COLUMNS = ", ".join(
 
 
 @functools.cache
-def _history_page(filtered: tuple[str, ...], after: bool) -> str:
-    conditions = ["user_id = %(user_id)s", *(_HISTORY_CONDITIONS[name].format(t="", c="") for name in filtered)]
+def _history_page(filtered: tuple[str, ...], after: bool, columns: str = _ALIASED_COLUMNS) -> str:
+    conditions = ["t.user_id = %(user_id)s", *(_HISTORY_CONDITIONS[name].format(t="t.", c="t.") for name in filtered)]
     if after:
-        conditions.append("(created_at, id) < (%(after_created_at)s, %(after_id)s)")
+        conditions.append("(t.created_at, t.id) < (%(after_created_at)s, %(after_id)s)")
     return (
-        f"SELECT {TRANSACTION_COLUMNS} FROM user_transactions WHERE {' AND '.join(conditions)}"
+        f"SELECT {columns} FROM user_transactions AS t WHERE {' AND '.join(conditions)}"
         # The table's columns, named so: a bare "id" would be the text the select list makes of it,
         # which the index does not hold, and the page would be sorted again after the scan.
-        " ORDER BY user_transactions.created_at DESC, user_transactions.id DESC LIMIT %(limit)s"
+        " ORDER BY t.created_at DESC, t.id DESC LIMIT %(limit)s"
     )
 
 
 @functools.cache
-def _metadata_history_page(filtered: tuple[str, ...], pairs: int, after: bool) -> str:
+def _metadata_history_page(filtered: tuple[str, ...], pairs: int, after: bool, columns: str = _ALIASED_COLUMNS) -> str:
     """A page of the transactions carrying every pair: a range of the first pair's index (its rows are
     in the page's order), each further pair looked up by the transaction's primary key."""
     conditions = [
@@ -212,10 +212,26 @@ def _metadata_history_page(filtered: tuple[str, ...], pairs: int, after: bool) -
     if after:
         conditions.append("(m.created_at, m.transaction_id) < (%(after_created_at)s, %(after_id)s)")
     return (
-        f"SELECT {_ALIASED_COLUMNS} FROM transaction_metadata AS m JOIN user_transactions AS t"
+        f"SELECT {columns} FROM transaction_metadata AS m JOIN user_transactions AS t"
         f" ON t.id = m.transaction_id WHERE {' AND '.join(conditions)}"
         " ORDER BY m.created_at DESC, m.transaction_id DESC LIMIT %(limit)s"
     )
+
+
+def _filtered(
+    user_id: uuid.UUID, limit: int, only: HistoryFilter, after: Position | None, columns: str
+) -> tuple[str, dict[str, Any]]:
+    """The statement of a page of a user's history (``columns`` of each row) and its parameters."""
+    params: dict[str, Any] = {"user_id": str(user_id), "limit": limit, **only._asdict()}
+    pairs = list((params.pop("metadata") or {}).items())
+    if after is not None:
+        params.update(after_created_at=after.created_at, after_id=str(after.id))
+    filtered = tuple(name for name in _HISTORY_CONDITIONS if params[name] is not None)
+    if not pairs:
+        return _history_page(filtered, after is not None, columns), params
+    for i, (key, value) in enumerate(pairs):
+        params.update({f"key_{i}": key, f"value_{i}": value})
+    return _metadata_history_page(filtered, len(pairs), after is not None, columns), params
 
 
 def history_page(
@@ -227,18 +243,66 @@ def history_page(
     after: Position | None,
 ) -> list[Transaction]:
     """Up to ``limit`` of a user's transactions, newest first, after a keyset position, on ``engine``."""
-    params: dict[str, Any] = {"user_id": str(user_id), "limit": limit, **only._asdict()}
-    pairs = list((params.pop("metadata") or {}).items())
-    if after is not None:
-        params.update(after_created_at=after.created_at, after_id=str(after.id))
-    filtered = tuple(name for name in _HISTORY_CONDITIONS if params[name] is not None)
-    if pairs:
-        for i, (key, value) in enumerate(pairs):
-            params.update({f"key_{i}": key, f"value_{i}": value})
-        statement = _metadata_history_page(filtered, len(pairs), after is not None)
-    else:
-        statement = _history_page(filtered, after is not None)
+    statement, params = _filtered(user_id, limit, only, after, _ALIASED_COLUMNS)
     return _transactions(run_statement(statement, params, engine, repeatable=True))
+
+
+# --- exports: a user's history as the lines of a file, a chunk at a time ------------------------
+
+
+def _csv_text(value: str) -> str:
+    """A text cell, quoted, with a leading ' where a spreadsheet would take it for a formula (OWASP)."""
+    return (
+        f"CASE WHEN {value} IS NULL THEN '' ELSE '\"' || CASE WHEN left({value}, 1)"
+        f" IN ('=', '+', '-', '@', chr(9), chr(13)) THEN '''' ELSE '' END"
+        f" || replace({value}, '\"', '\"\"') || '\"' END"
+    )
+
+
+# The export's columns: the CSV header, and each line's cells in this order.
+EXPORT_COLUMNS = (
+    "id", "created_at", "updated_at", "type", "status", "credits", "amount", "description", "reference",
+    "metadata", "hold_expires_at", "refunds", "reverses", "user_id",
+)
+_TEXT_CELLS = {"description", "reference", "metadata"}
+
+
+def _cell(name: str) -> str:
+    value = f"({_TRANSACTION_SQL[name][0].format(t='t.')})::text"
+    return _csv_text(value) if name in _TEXT_CELLS else f"coalesce({value}, '')"
+
+
+# A line of each format: CSV cells (numbers bare, so that a spreadsheet reads them as numbers), or the
+# transaction as the API shows it.
+_EXPORT_LINES = {"csv": " || ',' || ".join(_cell(name) for name in EXPORT_COLUMNS), "jsonl": _transaction_json("t")}
+
+
+class ExportChunk(NamedTuple):
+    """Lines of an export, each ending in a line feed; how many; and the position of the last."""
+
+    text: str
+    rows: int
+    last: Position | None
+
+
+def export_chunk(
+    engine: Engine | None, user_id: uuid.UUID, limit: int, *, only: HistoryFilter, after: Position | None, form: str
+) -> ExportChunk:
+    """Up to ``limit`` rows of the history after ``after``, as one text PostgreSQL wrote: a file's lines."""
+    columns = f"({_EXPORT_LINES[form]})::text AS line, t.created_at AS at, t.id AS tid"
+    page, params = _filtered(user_id, limit, only, after, columns)
+    statement = (
+        "SELECT coalesce(string_agg(line || chr(10), '' ORDER BY at DESC, tid DESC), ''), count(*),"
+        f" (array_agg(at ORDER BY at, tid))[1], (array_agg(tid ORDER BY at, tid))[1] FROM ({page}) AS chunk"
+    )
+    text, rows, at, tid = run_statement(statement, params, engine, repeatable=True)[0]
+    return ExportChunk(text, rows, None if at is None else Position(at, tid))
+
+
+def count_history(engine: Engine | None, user_id: uuid.UUID, limit: int, *, only: HistoryFilter) -> int:
+    """How many rows the history holds, counting no further than ``limit``."""
+    page, params = _filtered(user_id, limit, only, None, "1 AS one")
+    return run_statement(f"SELECT count(*) FROM ({page}) AS counted", params, engine, repeatable=True)[0][0]
 
 
 _READ = f"SELECT {TRANSACTION_COLUMNS} FROM user_transactions WHERE id = %(id)s"
@@ -307,6 +371,98 @@ _BALANCE = (
 
 def balance(user_id: uuid.UUID, now: datetime) -> Balance | None:
     return _first(Balance, _BALANCE, {"user_id": str(user_id), "now": now}, repeatable=True)
+
+
+# --- reads over time: the books at an instant, a period's lines, usage spent (ledger/reports.py) --
+
+
+class Books(NamedTuple):
+    """A user's totals as recorded before an instant: completed credits, and credits held."""
+
+    balance: int
+    held: int
+
+
+# The last of the user's postings stamped before the instant (their stamps are in write order), whose
+# totals after it are the books then: one seek on ix_lot_postings_user_time.
+_BOOKS = (
+    "SELECT balance_after, held_after FROM lot_postings WHERE user_id = %(user_id)s AND created_at < %(at)s"
+    " ORDER BY created_at DESC, id DESC LIMIT 1"
+)
+
+
+def books(user_id: uuid.UUID, at: datetime) -> Books:
+    """The user's balance and held credits as recorded before ``at`` (0 and 0 before their first posting)."""
+    return _first(Books, _BOOKS, {"user_id": str(user_id), "at": at}, repeatable=True) or Books(0, 0)
+
+
+class MonthLines(NamedTuple):
+    """What a period's postings did to a balance, per kind of entry (credits, signed), and the dollars."""
+
+    purchases: int
+    grants: int
+    usage: int
+    refunds: int
+    reversals: int
+    adjustments: int
+    expirations: int
+    carried_in: int
+    amount_paid: str
+    amount_refunded: str
+
+
+# The postings stamped in [starts_at, ends_at), summed by their transaction's type; an opening lot's
+# posting (no transaction: a balance from before lots, migration 0005) is carried in. The dollars are
+# each purchase's and refund's own, once (each has one posting).
+_LINES = (
+    "WITH posted AS MATERIALIZED (SELECT p.credits, t.type::text AS kind, t.amount, t.id FROM lot_postings AS p"
+    " LEFT JOIN user_transactions AS t ON t.id = p.transaction_id WHERE p.user_id = %(user_id)s"
+    " AND p.created_at >= %(starts_at)s AND p.created_at < %(ends_at)s)"
+    " SELECT " + ", ".join(
+        f"coalesce(sum(credits) FILTER (WHERE kind {condition}), 0)" for condition in (
+            "= 'purchase'", "= 'grant'", "= 'usage'", "= 'refund'", "= 'reversal'", "= 'adjustment'",
+            "= 'expiration'", "IS NULL",
+        )
+    ) + ", (SELECT coalesce(sum(amount), 0)::text FROM (SELECT DISTINCT id, amount FROM posted"
+    " WHERE kind = 'purchase') AS paid),"
+    " (SELECT coalesce(sum(amount), 0)::text FROM (SELECT DISTINCT id, amount FROM posted WHERE kind = 'refund')"
+    " AS refunded) FROM posted"
+)
+
+
+def month_lines(user_id: uuid.UUID, starts_at: datetime, ends_at: datetime) -> MonthLines:
+    params = {"user_id": str(user_id), "starts_at": starts_at, "ends_at": ends_at}
+    return _first(MonthLines, _LINES, params, repeatable=True)
+
+
+# Credits spent per bucket, from the rollup: the buckets are [starts[i], ends[i]), each a whole number of
+# quarters; the total (key '') or, with a key, per value of it.
+_SPENT = (
+    "SELECT b.n, {value}, coalesce(sum(r.credits), 0)::bigint"
+    " FROM unnest(%(starts)s::text[]::timestamptz[], %(ends)s::text[]::timestamptz[]) WITH ORDINALITY AS b (s, e, n)"
+    " {join} usage_rollup AS r ON r.user_id = %(user_id)s AND r.key = %(key)s AND r.quarter >= b.s AND r.quarter < b.e"
+    " GROUP BY 1, 2 ORDER BY 1"
+)
+_SPENT_TOTAL = _SPENT.format(value="''", join="LEFT JOIN")
+_SPENT_BY_VALUE = _SPENT.format(value="r.value", join="JOIN")
+# The values of a key with the most credits spent over [starts_at, ends_at), most first.
+_TOP_VALUES = (
+    "SELECT value FROM usage_rollup WHERE user_id = %(user_id)s AND key = %(key)s"
+    " AND quarter >= %(starts_at)s AND quarter < %(ends_at)s GROUP BY value"
+    " ORDER BY sum(credits) DESC, value LIMIT %(limit)s"
+)
+
+
+def spent(user_id: uuid.UUID, starts: list[datetime], ends: list[datetime], key: str = "") -> list[tuple[int, str, int]]:
+    """(bucket number from 1, value, credits spent) per bucket: the total, or per value of ``key``."""
+    params = {"user_id": str(user_id), "key": key,
+              "starts": [moment.isoformat() for moment in starts], "ends": [moment.isoformat() for moment in ends]}
+    return [tuple(row) for row in run_statement(_SPENT_BY_VALUE if key else _SPENT_TOTAL, params, repeatable=True)]
+
+
+def top_values(user_id: uuid.UUID, key: str, starts_at: datetime, ends_at: datetime, limit: int) -> list[str]:
+    params = {"user_id": str(user_id), "key": key, "starts_at": starts_at, "ends_at": ends_at, "limit": limit}
+    return [value for (value,) in run_statement(_TOP_VALUES, params, repeatable=True)]
 
 
 class Lot(NamedTuple):
@@ -562,6 +718,9 @@ SPEND_ORDER = "priority, expires_at NULLS LAST, (category = 'paid'), created_at,
 LAST_SPENT_FIRST = "priority DESC, expires_at DESC NULLS FIRST, (category = 'paid') DESC, created_at DESC, id DESC"
 # Every write of a user's locks their balance row first (see _debit).
 _BALANCE_ROW = "balance_row AS MATERIALIZED (SELECT balance, held FROM user_balances WHERE user_id = %(user_id)s FOR UPDATE)"
+# Each write stamps its postings no earlier than the user's latest (migration 0011), on the balance row it
+# locks: so a user's postings are in time order, and the books at an instant are those before a point.
+_STAMP = "posted_at = greatest(posted_at, {})"
 # Each write numbers its events after the user's latest, on the balance row it locks (ADR 0006).
 _NEXT_EVENT = "event_sequence = event_sequence + 1"
 _EVENT_INSERT = "INSERT INTO ledger_events (type, user_id, sequence, data, created_at)"
@@ -583,7 +742,7 @@ _DEBIT_EVENTS = (
 )
 _DEBITED = (
     f"balance, held, event_sequence, {_falls_below('balance - held + %(needed)s', 'balance - held')} AS fell,"
-    f" {_THRESHOLD} AS threshold"
+    f" {_THRESHOLD} AS threshold, posted_at"
 )
 # A balance.low event's data: the balance row ``b`` after the write, with the threshold it fell below.
 _LOW_BALANCE_JSON = (
@@ -619,13 +778,16 @@ def _debit(move: str, balance_change: str, posting: str) -> tuple[list[str], lis
         f" WINDOW spend_order AS (ORDER BY {SPEND_ORDER}))",
         f"took AS (UPDATE credit_lots AS l SET {move} FROM plan"
         " WHERE l.id = plan.id AND plan.take > 0 RETURNING l.id, plan.take, plan.through)",
-        f"applied AS (UPDATE user_balances SET {balance_change}, {_DEBIT_EVENTS}, updated_at = now()"
-        f" WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM plan) RETURNING {_DEBITED})",
+        f"applied AS (UPDATE user_balances SET {balance_change}, {_DEBIT_EVENTS}, updated_at = now(),"
+        f" {_STAMP.format('%(created_at)s')} WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM plan)"
+        f" RETURNING {_DEBITED})",
     ]
     after = [
         "posted AS (INSERT INTO lot_postings"
         " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
-        f" SELECT new.id, took.id, %(user_id)s::uuid, {posting}, %(created_at)s FROM new, took, balance_row)",
+        f" SELECT new.id, took.id, %(user_id)s::uuid, {posting}, applied.posted_at FROM new, took, balance_row, applied"
+        # In the order of the running totals, so that the statement's last posting carries its final ones.
+        " ORDER BY took.through)",
         _FELL,
     ]
     return before, after
@@ -638,11 +800,12 @@ def _credit(source: str, lot: str) -> tuple[list[str], list[str]]:
     columns, as a SELECT over ``new`` (the transaction row the lot belongs to).
     """
     before = [
-        "applied AS (INSERT INTO user_balances AS b (user_id, balance, held, event_sequence)"
-        f" SELECT owner, credits, 0, 1 FROM ({source}) AS credited(owner, credits)"
+        "applied AS (INSERT INTO user_balances AS b (user_id, balance, held, event_sequence, posted_at)"
+        f" SELECT owner, credits, 0, 1, %(created_at)s::timestamptz FROM ({source}) AS credited(owner, credits)"
         " ON CONFLICT (user_id) DO UPDATE SET balance = b.balance + excluded.balance,"
-        " event_sequence = b.event_sequence + 1, updated_at = now()"
-        " RETURNING b.user_id, b.balance, b.held, b.event_sequence, false AS fell)",
+        " event_sequence = b.event_sequence + 1, updated_at = now(),"
+        " posted_at = greatest(b.posted_at, excluded.posted_at)"
+        " RETURNING b.user_id, b.balance, b.held, b.event_sequence, false AS fell, b.posted_at)",
     ]
     after = [
         "lot AS (INSERT INTO credit_lots"
@@ -650,7 +813,7 @@ def _credit(source: str, lot: str) -> tuple[list[str], list[str]]:
         f" {lot} RETURNING id, user_id, credits, created_at)",
         "posted AS (INSERT INTO lot_postings"
         " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
-        " SELECT new.id, lot.id, lot.user_id, lot.credits, 0, applied.balance, applied.held, lot.created_at"
+        " SELECT new.id, lot.id, lot.user_id, lot.credits, 0, applied.balance, applied.held, applied.posted_at"
         " FROM new, lot, applied)",
     ]
     return before, after
@@ -681,14 +844,15 @@ def _refund() -> tuple[list[str], list[str]]:
         "took AS (UPDATE credit_lots AS l SET remaining = l.remaining - %(needed)s FROM plan WHERE l.id = plan.id)",
         "counted AS (UPDATE user_transactions SET refunded_amount = refunded_amount + %(amount)s"
         " WHERE id = %(refunds)s AND EXISTS (SELECT 1 FROM plan))",
-        f"applied AS (UPDATE user_balances SET balance = balance - %(needed)s, {_DEBIT_EVENTS}, updated_at = now()"
-        f" WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM plan) RETURNING {_DEBITED})",
+        f"applied AS (UPDATE user_balances SET balance = balance - %(needed)s, {_DEBIT_EVENTS}, updated_at = now(),"
+        f" {_STAMP.format('%(created_at)s')} WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM plan)"
+        f" RETURNING {_DEBITED})",
     ]
     after = [
         "posted AS (INSERT INTO lot_postings"
         " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
         " SELECT new.id, plan.id, %(user_id)s::uuid, -%(needed)s, 0, balance_row.balance - %(needed)s,"
-        " balance_row.held, %(created_at)s FROM new, plan, balance_row)",
+        " balance_row.held, applied.posted_at FROM new, plan, balance_row, applied)",
         _FELL,
     ]
     return before, after
@@ -728,9 +892,9 @@ def _reversal() -> tuple[list[str], list[str]]:
         " WHERE l.id = plan.id AND plan.give > 0 RETURNING l.id, plan.give)",
         "counted AS (UPDATE user_transactions SET reversed_credits = reversed_credits + %(credits)s"
         " WHERE id = %(reverses)s AND EXISTS (SELECT 1 FROM usage))",
-        f"applied AS (UPDATE user_balances SET balance = balance + %(credits)s, {_NEXT_EVENT}, updated_at = now()"
-        " WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM usage) RETURNING balance, held, event_sequence,"
-        " false AS fell)",
+        f"applied AS (UPDATE user_balances SET balance = balance + %(credits)s, {_NEXT_EVENT}, updated_at = now(),"
+        f" {_STAMP.format('%(created_at)s')} WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM usage)"
+        " RETURNING balance, held, event_sequence, false AS fell, posted_at)",
     ]
     after = [
         "fresh AS (INSERT INTO credit_lots (id, user_id, transaction_id, category, credits, remaining, created_at)"
@@ -739,9 +903,9 @@ def _reversal() -> tuple[list[str], list[str]]:
         "posted AS (INSERT INTO lot_postings"
         " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
         " SELECT new.id, back.id, %(user_id)s::uuid, back.give, 0, balance_row.balance + back.through,"
-        " balance_row.held, %(created_at)s FROM new, balance_row,"
+        " balance_row.held, applied.posted_at FROM new, balance_row, applied,"
         " (SELECT id, give, sum(give) OVER (ORDER BY id) AS through FROM"
-        " (SELECT id, give FROM returned UNION ALL SELECT id, give FROM fresh) AS lots) AS back)",
+        " (SELECT id, give FROM returned UNION ALL SELECT id, give FROM fresh) AS lots) AS back ORDER BY back.through)",
     ]
     return before, after
 
@@ -811,14 +975,49 @@ _LABELLED = (
 )
 
 
+# --- the usage rollup: credits spent per user and quarter hour (models.UsageRollup) ----------------
+
+QUARTER = "date_bin('15 minutes', {}, timestamptz '2000-01-01 00:00:00+00')"
+# The pairs a spend counts under: the total (''), and each of its own pairs whose key is grouped by.
+_TOTAL_AND = (
+    "SELECT '', '' UNION ALL SELECT key, value FROM ({}) AS pairs (key, value) WHERE key = ANY(%(group_keys)s::text[])"
+)
+
+
+def _rolled(owner: str, made_at: str, spent: str, pairs: str, rows: str) -> str:
+    """The CTE adding ``spent`` credits to the rollup, in the quarter of ``made_at``, for each of ``pairs``."""
+    return (
+        "rolled AS (INSERT INTO usage_rollup AS r (user_id, key, quarter, value, credits)"
+        f" SELECT {owner}, k.key, {QUARTER.format(made_at)}, k.value, {spent} FROM {rows},"
+        f" ({_TOTAL_AND.format(pairs)}) AS k (key, value)"
+        " ON CONFLICT (user_id, key, quarter, value) DO UPDATE SET credits = r.credits + excluded.credits)"
+    )
+
+
+# A completed usage counts its credits under its own pairs; a reversal takes back its credits under the
+# pairs of the usage it reverses. Both after the row (``new``), so after the balance row's lock.
+_ROLLED = {
+    "spend": _rolled("%(user_id)s::uuid", "%(created_at)s::timestamptz", "%(needed)s",
+                     "SELECT * FROM json_each_text(%(metadata_json)s::json)", "new"),
+    "reversal": _rolled("%(user_id)s::uuid", "%(created_at)s::timestamptz", "-%(credits)s",
+                        "SELECT key, value FROM transaction_metadata WHERE transaction_id = %(reverses)s", "new"),
+}
+
+
+def rolls_up(kind: str, effect: str | None) -> bool:
+    """Whether a new row of this type and effect changes the credits spent: a completed usage, a reversal."""
+    return (kind, effect) in (("usage", "spend"), ("reversal", "reversal"))
+
+
 @functools.cache
-def _record(effect: str | None, keyed: bool, labelled: bool) -> str:
+def _record(effect: str | None, keyed: bool, labelled: bool, rolled: bool) -> str:
     before, after = EFFECTS[effect] if effect is not None else (_EVENT_ONLY, [])
     parts = [
         *before,
         f"new AS (INSERT INTO user_transactions ({_LEDGER_COLUMNS}) SELECT {_NEW_ROW} FROM applied RETURNING id)",
         *after,
         *([_LABELLED] if labelled else []),
+        *([_ROLLED[effect]] if rolled else []),
         f"created AS ({_EVENT_INSERT} SELECT 'transaction.created', %(user_id)s::uuid,"
         " applied.event_sequence - applied.fell::integer, %(event)s::json, %(created_at)s FROM new, applied)",
     ]
@@ -849,7 +1048,7 @@ def record(row: dict[str, Any], effect: str | None, claim: Claim | None, shown: 
     params = {**row, "event": shown}
     if claim is not None:
         params.update(claim._asdict(), snapshot=shown)
-    statement = _record(effect, claim is not None, row["metadata_json"] != "{}")
+    statement = _record(effect, claim is not None, row["metadata_json"] != "{}", rolls_up(row["type"], effect))
     return _first(Recorded, statement, params, repeatable=claim is not None)
 
 
@@ -864,7 +1063,7 @@ _SETTLE_PARTS = [
     " updated_at = greatest(%(now)s, created_at)"
     " WHERE id = %(id)s AND status = 'pending' AND type::text = ANY(%(types)s::text[])"
     " AND (hold_expires_at IS NULL OR hold_expires_at > %(now)s)"
-    f" RETURNING {TRANSACTION_COLUMNS}, user_id AS owner, type AS kind, credits AS delta, amount AS paid,"
+    f" RETURNING {TRANSACTION_COLUMNS}, user_id AS owner, type AS kind, credits AS delta, amount AS paid, created_at AS made_at,"
     f" lot_category, lot_priority, lot_expires_at, {_transaction_json('user_transactions')} AS shown)",
     "balance_row AS MATERIALIZED (SELECT b.balance, b.held FROM user_balances AS b JOIN moved ON b.user_id = moved.owner"
     " WHERE moved.kind = 'usage' FOR UPDATE OF b)",
@@ -879,20 +1078,24 @@ _SETTLE_PARTS = [
     " FROM hold_plan WHERE l.id = hold_plan.lot_id)",
     "consume_or_release AS (UPDATE user_balances AS b SET held = b.held + m.delta,"
     " balance = b.balance + CASE WHEN %(status)s = 'completed' THEN m.delta ELSE 0 END,"
-    " event_sequence = b.event_sequence + 1, updated_at = now()"
+    " event_sequence = b.event_sequence + 1, updated_at = now(), posted_at = greatest(b.posted_at, %(now)s)"
     # After balance_row has locked the row: the order of a statement's CTEs is only what they read.
     " FROM moved AS m WHERE m.kind = 'usage' AND b.user_id = m.owner AND EXISTS (SELECT 1 FROM balance_row)"
-    " RETURNING b.event_sequence)",
+    " RETURNING b.event_sequence, b.posted_at)",
     "hold_posted AS (INSERT INTO lot_postings"
     " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
     " SELECT m.id::uuid, p.lot_id, m.owner, CASE WHEN %(status)s = 'completed' THEN -p.held ELSE 0 END, -p.held,"
-    " b.balance - CASE WHEN %(status)s = 'completed' THEN p.through ELSE 0 END, b.held - p.through, %(now)s"
-    " FROM moved AS m, hold_plan AS p, balance_row AS b)",
-    "credited AS (INSERT INTO user_balances AS b (user_id, balance, held, event_sequence)"
-    " SELECT owner, delta, 0, 1 FROM moved WHERE kind = 'purchase' AND %(status)s = 'completed'"
+    " b.balance - CASE WHEN %(status)s = 'completed' THEN p.through ELSE 0 END, b.held - p.through, c.posted_at"
+    " FROM moved AS m, hold_plan AS p, balance_row AS b, consume_or_release AS c ORDER BY p.through)",
+    # A usage completed counts as spent when it was made (after its balance row's lock, as in _record).
+    _rolled("m.owner", "m.made_at", "-m.delta",
+            "SELECT key, value FROM transaction_metadata WHERE transaction_id = %(id)s",
+            "moved AS m JOIN consume_or_release ON %(status)s = 'completed'"),
+    "credited AS (INSERT INTO user_balances AS b (user_id, balance, held, event_sequence, posted_at)"
+    " SELECT owner, delta, 0, 1, %(now)s FROM moved WHERE kind = 'purchase' AND %(status)s = 'completed'"
     " ON CONFLICT (user_id) DO UPDATE SET balance = b.balance + excluded.balance,"
-    " event_sequence = b.event_sequence + 1, updated_at = now()"
-    " RETURNING b.balance, b.held, b.event_sequence)",
+    " event_sequence = b.event_sequence + 1, updated_at = now(), posted_at = greatest(b.posted_at, excluded.posted_at)"
+    " RETURNING b.balance, b.held, b.event_sequence, b.posted_at)",
     # A failed purchase changes no balance, but numbers its event on the balance row all the same.
     "numbered AS (INSERT INTO user_balances AS b (user_id, balance, held, event_sequence)"
     " SELECT owner, 0, 0, 1 FROM moved WHERE kind = 'purchase' AND %(status)s = 'failed'"
@@ -904,8 +1107,8 @@ _SETTLE_PARTS = [
     " RETURNING id, user_id, credits, transaction_id)",
     "lot_posted AS (INSERT INTO lot_postings"
     " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
-    " SELECT lot.transaction_id, lot.id, lot.user_id, lot.credits, 0, credited.balance, credited.held, %(now)s"
-    " FROM lot, credited)",
+    " SELECT lot.transaction_id, lot.id, lot.user_id, lot.credits, 0, credited.balance, credited.held,"
+    " credited.posted_at FROM lot, credited)",
     f"updated AS ({_EVENT_INSERT} SELECT 'transaction.updated', m.owner, s.event_sequence, m.shown, %(now)s"
     " FROM moved AS m, (SELECT event_sequence FROM consume_or_release UNION ALL SELECT event_sequence FROM credited"
     " UNION ALL SELECT event_sequence FROM numbered) AS s)",
@@ -922,13 +1125,15 @@ class Settled(NamedTuple):
     lapsed_lots: bool
 
 
-def settle(transaction_id: uuid.UUID, status: str, now: datetime, types: list[str]) -> Settled | None:
+def settle(
+    transaction_id: uuid.UUID, status: str, now: datetime, types: list[str], group_keys: list[str]
+) -> Settled | None:
     """Move a pending transaction of one of ``types`` to ``status`` with its effect; None if none moved.
 
     Safe to run again (on a fresh connection, after one died): a second run moves nothing, and the
     caller then finds the status it asked for.
     """
-    params = {"id": str(transaction_id), "status": status, "now": now, "types": types}
+    params = {"id": str(transaction_id), "status": status, "now": now, "types": types, "group_keys": group_keys}
     rows = run_statement(_SETTLE, params, repeatable=True)
     return Settled(Transaction(*rows[0][:-1]), rows[0][-1]) if rows else None
 
@@ -960,9 +1165,10 @@ def _release_lapsed(scope: str, skip_locked: bool) -> str:
         "returned AS (UPDATE credit_lots AS l SET held = l.held - per_lot.held, remaining = l.remaining + per_lot.held"
         " FROM per_lot JOIN lots_locked ON lots_locked.id = per_lot.lot_id WHERE l.id = per_lot.lot_id)",
         "release AS (UPDATE user_balances AS b SET held = b.held + released.credits,"
-        " event_sequence = b.event_sequence + released.events, updated_at = now()"
+        " event_sequence = b.event_sequence + released.events, updated_at = now(),"
+        " posted_at = greatest(b.posted_at, %(now)s)"
         " FROM released JOIN locked USING (user_id) WHERE b.user_id = released.user_id"
-        " RETURNING b.user_id, b.event_sequence - released.events AS before)",
+        " RETURNING b.user_id, b.event_sequence - released.events AS before, b.posted_at)",
         # One transaction.updated per hold, numbered after the user's latest event in the holds' id order.
         f"updated AS ({_EVENT_INSERT} SELECT 'transaction.updated', e.user_id,"
         " r.before + row_number() OVER (PARTITION BY e.user_id ORDER BY e.id) AS sequence, e.shown, %(now)s"
@@ -970,8 +1176,9 @@ def _release_lapsed(scope: str, skip_locked: bool) -> str:
         "posted AS (INSERT INTO lot_postings"
         " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
         " SELECT h.transaction_id, h.lot_id, h.user_id, 0, -h.held, locked.balance,"
-        " locked.held - sum(h.held) OVER (PARTITION BY h.user_id ORDER BY h.transaction_id, h.lot_id), %(now)s"
-        " FROM held_lots AS h JOIN locked USING (user_id))",
+        " locked.held - sum(h.held) OVER (PARTITION BY h.user_id ORDER BY h.transaction_id, h.lot_id), r.posted_at"
+        " FROM held_lots AS h JOIN locked USING (user_id) JOIN release AS r USING (user_id)"
+        " ORDER BY h.user_id, h.transaction_id, h.lot_id)",
     ]
     return f"WITH {', '.join(parts)} SELECT count(*) FROM expired"
 
@@ -1029,16 +1236,17 @@ _EXPIRE_LOTS = (
     " created_at, updated_at) SELECT expiration_id, %(user_id)s::uuid, 'expiration', 0, -remaining,"
     " remaining || ' ' || category || ' credits expired', 'completed', %(now)s, %(now)s FROM planned"
     f" RETURNING t.id, {_transaction_json('t')} AS shown),"
-    " posted AS (INSERT INTO lot_postings"
-    " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
-    " SELECT planned.expiration_id, planned.id, %(user_id)s::uuid, -planned.remaining, 0,"
-    " balance_row.balance - planned.through, balance_row.held, %(now)s FROM planned, balance_row),"
     " shrunk AS (UPDATE user_balances SET balance = balance - (SELECT sum(remaining) FROM planned),"
     " event_sequence = event_sequence + 2 * (SELECT count(*) FROM planned)"
     f" + {_falls_below('balance - held', 'balance - held - (SELECT sum(remaining) FROM planned)')}::integer,"
-    " updated_at = now() WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM planned)"
-    f" RETURNING balance, held, event_sequence, {_THRESHOLD} AS threshold,"
+    f" updated_at = now(), {_STAMP.format('%(now)s')} WHERE user_id = %(user_id)s AND EXISTS (SELECT 1 FROM planned)"
+    f" RETURNING balance, held, event_sequence, posted_at, {_THRESHOLD} AS threshold,"
     f" {_falls_below('balance - held + (SELECT sum(remaining) FROM planned)', 'balance - held')} AS fell),"
+    " posted AS (INSERT INTO lot_postings"
+    " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
+    " SELECT planned.expiration_id, planned.id, %(user_id)s::uuid, -planned.remaining, 0,"
+    " balance_row.balance - planned.through, balance_row.held, shrunk.posted_at FROM planned, balance_row, shrunk"
+    " ORDER BY planned.through),"
     f" events AS ({_EVENT_INSERT} SELECT * FROM ("
     " SELECT 'transaction.created', %(user_id)s::uuid, b.event_sequence + 2 * p.n - 1 AS sequence, r.shown, %(now)s"
     " FROM planned AS p JOIN recorded AS r ON r.id = p.expiration_id, balance_row AS b"
@@ -1083,31 +1291,27 @@ _OPEN_BALANCES = (
     "   / nullif(sum(credits) FILTER (WHERE type = 'purchase' AND status = 'completed'), 0), 0) AS cost_basis"
     " FROM user_transactions WHERE user_id = ANY(%(users)s::uuid[]) GROUP BY user_id"
     " HAVING bool_or(type = 'purchase' AND status = 'completed')),"
-    " balances AS (INSERT INTO user_balances (user_id, balance, held, updated_at)"
-    " SELECT user_id, balance, held, changed FROM totals),"
+    " balances AS (INSERT INTO user_balances (user_id, balance, held, updated_at, posted_at)"
+    " SELECT user_id, balance, held, changed, changed FROM totals),"
     " lots AS (INSERT INTO credit_lots (id, user_id, category, credits, remaining, held, cost_basis, created_at)"
-    " SELECT lot_id, user_id, 'paid', balance, balance - held, held, cost_basis, changed FROM totals WHERE balance > 0),"
-    " opened AS (INSERT INTO lot_postings (lot_id, user_id, credits, held, balance_after, held_after, created_at)"
-    " SELECT lot_id, user_id, balance, 0, balance, 0, changed FROM totals WHERE balance > 0)"
+    " SELECT lot_id, user_id, 'paid', balance, balance - held, held, cost_basis, changed FROM totals WHERE balance > 0)"
+    # One insert, each user's opening posting first and then their holds, in the order of the totals.
     " INSERT INTO lot_postings (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
+    " SELECT transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at"
+    " FROM (SELECT NULL::uuid, lot_id, user_id, balance, 0, balance, 0::bigint, changed, 0 AS n"
+    " FROM totals WHERE balance > 0 UNION ALL"
     " SELECT t.id, totals.lot_id, t.user_id, 0, -t.credits, totals.balance,"
-    " sum(-t.credits) OVER (PARTITION BY t.user_id ORDER BY t.created_at, t.id), totals.changed"
+    " sum(-t.credits) OVER (PARTITION BY t.user_id ORDER BY t.created_at, t.id), totals.changed,"
+    " row_number() OVER (PARTITION BY t.user_id ORDER BY t.created_at, t.id)"
     " FROM user_transactions AS t JOIN totals USING (user_id)"
-    " WHERE t.status = 'pending' AND t.type = 'usage' AND totals.balance > 0"
+    " WHERE t.status = 'pending' AND t.type = 'usage' AND totals.balance > 0) AS postings (transaction_id, lot_id,"
+    " user_id, credits, held, balance_after, held_after, created_at, n) ORDER BY user_id, n"
 )
 
 
 def open_balances(cursor: Any, user_ids: list[str]) -> None:
     """Make the balance rows and opening lots of users whose ledger rows were loaded in bulk, on the loader's cursor."""
     cursor.execute(_OPEN_BALANCES, {"users": user_ids})
-
-
-# Demo data only (`flask demo seed`): spread a history over the past weeks, as a real one would be.
-_BACKDATE = "UPDATE user_transactions SET created_at = %(moment)s, updated_at = %(moment)s WHERE id = %(id)s"
-
-
-def backdate(transaction_id: uuid.UUID, moment: datetime) -> None:
-    run_statement(_BACKDATE, {"id": str(transaction_id), "moment": moment})
 
 
 # --- idempotency records ------------------------------------------------------------------------
