@@ -93,8 +93,10 @@ def prepare_ledger(engine, case) -> None:
     bodies, which is a 422 by design (tested on its own): forget earlier keys.
     """
     candidates = [(case.path_parameters or {}).get("user_id"), (case.query or {}).get("user_id")]
-    if isinstance(case.body, dict):
-        candidates.append(case.body.get("user_id"))
+    bodies = [case.body] if isinstance(case.body, dict) else []
+    if bodies and isinstance(bodies[0].get("items"), list):  # a batch: each item is a write's body
+        bodies = [body for body in bodies[0]["items"] if isinstance(body, dict)]
+    candidates.extend(body.get("user_id") for body in bodies)
     with engine.begin() as connection:
         connection.execute(text("DELETE FROM idempotency_keys"))
         for candidate in candidates:
@@ -103,9 +105,9 @@ def prepare_ledger(engine, case) -> None:
             except ValueError:
                 continue
             connection.execute(text("INSERT INTO users (id) VALUES (:id) ON CONFLICT DO NOTHING"), {"id": user_id})
-        if isinstance(case.body, dict):
-            given_back(connection, case.body)
-            in_the_future(case.body)
+        for body in bodies:
+            given_back(connection, body)
+            in_the_future(body)
     if isinstance(case.query, dict):
         answerable(case.query)
 

@@ -77,6 +77,14 @@ class ApiError(Exception):
 
 
 def problem_response(error: ApiError) -> Response:
+    response = Response(json.dumps(problem_body(error), separators=(",", ":")), status=error.status,
+                        mimetype=PROBLEM_MIMETYPE)
+    response.headers.update(error.headers)
+    return response
+
+
+def problem_body(error: ApiError) -> dict[str, Any]:
+    """The problem as RFC 9457 members: a response's body, or one item's answer in a batch."""
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + error.code.replace("_", "-"),
         "title": error.title,
@@ -90,9 +98,7 @@ def problem_response(error: ApiError) -> Response:
     if error.errors is not None:
         body["errors"] = error.errors
     body.update(error.extensions)
-    response = Response(json.dumps(body, separators=(",", ":")), status=error.status, mimetype=PROBLEM_MIMETYPE)
-    response.headers.update(error.headers)
-    return response
+    return body
 
 
 def validation_error(errors: dict[str, Any], detail: str = "The request is not valid.") -> ApiError:

@@ -6,7 +6,7 @@ import re
 import uuid
 from typing import Any
 
-from flask import Flask, Request, Response, request
+from flask import Flask, Request, Response, g, request
 from marshmallow import Schema
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import BaseConverter
@@ -24,6 +24,7 @@ MAX_AUTHORIZATION_BYTES = 8192
 MAX_HEADER_BYTES = 8192
 MAX_HEADERS = 50
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+MAX_BATCH_ITEMS = 100
 # Printable ASCII, no comma (two Idempotency-Key headers arrive joined by one), no space at either end.
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x2b\x2d-\x7e]([\x20-\x2b\x2d-\x7e]*[\x21-\x2b\x2d-\x7e])?$")
 EXPOSED_HEADERS = "Location, Idempotent-Replayed, Retry-After, WWW-Authenticate"
@@ -43,8 +44,11 @@ def json_body() -> Any:
             "(curl's -d sends a form unless told otherwise: add -H 'Content-Type: application/json').",
             title="Unsupported Media Type",
         )
+    if "json_body" in g:
+        return g.json_body  # read already: the rate limit counts a batch's items before the view runs
     try:
-        return strict_json.loads(request.get_data(cache=True))
+        g.json_body = strict_json.loads(request.get_data(cache=True))
+        return g.json_body
     except strict_json.NotStrictJson as exc:
         raise ApiError(
             400, "malformed_json", f"The request body is not valid JSON: {exc}.", title="Malformed JSON"
@@ -54,10 +58,10 @@ def json_body() -> Any:
 class AnySegmentConverter(BaseConverter):
     """Path ids (``<uuid:...>`` in the routes): any segment reaches the view, which decides what one
     that is not a UUID means (:func:`path_uuid`); Werkzeug's own converter would always make it a 404.
-    But for the words that name a collection's own routes (``/api/transactions/export``), which
+    But for the words that name a collection's own routes (``/api/transactions/export``, ``…/batch``), which
     would otherwise also match the id's route and be offered its methods."""
 
-    regex = r"(?!export$)[^/]+"
+    regex = r"(?!(?:export|batch)$)[^/]+"
 
 
 def path_uuid(name: str, value: str, *, missing: bool = False) -> uuid.UUID:
@@ -102,18 +106,24 @@ def load_query(schema: Schema, repeated: tuple[str, ...] = ()) -> dict[str, Any]
     return dict(parsed)
 
 
+IDEMPOTENCY_KEY_RULE = (
+    f"1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters other than a comma, not starting or ending"
+    " with a space."
+)
+
+
+def is_idempotency_key(key: str) -> bool:
+    """Whether ``key`` may be an idempotency key: in the header of a write, or on an item of a batch."""
+    return len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH and _IDEMPOTENCY_KEY.match(key) is not None
+
+
 def idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not _IDEMPOTENCY_KEY.match(key):
+    if not is_idempotency_key(key):
         raise validation_error(
-            {
-                "Idempotency-Key": [
-                    f"Must be sent once, as 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters "
-                    "other than a comma, not starting or ending with a space."
-                ]
-            },
+            {"Idempotency-Key": [f"Must be sent once, as {IDEMPOTENCY_KEY_RULE}"]},
             "The Idempotency-Key header is not valid.",
         )
     return key

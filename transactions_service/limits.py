@@ -31,6 +31,7 @@ from flask_limiter.errors import RateLimitExceeded
 
 from .auth import current_caller
 from .errors import ApiError, problem_response
+from .http import MAX_BATCH_ITEMS, json_body
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,21 @@ def _limit_for_caller() -> str:
     return current_app.config[setting]
 
 
+# The writes a batch makes count as that many requests: a limit counts writes, not calls.
+BATCH_ENDPOINT = "transactions.create_transaction_batch"
+
+
+def _cost() -> int:
+    if request.endpoint != BATCH_ENDPOINT:
+        return 1
+    try:
+        body = json_body()
+    except ApiError:
+        return 1  # refused as it is, before any item is read
+    items = body.get("items") if isinstance(body, dict) else None
+    return min(max(len(items), 1), MAX_BATCH_ITEMS) if isinstance(items, list) else 1
+
+
 def _is_service() -> bool:
     return caller_key().startswith("service:")
 
@@ -79,7 +95,7 @@ def init_limits(app: Flask, unlimited: list[Blueprint]) -> Limiter:
         key_func=caller_key,
         strategy=app.config["RATELIMIT_STRATEGY"],
         default_limits=[
-            Limit(_limit_for_caller, key_function=caller_key, scope="identity", shared=True),
+            Limit(_limit_for_caller, key_function=caller_key, scope="identity", shared=True, cost=_cost),
             Limit(
                 lambda: current_app.config["RATELIMIT_PER_ADDRESS"],
                 key_function=address_key,

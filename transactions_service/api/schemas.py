@@ -21,7 +21,10 @@ from zoneinfo import ZoneInfo
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 
 from ..config import METADATA_KEY_PATTERN
+from ..errors import problem_body, validation_error
+from ..http import IDEMPOTENCY_KEY_RULE, is_idempotency_key
 from ..ids import rfc3339, utcnow
+from ..ledger.batches import MAX_BATCH_ITEMS, Item, ItemResult
 from ..ledger.models import (
     EVENT_TYPES,
     MAX_AMOUNT,
@@ -325,6 +328,47 @@ class NewTransactionSchema(StrictSchema):
         if data.get("amount") is None and data.get("type") in _FREE:
             data["amount"] = Decimal("0.00")
         return data
+
+
+def _an_idempotency_key(key: str) -> None:
+    if not is_idempotency_key(key):
+        raise ValidationError(f"Must be {IDEMPOTENCY_KEY_RULE}")
+
+
+class BatchItemSchema(NewTransactionSchema):
+    """An item of a batch: a single write's body, and its own idempotency key."""
+
+    idempotency_key = fields.String(required=True, validate=_an_idempotency_key)
+
+
+class BatchSchema(StrictSchema):
+    # Each item is checked by the single write's schema (``batch_items``), each item's messages its own.
+    items = fields.List(fields.Raw(), required=True, validate=validate.Length(1, MAX_BATCH_ITEMS))
+
+
+_batch_item = BatchItemSchema()
+
+
+def batch_items(items: list[Any]) -> list[Item]:
+    """Each item as a single write's request and its key; refused whole (422, each item's messages under
+    ``items``, nothing written) when any item is not one: a caller's malformed item is a bug to fix, not a
+    refusal to record beside the others."""
+    loaded: list[Item] = []
+    errors: dict[str, Any] = {}
+    for index, raw in enumerate(items):
+        if not isinstance(raw, dict):
+            errors[str(index)] = {"_schema": ["An item must be a JSON object."]}
+            continue
+        try:
+            request = _batch_item.load(raw)
+        except ValidationError as invalid:
+            errors[str(index)] = invalid.messages
+            continue
+        loaded.append((request, request.pop("idempotency_key")))
+    if errors:
+        raise validation_error({"items": errors}, f"{len(errors)} of the {len(items)} items are not valid;"
+                                                  " nothing was written.")
+    return loaded
 
 
 class SettleSchema(StrictSchema):
@@ -666,6 +710,18 @@ def events_page_json(page: EventsPage) -> str:
     rows = ",".join(event_json(e) for e in page.events)
     cursor = "null" if page.next_cursor is None else f'"{page.next_cursor}"'
     return f'{{"data":[{rows}],"has_more":{"true" if page.has_more else "false"},"next_cursor":{cursor}}}'
+
+
+def _result_json(index: int, result: ItemResult) -> str:
+    transaction = "null" if result.transaction is None else transaction_json(result.transaction)
+    problem = "null" if result.problem is None else json.dumps(problem_body(result.problem), separators=(",", ":"))
+    return (f'{{"index":{index},"status":{result.status},"replayed":{"true" if result.replayed else "false"},'
+            f'"transaction":{transaction},"problem":{problem}}}')
+
+
+def batch_json(results: list[ItemResult]) -> str:
+    """A batch's answers (``BatchResults`` in openapi.yaml), one per item in item order, as compact JSON."""
+    return f'{{"results":[{",".join(_result_json(i, result) for i, result in enumerate(results))}]}}'
 
 
 def history_page_json(page: HistoryPage) -> str:

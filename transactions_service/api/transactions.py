@@ -7,9 +7,10 @@ from flask import Blueprint, Response, jsonify, stream_with_context, url_for
 from ..auth import authenticated, current_caller
 from ..http import idempotency_key, load_body, load_query, path_uuid
 from ..ids import utcnow
-from ..ledger import policy, reports, rules
+from ..ledger import batches, policy, reports, rules
 from .schemas import (
     BalanceAtSchema,
+    BatchSchema,
     BalanceQuerySchema,
     BalanceSchema,
     ExportQuerySchema,
@@ -21,6 +22,8 @@ from .schemas import (
     StatementSchema,
     UsageQuerySchema,
     UsageSummarySchema,
+    batch_items,
+    batch_json,
     history_page_json,
     lots_page_json,
     transaction_json,
@@ -39,6 +42,7 @@ _statement = StatementSchema()
 _usage_query = UsageQuerySchema()
 _usage = UsageSummarySchema()
 _export_query = ExportQuerySchema()
+_batch = BatchSchema()
 _lot_query = LotQuerySchema()
 
 
@@ -64,6 +68,14 @@ def create_transaction() -> Response:
     if recorded.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+@bp.post("/transactions/batch")
+@authenticated
+def create_transaction_batch() -> Response:
+    policy.require_writer(current_caller())
+    items = batch_items(load_body(_batch)["items"])
+    return _json(batch_json(batches.record_batch(current_caller(), items)))
 
 
 @bp.get("/transactions/<uuid:transaction_id>")

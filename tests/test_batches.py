@@ -1,0 +1,135 @@
+"""POST /api/transactions/batch: up to 100 writes in one call, each answered as a single write would be."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from .conftest import make_app
+from .helpers import bearer
+from .test_concurrency import http, race  # noqa: F401 (the fixture, and threads released at once)
+
+
+def item(user_id, key=None, **fields):
+    body = {"user_id": str(user_id), "type": "usage", "amount": "0", "credits": -10, "description": "Image generation",
+            "idempotency_key": key or f"item-{uuid.uuid4()}", **fields}
+    return {name: value for name, value in body.items() if value is not None}
+
+
+def batch(api, items, token=None):
+    return api.client.post("/api/transactions/batch", json={"items": items}, headers=bearer(token or api.admin_token))
+
+
+def test_each_item_is_answered_as_its_single_write_would_be_in_item_order(api):
+    user_id = api.funded_user(25)
+    response = batch(api, [
+        item(user_id, credits=-10), item(user_id, credits=-10),
+        item(user_id, credits=-10),  # the first two took 20 of 25: this one does not fit
+        item(user_id, type="purchase", amount="1.00", credits=100),
+        item(user_id, credits=-10),  # after the purchase, it does
+        item(uuid.uuid4()),  # nobody the ledger knows
+    ])
+    assert response.status_code == 200
+    results = response.json["results"]
+    assert [r["status"] for r in results] == [201, 201, 409, 201, 201, 422]
+    assert [r["index"] for r in results] == list(range(6))
+    assert results[2]["problem"]["code"] == "insufficient_credits" and results[2]["transaction"] is None
+    assert results[5]["problem"]["code"] == "unknown_user"
+    assert results[4]["transaction"]["credits"] == -10 and results[4]["problem"] is None
+    assert api.balance(user_id)["balance"] == 25 - 30 + 100
+
+
+def test_an_items_key_replays_across_batches_and_single_writes(api):
+    user_id = api.funded_user(100)
+    single = api.usage(user_id, credits=-7, key="gen-1")
+    assert single.status_code == 201
+    first = batch(api, [item(user_id, key="gen-1", credits=-7), item(user_id, key="gen-2", credits=-3)]).json
+    assert [(r["status"], r["replayed"]) for r in first["results"]] == [(200, True), (201, False)]
+    assert first["results"][0]["transaction"] == single.json
+    # The whole batch again, as after a timeout: each item once.
+    again = batch(api, [item(user_id, key="gen-1", credits=-7), item(user_id, key="gen-2", credits=-3)]).json
+    assert [(r["status"], r["replayed"]) for r in again["results"]] == [(200, True), (200, True)]
+    assert again["results"][1]["transaction"] == first["results"][1]["transaction"]
+    assert api.balance(user_id)["balance"] == 90
+    other = batch(api, [item(user_id, key="gen-2", credits=-4)]).json["results"][0]
+    assert (other["status"], other["problem"]["code"]) == (422, "idempotency_key_reused")
+    alone = api.usage(user_id, credits=-3, key="gen-2")
+    assert alone.status_code == 201 and alone.headers["Idempotent-Replayed"] == "true"
+
+
+def test_each_item_needs_the_scope_of_its_type(api, service_token):
+    user_id = api.funded_user(100)
+    generation = service_token("usage:write")
+    results = batch(api, [item(user_id), item(user_id, type="purchase", amount="1.00", credits=5)], generation).json
+    assert [r["status"] for r in results["results"]] == [201, 403]
+    assert results["results"][1]["problem"]["code"] == "insufficient_scope"
+    assert batch(api, [item(user_id)], service_token("transactions:read")).status_code == 403
+
+
+def test_a_user_cannot_write_a_batch(api, user_token):
+    user_id = api.register()
+    assert batch(api, [item(user_id)], user_token(user_id)).status_code == 403
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"items": []}, "items"),
+    ({"items": [{}] * 101}, "items"),
+    ({"items": {"user_id": "x"}}, "items"),
+    ({}, "items"),
+    ({"items": [{}], "atomic": True}, "atomic"),
+])
+def test_a_batch_that_is_not_one_is_refused_whole(api, body, field, engine):
+    with engine.connect() as connection:
+        before = connection.scalar(text("SELECT count(*) FROM user_transactions"))
+    response = api.client.post("/api/transactions/batch", json=body, headers=bearer(api.admin_token))
+    assert response.status_code == 422 and field in response.json["errors"]
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM user_transactions")) == before
+
+
+def test_a_batch_with_an_item_that_is_not_a_write_writes_nothing(api, engine):
+    user_id = api.funded_user(100)
+    with engine.connect() as connection:
+        before = connection.scalar(text("SELECT count(*) FROM user_transactions"))
+    response = batch(api, [item(user_id), item(user_id, credits=10), "not an object",
+                           item(user_id) | {"idempotency_key": None}, item(user_id, key=" spaced"), item(user_id)])
+    assert response.status_code == 422
+    assert response.json["errors"]["items"] == {
+        "1": {"credits": ["Usage spends credits: must be less than 0."]},
+        "2": {"_schema": ["An item must be a JSON object."]},
+        "3": {"idempotency_key": ["Field may not be null."]},
+        "4": {"idempotency_key": [
+            "Must be 1 to 255 printable ASCII characters other than a comma, not starting or ending with a space."]},
+    }
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM user_transactions")) == before
+
+
+def test_rate_limits_count_the_items_of_a_batch(database_url, service_token):
+    client = make_app(database_url, RATELIMIT_DEFAULT="1000000 per minute", RATELIMIT_PER_ADDRESS="1000000 per minute",
+                      RATELIMIT_SERVICE_DEFAULT="10 per minute").test_client()
+    key = service_token("usage:write", "users:write")
+    user_id = uuid.uuid4()
+    assert client.put(f"/api/users/{user_id}", headers=bearer(key)).status_code == 201  # 1
+    eight = client.post("/api/transactions/batch", json={"items": [item(user_id) for _ in range(8)]},
+                        headers=bearer(key))
+    assert eight.status_code == 200 and eight.headers["X-RateLimit-Remaining"] == "1"  # 1 + 8
+    three = client.post("/api/transactions/batch", json={"items": [item(user_id) for _ in range(3)]},
+                        headers=bearer(key))
+    assert three.status_code == 429
+
+
+@pytest.mark.slow
+def test_racing_batches_of_one_user_never_overdraw(http):  # noqa: F811
+    """Twelve batches of ten 1-credit spends race, across four workers, for a balance of 50."""
+    user_id = uuid.uuid4()
+    assert http("PUT", f"/api/users/{user_id}").status_code == 201
+    assert http("POST", "/api/transactions", json={"user_id": str(user_id), "type": "purchase", "amount": "1",
+                                                   "credits": 50, "description": "funding"}).status_code == 201
+    answers = race(12, lambda _: http("POST", "/api/transactions/batch",
+                                      json={"items": [item(user_id, credits=-1) for _ in range(10)]}).json())
+    statuses = [result["status"] for answer in answers for result in answer["results"]]
+    assert statuses.count(201) == 50 and set(statuses) <= {201, 409}
+    assert http("GET", f"/api/balance?user_id={user_id}").json()["available"] == 0
