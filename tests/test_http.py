@@ -101,6 +101,7 @@ def test_cors_exposes_headers_on_actual_requests(client, api, user_token):
     response = client.get("/api/balance", headers={**bearer(user_token(api.register())), "Origin": CORS_ORIGIN})
     assert response.headers["Access-Control-Allow-Origin"] == CORS_ORIGIN
     assert "Location" in response.headers["Access-Control-Expose-Headers"]
+    assert "Content-Disposition" in response.headers["Access-Control-Expose-Headers"]  # an export's file name
 
 
 @pytest.mark.parametrize("origin", ["http://evil.example", "null", CORS_ORIGIN + ".evil.example"])

@@ -27,7 +27,7 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 255
 MAX_BATCH_ITEMS = 100
 # Printable ASCII, no comma (two Idempotency-Key headers arrive joined by one), no space at either end.
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x2b\x2d-\x7e]([\x20-\x2b\x2d-\x7e]*[\x21-\x2b\x2d-\x7e])?$")
-EXPOSED_HEADERS = "Location, Idempotent-Replayed, Retry-After, WWW-Authenticate"
+EXPOSED_HEADERS = "Location, Idempotent-Replayed, Retry-After, WWW-Authenticate, Content-Disposition"
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # The two headers WSGI passes without the HTTP_ prefix.
 _UNPREFIXED_HEADERS = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})

@@ -92,6 +92,48 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/transactions/batch": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Record up to 100 transactions in one call
+         * @description Up to 100 items, each a whole `POST /api/transactions` body with its
+         *     own `idempotency_key`, of any type the caller's scopes allow, for any
+         *     number of users. Items are applied in their order, so two spends of
+         *     one user see each other.
+         *
+         *     Each item succeeds or fails on its own, and the answer is `200` with
+         *     one result per item, in item order: the `status` a single write would
+         *     have answered (`201`, or `200` for a replay), with the `transaction`,
+         *     or the `problem`. An item whose key was used before for the same
+         *     request answers what it answered first (`replayed: true`), whether
+         *     that was in a batch or a single write; a batch retried whole after a
+         *     timeout applies each item once. When the database goes away part way
+         *     (`503`), the items before were applied: retry the batch whole.
+         *
+         *     Each item is refused as a single write of it would be (no scope for
+         *     its type, credits not available, nothing left to refund or reverse, an
+         *     unknown user), in its own result. But a batch with an item that is
+         *     not a valid write at all (an item the `BatchItem` schema refuses, or a
+         *     body that is not 1 to 100 items) is refused whole with `422
+         *     validation_error`, each bad item's messages under `errors.items.N`,
+         *     and nothing is written: a malformed item is a bug to fix, not an
+         *     outcome to record beside the others. Rate limits count items, not
+         *     calls.
+         */
+        post: operations["createTransactionBatch"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/transactions/{transaction_id}": {
         parameters: {
             query?: never;
@@ -171,6 +213,16 @@ export interface paths {
          *     A *service* (API key) needs `transactions:read` (else `403
          *     insufficient_scope`) and must name the user (else `422
          *     validation_error`).
+         *
+         *     **At an instant.** With `at`, the answer is `balance`, `held` and
+         *     `available` as the ledger had them recorded at that instant
+         *     (`BalanceAt`): the totals after the user's last lot posting at or
+         *     before it, found with one index seek (O(log n) in the history); 0
+         *     before the first. These are the books as they stood: the current
+         *     balance also counts at once a hold or lot that has lapsed but whose
+         *     release or expiry is not recorded yet, where an instant answers what
+         *     was recorded by then, as a bank statement does. A month's statement
+         *     (`GET /api/statements`) opens and closes on these numbers.
          */
         get: operations["getBalance"];
         put?: never;
@@ -201,6 +253,119 @@ export interface paths {
          *     *service* needs `transactions:read` and names the user.
          */
         get: operations["listLots"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/statements": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A user's statement for one month
+         * @description What a month did to the user's balance: the opening balance, the
+         *     credits each kind of entry added or took, and the closing balance, with
+         *     `opening_balance + purchases + grants + usage + refunds + reversals +
+         *     adjustments + expirations + carried_in = closing_balance` always.
+         *
+         *     Each line sums the lot postings booked in the month (from
+         *     `starts_at`, inclusive, to `ends_at`, exclusive: midnight on the 1st
+         *     in `tz`), so a purchase counts when it completes and a hold when it is
+         *     consumed; the opening and closing balances are `GET
+         *     /api/balance?at=` at `starts_at` and at `ends_at` (or now, for
+         *     the month under way: `final` is then false). The dollars paid for the
+         *     month's purchases and refunded by its refunds are shown as well.
+         *
+         *     **Authorization.** As `getBalance`: a *user token* reads its own; a
+         *     *service* needs `transactions:read` and names the user.
+         */
+        get: operations["getStatement"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/transactions/export": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Every transaction matching the history filters, as a CSV or JSON Lines file
+         * @description The rows `GET /api/transactions` would page through with the same
+         *     filters, all of them, newest first, streamed as they are read (the
+         *     service holds one chunk of rows at a time, whatever the file's size).
+         *
+         *     `format=csv` (the default) is RFC 4180 with a header row: `id`,
+         *     `created_at`, `updated_at`, `type`, `status`, `credits`, `amount`,
+         *     `description`, `reference`, `metadata` (the object as JSON),
+         *     `hold_expires_at`, `refunds`, `reverses`, `user_id`. Numbers are
+         *     written unquoted (`credits` an integer, `amount` in dollars with two
+         *     decimals) so that a spreadsheet reads them as numbers; a text cell
+         *     that begins with `=`, `+`, `-`, `@`, a tab or a carriage return is
+         *     written with a leading `'`, so that no spreadsheet runs it as a
+         *     formula (OWASP's CSV injection advice). `format=jsonl` writes one
+         *     transaction per line, as the API shows it.
+         *
+         *     An export holds at most `EXPORT_MAX_ROWS` rows (1,000,000 by
+         *     default): one that would hold more is refused before anything is
+         *     sent (`422 export_too_large`, with `limit`); narrow it with
+         *     `created_after` and `created_before`. The file name in
+         *     `Content-Disposition` names the user and the day.
+         *
+         *     **Authorization.** As `listTransactions`.
+         */
+        get: operations["exportTransactions"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/usage/summary": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Credits spent per day, week or month, optionally split by a metadata key
+         * @description Credits spent in each bucket from `from` to `to` (calendar dates in
+         *     `tz`, both included): completed usage, less the credits reversals
+         *     gave back, each counted at its own time (a pending usage counts, at
+         *     the time it was made, once it completes). Buckets are days, ISO weeks
+         *     (from Monday) or months, in `tz`; at most 400 of them.
+         *
+         *     `group_by=metadata.KEY` splits each bucket by that metadata key's
+         *     value: the ten values with the most credits over the whole range, then
+         *     `other` (every other value) and `none` (usage without the key). A
+         *     reversal counts against its usage's values. The keys a summary can
+         *     split by are the service's `USAGE_GROUP_KEYS` (`model` by default),
+         *     named before the usage is written, as a meter's dimensions are (any
+         *     other key is `422`).
+         *
+         *     The sums come from a rollup kept in the same statement as each write
+         *     (per user, per quarter-hour, so that every time zone's midnight is a
+         *     boundary), so a summary's cost does not grow with the user's history.
+         *
+         *     **Authorization.** As `getBalance`.
+         */
+        get: operations["getUsageSummary"];
         put?: never;
         post?: never;
         delete?: never;
@@ -768,6 +933,140 @@ export interface components {
              */
             reference?: string;
         } & (unknown & unknown & unknown & unknown & unknown & unknown & unknown & unknown & unknown);
+        /**
+         * @description One item of a batch: a whole `POST /api/transactions` body (`NewTransaction`, the same rules),
+         *     with the item's own `idempotency_key` (the header is not used here).
+         */
+        BatchItem: {
+            /**
+             * Format: uuid
+             * @description A user registered with `PUT /api/users/{user_id}` (else `422 unknown_user`).
+             */
+            user_id: string;
+            type: components["schemas"]["NewTransactionType"];
+            /**
+             * @description What the user paid, in dollars: at most two decimals, between 0 and
+             *     9999999999.99. Preferably a string (`"9.99"`); a JSON number (`9.99`,
+             *     `0`) is accepted too. Negative amounts are refused. Stored and
+             *     returned as a string with exactly two decimals. (Note: `multipleOf:
+             *     0.01` below is exact in decimal, but validators that check it in
+             *     binary floating point wrongly refuse numbers such as `19.99`; send
+             *     a string to stay clear of that.)
+             * @example 9.99
+             * @example 0
+             * @example 19.99
+             */
+            amount?: string | number;
+            /**
+             * @description Signed credits: greater than 0 for a purchase, grant or reversal,
+             *     less than 0 for a usage or refund, either for an adjustment (`422`
+             *     otherwise; 0 is never valid). An integer as JSON
+             *     Schema defines one: `66` and `66.0` are both accepted (as 66); a
+             *     fraction such as `66.5`, a string such as `"66"` (the message says
+             *     a string is not accepted) and booleans are refused.
+             * @example 500
+             * @example -20
+             */
+            credits: number;
+            /**
+             * @description What the entry is for, shown to the user as one line: 1 to 500
+             *     characters with at least one visible character (not only spaces,
+             *     zero-width or other format characters), and no control characters
+             *     (C0, DEL and C1: tab, line feed and carriage return included; nor
+             *     U+2028/U+2029), and no bidirectional embedding, override or isolate
+             *     characters (U+202A-U+202E, U+2066-U+2069), which could make the
+             *     text display in another order than it reads. The bidi marks
+             *     (U+200E, U+200F, U+061C) are allowed. Refused: `422` naming
+             *     `description`.
+             * @example Starter pack: 500 credits
+             * @example Image generation (1024x1024)
+             */
+            description: string;
+            /**
+             * @description `completed` (the default) takes effect at once; `pending` waits for
+             *     `settleTransaction` (a pending usage holds its credits meanwhile);
+             *     `failed` is recorded without any effect on the balance.
+             * @default completed
+             */
+            status: components["schemas"]["TransactionStatus"];
+            /**
+             * @description Only for a pending usage: seconds until its hold lapses, at most
+             *     the service's `HOLD_TTL_SECONDS` (3600 unless the operator set
+             *     another value; also the default here). Longer, or on any other
+             *     kind of entry, is `422`. A pending
+             *     purchase never expires by itself: a payment may settle late.
+             * @example 600
+             */
+            hold_expires_in?: number;
+            /**
+             * Format: date-time
+             * @description Only for a purchase, grant or positive adjustment: when the lot's
+             *     credits expire (RFC 3339 with an offset, in the future; else `422`). From that moment
+             *     its unheld credits count nowhere and cannot be spent; the
+             *     expiration is recorded by `flask --app wsgi transactions expire`
+             *     or the user's next write. Left out (and `expires_in` too): never.
+             */
+            expires_at?: string;
+            /** @description Only for a purchase, grant or positive adjustment, instead of `expires_at`; seconds from this request. */
+            expires_in?: number;
+            /**
+             * @description Only for a purchase, grant or positive adjustment: the lot's place in the spend order
+             *     (lower is spent first). Every debit takes credits by `priority`,
+             *     then the soonest `expires_at` (never-expiring last), then
+             *     promotional before paid, then the oldest.
+             * @default 50
+             */
+            priority: number;
+            /**
+             * @description Only for a grant or positive adjustment; a purchase's credits are always `paid`.
+             * @default promotional
+             * @enum {string}
+             */
+            category: "paid" | "promotional";
+            /**
+             * @description Only for (and required by) a refund: the completed purchase of the
+             *     same user it gives back. `credits` is at most what is left on the
+             *     purchase's lot, unheld and unexpired (else `409
+             *     refund_exceeds_remaining`, with `remaining`), and `amount` at most
+             *     what it paid less earlier refunds (else `409 refund_exceeds_amount`,
+             *     with `remaining_amount`). A purchase completed before lots existed
+             *     gives back from the user's opening lot.
+             */
+            refunds?: components["schemas"]["Uuid"];
+            /**
+             * @description Only for (and required by) a reversal: the completed usage of the
+             *     same user it gives back. `credits` is at most what it spent less
+             *     earlier reversals (else `409 reversal_exceeds_usage`, with
+             *     `remaining`).
+             */
+            reverses?: components["schemas"]["Uuid"];
+            metadata?: components["schemas"]["Metadata"];
+            /**
+             * @description Your own id for the entry (a payment intent, a generation), unique
+             *     per user and type: a second write with the same reference is `409
+             *     duplicate_reference`, with the existing `transaction_id`. A second
+             *     line of defence behind `Idempotency-Key`, for a caller that lost
+             *     its key; a retry with the same key is still a replay.
+             */
+            reference?: string;
+            /** @description As the `Idempotency-Key` header of a single write, and in the same space of keys. */
+            idempotency_key: string;
+        } & (unknown & unknown & unknown & unknown & unknown & unknown & unknown & unknown & unknown);
+        Batch: {
+            items: components["schemas"]["BatchItem"][];
+        };
+        BatchResult: {
+            index: number;
+            /** @description What a single write of the item would have answered (201, 200 for a replay, 409, 422, ...). */
+            status: number;
+            /** @description Whether the item's key had been used for the same request before (its first answer). */
+            replayed: boolean;
+            transaction: null | components["schemas"]["Transaction"];
+            problem: null | components["schemas"]["Problem"];
+        };
+        BatchResults: {
+            results: components["schemas"]["BatchResult"][];
+        };
         /** @description The amount of an entry that moves no money (a grant, reversal or adjustment) - 0.00, or left out. */
         NoMoney: string | 0;
         /**
@@ -861,6 +1160,169 @@ export interface components {
             has_more: boolean;
             /** @description Pass as `cursor` to get the next page; `null` on the last page. */
             next_cursor: string | null;
+        };
+        /**
+         * @description A user's credit totals as the ledger had recorded them at `at`.
+         * @example {
+         *       "user_id": "3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10",
+         *       "at": "2026-11-01T00:00:00.000000Z",
+         *       "balance": 600,
+         *       "held": 20,
+         *       "available": 580
+         *     }
+         */
+        BalanceAt: {
+            user_id: components["schemas"]["Uuid"];
+            at: components["schemas"]["Timestamp"];
+            balance: number;
+            held: number;
+            available: number;
+        };
+        /**
+         * @description One month of a user's credits. Every line is a sum of credits (signed:
+         *     usage, refunds and expirations negative; adjustments either way), and
+         *     `opening_balance` plus the lines is `closing_balance`.
+         * @example {
+         *       "user_id": "3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10",
+         *       "month": "2026-11",
+         *       "tz": "UTC",
+         *       "starts_at": "2026-11-01T00:00:00.000000Z",
+         *       "ends_at": "2026-12-01T00:00:00.000000Z",
+         *       "final": true,
+         *       "opening_balance": 120,
+         *       "purchases": 1000,
+         *       "grants": 50,
+         *       "usage": -640,
+         *       "refunds": 0,
+         *       "reversals": 12,
+         *       "adjustments": 0,
+         *       "expirations": -30,
+         *       "carried_in": 0,
+         *       "closing_balance": 512,
+         *       "closing_held": 8,
+         *       "amount_paid": "10.00",
+         *       "amount_refunded": "0.00"
+         *     }
+         */
+        Statement: {
+            user_id: components["schemas"]["Uuid"];
+            month: string;
+            tz: string;
+            starts_at: components["schemas"]["Timestamp"];
+            ends_at: components["schemas"]["Timestamp"];
+            /** @description Whether the month has ended; until then the closing balance is the balance now. */
+            final: boolean;
+            opening_balance: number;
+            purchases: number;
+            grants: number;
+            usage: number;
+            refunds: number;
+            reversals: number;
+            adjustments: number;
+            expirations: number;
+            /**
+             * @description Credits a balance from before credit lots existed brought in as its
+             *     opening lot (migration 0005); zero in every other month.
+             */
+            carried_in: number;
+            closing_balance: number;
+            /** @description Credits held by pending usage at the close. */
+            closing_held: number;
+            /** @description Dollars paid for the purchases that completed in the month. */
+            amount_paid: string;
+            /** @description Dollars the month's refunds gave back. */
+            amount_refunded: string;
+        };
+        /**
+         * @example {
+         *       "user_id": "3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10",
+         *       "granularity": "day",
+         *       "from": "2026-11-30",
+         *       "to": "2026-12-01",
+         *       "tz": "UTC",
+         *       "group_by": "metadata.model",
+         *       "series": [
+         *         {
+         *           "name": "gpt-4o",
+         *           "kind": "value"
+         *         },
+         *         {
+         *           "name": "other",
+         *           "kind": "other"
+         *         },
+         *         {
+         *           "name": "none",
+         *           "kind": "none"
+         *         }
+         *       ],
+         *       "total": 42,
+         *       "buckets": [
+         *         {
+         *           "start": "2026-11-30",
+         *           "starts_at": "2026-11-30T00:00:00.000000Z",
+         *           "ends_at": "2026-12-01T00:00:00.000000Z",
+         *           "credits": 30,
+         *           "split": [
+         *             30,
+         *             0,
+         *             0
+         *           ]
+         *         },
+         *         {
+         *           "start": "2026-12-01",
+         *           "starts_at": "2026-12-01T00:00:00.000000Z",
+         *           "ends_at": "2026-12-02T00:00:00.000000Z",
+         *           "credits": 12,
+         *           "split": [
+         *             10,
+         *             0,
+         *             2
+         *           ]
+         *         }
+         *       ]
+         *     }
+         */
+        UsageSummary: {
+            user_id: components["schemas"]["Uuid"];
+            /** @enum {string} */
+            granularity: "day" | "week" | "month";
+            /**
+             * Format: date
+             * @description The first bucket's first day.
+             */
+            from: string;
+            /**
+             * Format: date
+             * @description The last day counted.
+             */
+            to: string;
+            tz: string;
+            group_by: string | null;
+            /**
+             * @description What each bucket's `split` counts, in order: the top values of the
+             *     `group_by` key (`kind: value`), then `other` and `none`. Empty
+             *     without `group_by`.
+             */
+            series: {
+                name: string;
+                /** @enum {string} */
+                kind: "value" | "other" | "none";
+            }[];
+            /** @description Credits spent over the whole range. */
+            total: number;
+            buckets: {
+                /**
+                 * Format: date
+                 * @description The bucket's first day in `tz`.
+                 */
+                start: string;
+                starts_at: components["schemas"]["Timestamp"];
+                ends_at: components["schemas"]["Timestamp"];
+                /** @description Credits spent in the bucket (negative when reversals gave back more than was spent). */
+                credits: number;
+                /** @description The bucket's credits per `series` entry; they sum to `credits`. */
+                split: number[];
+            }[];
         };
         /** @enum {string} */
         EventType: "transaction.created" | "transaction.updated" | "lot.expired" | "balance.low";
@@ -1042,6 +1504,8 @@ export interface components {
             remaining_amount?: string;
             /** @description With `duplicate_reference`, the user's transaction that has the reference already. */
             transaction_id?: components["schemas"]["Uuid"];
+            /** @description With `export_too_large`, the most rows an export may hold (`EXPORT_MAX_ROWS`). */
+            limit?: number;
             /**
              * @description With `validation_error` only: the offending field (or `_schema` for
              *     the body as a whole, or `Idempotency-Key` for that header) mapped to
@@ -1370,6 +1834,11 @@ export interface components {
          */
         CreatedBefore: string;
         /**
+         * @description An IANA time zone name (`Europe/Berlin`); `UTC` by default. Unknown names are `422`.
+         * @example America/New_York
+         */
+        TimeZone: string;
+        /**
          * @description A key, unique per logical write, that makes retrying this request safe
          *     (for example the payment provider's event id, or the generation job's
          *     id). Sent once: 1 to 255 printable ASCII characters other than a comma,
@@ -1586,6 +2055,40 @@ export interface operations {
             default: components["responses"]["Problem"];
         };
     };
+    createTransactionBatch: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["Batch"];
+            };
+        };
+        responses: {
+            /** @description One result per item, in item order. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BatchResults"];
+                };
+            };
+            400: components["responses"]["MalformedJson"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Problem"];
+            413: components["responses"]["Problem"];
+            415: components["responses"]["Problem"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+            default: components["responses"]["Problem"];
+        };
+    };
     getTransaction: {
         parameters: {
             query?: never;
@@ -1675,6 +2178,12 @@ export interface operations {
                  * @example 3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10
                  */
                 user_id?: components["parameters"]["UserIdQuery"];
+                /**
+                 * @description An instant (RFC 3339 with a `Z` or an offset; encode a `+` as
+                 *     `%2B`), not in the future (`422 validation_error`).
+                 * @example 2026-11-01T00:00:00Z
+                 */
+                at?: string;
             };
             header?: never;
             path?: never;
@@ -1682,13 +2191,13 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The user's balance. */
+            /** @description The user's balance (now, or at `at`). */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Balance"];
+                    "application/json": components["schemas"]["Balance"] | components["schemas"]["BalanceAt"];
                 };
             };
             401: components["responses"]["Unauthorized"];
@@ -1741,6 +2250,180 @@ export interface operations {
                 };
             };
             400: components["responses"]["InvalidCursor"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["ForbiddenRead"];
+            414: components["responses"]["UriTooLong"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+            default: components["responses"]["Problem"];
+        };
+    };
+    getStatement: {
+        parameters: {
+            query: {
+                /**
+                 * @description The user whose data to read. **Required for services** (`422
+                 *     validation_error` without it). Optional for user tokens, which read
+                 *     their own user whatever they send; naming any other user is `403
+                 *     forbidden`.
+                 * @example 3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10
+                 */
+                user_id?: components["parameters"]["UserIdQuery"];
+                /**
+                 * @description The month, `YYYY-MM`; not one that has not begun yet in `tz` (`422`).
+                 * @example 2026-11
+                 */
+                month: string;
+                /**
+                 * @description An IANA time zone name (`Europe/Berlin`); `UTC` by default. Unknown names are `422`.
+                 * @example America/New_York
+                 */
+                tz?: components["parameters"]["TimeZone"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The month's statement. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Statement"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["ForbiddenRead"];
+            414: components["responses"]["UriTooLong"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+            default: components["responses"]["Problem"];
+        };
+    };
+    exportTransactions: {
+        parameters: {
+            query?: {
+                /**
+                 * @description The user whose data to read. **Required for services** (`422
+                 *     validation_error` without it). Optional for user tokens, which read
+                 *     their own user whatever they send; naming any other user is `403
+                 *     forbidden`.
+                 * @example 3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10
+                 */
+                user_id?: components["parameters"]["UserIdQuery"];
+                /** @description Only transactions of this type. */
+                type?: components["parameters"]["TypeFilter"];
+                /** @description Only transactions with this status. */
+                status?: components["parameters"]["StatusFilter"];
+                /** @description Only the transactions with this `reference` (at most one of each type). */
+                reference?: components["parameters"]["ReferenceFilter"];
+                /**
+                 * @description `metadata[KEY]=VALUE`, up to three: only the transactions whose
+                 *     metadata has every one of these pairs. The first pair is a range of
+                 *     its own index, so a page filtered by metadata costs what an
+                 *     unfiltered one does.
+                 * @example {
+                 *       "model": "gpt-4o"
+                 *     }
+                 */
+                metadata?: components["parameters"]["MetadataFilter"];
+                /**
+                 * @description Only transactions created at or after this instant (RFC 3339 with a
+                 *     `Z` or an offset; encode a `+` as `%2B` in a query string).
+                 * @example 2026-11-01T00:00:00Z
+                 */
+                created_after?: components["parameters"]["CreatedAfter"];
+                /**
+                 * @description Only transactions created before this instant (exclusive). An
+                 *     interval that ends where or before it starts holds nothing: an empty
+                 *     page.
+                 * @example 2026-12-01T00:00:00Z
+                 */
+                created_before?: components["parameters"]["CreatedBefore"];
+                /** @description `csv` (default) or `jsonl`. */
+                format?: "csv" | "jsonl";
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The file. */
+            200: {
+                headers: {
+                    /** @description `attachment; filename="transactions-<user id>-<YYYY-MM-DD>.csv"` (or `.jsonl`). */
+                    "Content-Disposition"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    /**
+                     * @example id,created_at,updated_at,type,status,credits,amount,description,reference,metadata,hold_expires_at,refunds,reverses,user_id
+                     *     0193a1b2-...,2026-11-30T10:00:00.000000Z,2026-11-30T10:00:00.000000Z,usage,completed,-12,0.00,Image generation,gen_42,"{""model"":""gpt-4o""}",,,,3f1c2a9e-...
+                     */
+                    "text/csv": string;
+                    "application/jsonl": string;
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["ForbiddenRead"];
+            414: components["responses"]["UriTooLong"];
+            422: components["responses"]["ValidationFailed"];
+            429: components["responses"]["RateLimited"];
+            500: components["responses"]["InternalError"];
+            503: components["responses"]["ServiceUnavailable"];
+            default: components["responses"]["Problem"];
+        };
+    };
+    getUsageSummary: {
+        parameters: {
+            query?: {
+                /**
+                 * @description The user whose data to read. **Required for services** (`422
+                 *     validation_error` without it). Optional for user tokens, which read
+                 *     their own user whatever they send; naming any other user is `403
+                 *     forbidden`.
+                 * @example 3f1c2a9e-6b7d-4c1e-9a55-0d2b8e7f4a10
+                 */
+                user_id?: components["parameters"]["UserIdQuery"];
+                granularity?: "day" | "week" | "month";
+                /** @description The first day, `YYYY-MM-DD` in `tz` (default 30 days, 12 weeks or 12 months back to the bucket holding `to`). */
+                from?: string;
+                /** @description The last day, `YYYY-MM-DD` in `tz`, included (default today). */
+                to?: string;
+                /**
+                 * @description `metadata.KEY`, for a key in `USAGE_GROUP_KEYS`.
+                 * @example metadata.model
+                 */
+                group_by?: string;
+                /**
+                 * @description An IANA time zone name (`Europe/Berlin`); `UTC` by default. Unknown names are `422`.
+                 * @example America/New_York
+                 */
+                tz?: components["parameters"]["TimeZone"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The buckets, oldest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UsageSummary"];
+                };
+            };
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["ForbiddenRead"];
             414: components["responses"]["UriTooLong"];

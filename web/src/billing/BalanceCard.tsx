@@ -3,6 +3,7 @@ import type { ReactNode } from "react";
 import type { Balance } from "@/api/client";
 
 import styles from "./billing.module.css";
+import { buyCreditsUrl } from "./buy-credits";
 import { formatCredits, formatDateTime, formatExpiringCredits, formatUtc } from "./format";
 import { BalanceSkeleton } from "./Skeletons";
 
@@ -78,7 +79,19 @@ export function BalanceCard({ balance, error }: BalanceCardProps) {
           </time>
         </p>
       )}
+      <BuyCredits />
     </CardFrame>
+  );
+}
+
+/** The way to more credits, beside the number it raises; absent when the product has no checkout URL. */
+function BuyCredits() {
+  const url = buyCreditsUrl();
+  if (!url) return null;
+  return (
+    <a className={`${styles.button} ${styles.buyCredits}`} href={url} data-testid="buy-credits">
+      Buy credits
+    </a>
   );
 }
 

@@ -1,42 +1,37 @@
 "use client";
 
 /**
- * The billing page's content: the balance card and the history, with every
- * state a user can meet (loading, empty, error, signed out, session expired,
- * "Load more" and its failures). It gets the filters from its parent (the URL,
- * on the page) and the service through `api`, which tests replace.
+ * The billing page's content: the balance card, the usage chart, the month's statement and the
+ * history, with every state a user can meet (loading, empty, error, signed out, session expired,
+ * "Load more" and its failures). It gets the filters from its parent (the URL, on the page) and the
+ * service through `api`, which tests replace. Every read is a TanStack Query query (see queries.ts):
+ * cached by its key, retried when it may pass, refetched when the tab comes back, and cancelled
+ * through its signal when nobody waits for it any more.
  */
-import { useCallback, useEffect, useId, useRef, useState } from "react";
+import { useInfiniteQuery, useQuery } from "@tanstack/react-query";
+import { useCallback, useEffect, useId, useMemo, useRef, useState } from "react";
 
 import {
   createTransactionsApi,
   type ApiFailure,
-  type ApiResult,
-  type Balance,
   type HistoryQuery,
   type Transaction,
+  type TransactionPage,
   type TransactionsApi,
 } from "@/api/client";
-import { SIGN_IN_PATH } from "@/auth/access-token";
 
 import { BalanceCard } from "./BalanceCard";
 import styles from "./billing.module.css";
+import { buyCreditsUrl } from "./buy-credits";
+import { DownloadCsv } from "./DownloadCsv";
+import { failureMessage, mostSevere, signInHref } from "./failures";
 import { FilterBar } from "./FilterBar";
 import { hasFilters, type HistoryFilters } from "./filters";
 import { HistoryTable } from "./HistoryTable";
+import { billingKeys, failureOf, unwrap } from "./queries";
 import { HistorySkeleton } from "./Skeletons";
-
-type More = { state: "idle" } | { state: "loading" } | { state: "failed"; failure: ApiFailure };
-
-interface History {
-  rows: Transaction[];
-  nextCursor: string | null;
-}
-
-type View =
-  | { phase: "loading" }
-  | { phase: "failed"; failure: ApiFailure }
-  | { phase: "ready"; history: History; more: More };
+import { StatementSection } from "./StatementSection";
+import { UsageSection } from "./UsageSection";
 
 export interface BillingProps {
   filters: HistoryFilters;
@@ -53,120 +48,157 @@ function defaultApi(): TransactionsApi {
   return configuredApi;
 }
 
+/**
+ * The failure a query stands for on the page, or null. A query that still shows data from before
+ * keeps it through a failed background refetch (the tab came back while the service was down), except
+ * on a 401: a user whose session has gone sees no numbers.
+ */
+function pageFailure(query: { isError: boolean; error: unknown; data: unknown }): ApiFailure | null {
+  if (!query.isError) return null;
+  const failure = failureOf(query.error);
+  return query.data === undefined || failure.kind === "unauthorized" ? failure : null;
+}
+
+/** The rows of the pages fetched so far, each once: a row inserted between two page fetches must not appear twice. */
+function rowsOf(pages: TransactionPage[] | undefined): Transaction[] {
+  if (!pages) return [];
+  const seen = new Set<string>();
+  const rows: Transaction[] = [];
+  for (const page of pages) {
+    for (const row of page.data) {
+      if (seen.has(row.id)) continue;
+      seen.add(row.id);
+      rows.push(row);
+    }
+  }
+  return rows;
+}
+
 export function Billing({ filters, onFiltersChange, api = defaultApi(), pageSize = 20 }: BillingProps) {
   const { type, status } = filters;
-  const [balance, setBalance] = useState<Balance | null>(null);
-  const [view, setView] = useState<View>({ phase: "loading" });
-  const [attempt, setAttempt] = useState(0);
   const [announcement, setAnnouncement] = useState("");
   const [focusRowId, setFocusRowId] = useState<string | null>(null);
-  // The signal of the current load: a newer load (filters changed, Retry)
-  // aborts it, so no answer to an older question is ever shown.
-  const loadSignal = useRef<AbortSignal | undefined>(undefined);
-  const loadingMore = useRef(false);
   const historyHeadingId = useId();
 
-  useEffect(() => {
-    const controller = new AbortController();
-    loadSignal.current = controller.signal;
-    loadingMore.current = false;
-    setView({ phase: "loading" });
-    const query: HistoryQuery = { limit: pageSize, ...(type && { type }), ...(status && { status }) };
-    void Promise.all([api.getBalance(controller.signal), api.listTransactions(query, controller.signal)]).then(
-      ([balanceResult, pageResult]) => {
-        if (controller.signal.aborted) return;
-        if (!balanceResult.ok || !pageResult.ok) {
-          setBalance(null); // no longer vouched for: Retry starts from a skeleton
-          setView({ phase: "failed", failure: mostSevere(balanceResult, pageResult) });
-          return;
-        }
-        setBalance(balanceResult.data);
-        setAnnouncement("");
-        setView({
-          phase: "ready",
-          history: { rows: pageResult.data.data, nextCursor: nextCursorOf(pageResult.data) },
-          more: { state: "idle" },
-        });
-      },
-    );
-    return () => controller.abort();
-  }, [api, type, status, pageSize, attempt]);
+  const balance = useQuery({
+    queryKey: billingKeys.balance(),
+    queryFn: ({ signal }) => api.getBalance(signal).then(unwrap),
+  });
+  const historyKey = billingKeys.history(filters, pageSize);
+  const history = useInfiniteQuery({
+    queryKey: historyKey,
+    queryFn: ({ pageParam, signal }) => {
+      const query: HistoryQuery = {
+        limit: pageSize,
+        ...(pageParam && { cursor: pageParam }),
+        ...(type && { type }),
+        ...(status && { status }),
+      };
+      return api.listTransactions(query, signal).then(unwrap);
+    },
+    initialPageParam: null as string | null,
+    getNextPageParam: (last) => (last.has_more ? last.next_cursor : null),
+  });
 
-  const retry = useCallback(() => setAttempt((n) => n + 1), []);
+  // Which history the page is showing now, so that a "Load more" that answers after the filters
+  // changed announces nothing and moves no focus.
+  const shownKey = JSON.stringify(historyKey);
+  const currentKey = useRef(shownKey);
+  useEffect(() => {
+    currentKey.current = shownKey;
+    setAnnouncement("");
+  }, [shownKey]);
+
+  const rows = useMemo(() => rowsOf(history.data?.pages), [history.data]);
+
+  // The balance and the first page are one load, and fail as one (Retry repeats both): the card says
+  // "Balance unavailable" with the same reason as the history's error, whichever read failed, and never
+  // numbers it no longer vouches for.
+  const failure = mostSevere(pageFailure(balance), history.isFetchNextPageError ? null : pageFailure(history));
+  const phase: "loading" | "failed" | "ready" =
+    failure !== null ? "failed" : balance.data === undefined || history.data === undefined ? "loading" : "ready";
+
+  const { refetch: refetchBalance } = balance;
+  const { refetch: refetchHistory, fetchNextPage, hasNextPage, isFetchingNextPage } = history;
+  const retry = useCallback(() => {
+    void refetchBalance();
+    void refetchHistory();
+  }, [refetchBalance, refetchHistory]);
   const focusDone = useCallback(() => setFocusRowId(null), []);
 
-  const shownRows = view.phase === "ready" ? view.history.rows : null;
-  const cursor = view.phase === "ready" ? view.history.nextCursor : null;
   const loadMore = useCallback(async () => {
-    if (!shownRows || !cursor || loadingMore.current) return;
-    const signal = loadSignal.current;
-    loadingMore.current = true;
-    setView((current) => (current.phase === "ready" ? { ...current, more: { state: "loading" } } : current));
-    const query: HistoryQuery = { limit: pageSize, cursor, ...(type && { type }), ...(status && { status }) };
-    const result = await api.listTransactions(query, signal);
-    if (signal?.aborted) return;
-    loadingMore.current = false;
-    if (!result.ok) {
-      const { failure } = result;
-      setView((current) => (current.phase === "ready" ? { ...current, more: { state: "failed", failure } } : current));
-      return;
-    }
-    // A row inserted between two page fetches must not appear twice.
-    const shown = new Set(shownRows.map((row) => row.id));
-    const added = result.data.data.filter((row) => !shown.has(row.id));
-    setView({
-      phase: "ready",
-      history: { rows: [...shownRows, ...added], nextCursor: nextCursorOf(result.data) },
-      more: { state: "idle" },
-    });
+    if (!hasNextPage || isFetchingNextPage) return;
+    const asked = currentKey.current;
+    const shown = new Set(rows.map((row) => row.id));
+    const result = await fetchNextPage({ cancelRefetch: false });
+    if (asked !== currentKey.current || result.isFetchNextPageError || !result.data) return;
+    const added = rowsOf(result.data.pages).filter((row) => !shown.has(row.id));
+    const last = result.data.pages.at(-1);
     setFocusRowId(added[0]?.id ?? null);
     setAnnouncement(
       `${added.length} more ${added.length === 1 ? "transaction" : "transactions"} loaded` +
-        (result.data.has_more ? "." : ". That is all of them."),
+        (last?.has_more ? "." : ". That is all of them."),
     );
-  }, [api, shownRows, cursor, pageSize, type, status]);
+  }, [rows, fetchNextPage, hasNextPage, isFetchingNextPage]);
 
-  // The balance card keeps its place in every state, so the page does not change shape when a load
-  // fails. A failed load is one failure for the whole page (the two reads are one load, and Retry repeats
-  // both): the card says "Balance unavailable" with the same reason as the history's error, whichever
-  // read failed, and never numbers it no longer vouches for. On a 401 or without a token the card says
-  // so too, still with no numbers (they are shown only to a signed-in user), and the session panel takes
-  // the history's place with the one way out, signing in: no Retry, which could not help, and no filters.
-  const balanceError = view.phase === "failed" ? failureMessage(view.failure) : null;
+  const balanceError = failure ? failureMessage(failure) : null;
 
-  if (view.phase === "failed" && (view.failure.kind === "unauthorized" || view.failure.kind === "signed-out")) {
+  // On a 401 or without a token the card says so, still with no numbers (they are shown only to a
+  // signed-in user), and the session panel takes the place of everything else with the one way out,
+  // signing in: no Retry, which could not help, and no filters, chart or statement.
+  if (failure && (failure.kind === "unauthorized" || failure.kind === "signed-out")) {
     return (
       <div className={styles.billing}>
         <BalanceCard balance={null} error={balanceError} />
-        <SessionPanel expired={view.failure.kind === "unauthorized"} />
+        <SessionPanel expired={failure.kind === "unauthorized"} />
       </div>
     );
   }
 
+  const more: More = history.isFetchingNextPage
+    ? { state: "loading" }
+    : history.isFetchNextPageError
+      ? { state: "failed", failure: failureOf(history.error) }
+      : { state: "idle" };
+
   return (
     <div className={styles.billing}>
-      <BalanceCard balance={balance} error={balanceError} />
+      <BalanceCard balance={phase === "ready" ? (balance.data ?? null) : null} error={balanceError} />
+      {/* The chart and the statement ask for their own numbers, side by side with the first load; when
+          that load fails the page's one error says why, rather than three. */}
+      {phase !== "failed" && (
+        <div className={styles.insights}>
+          <UsageSection api={api} />
+          <StatementSection api={api} />
+        </div>
+      )}
       <section className={styles.history} aria-labelledby={historyHeadingId}>
         <div className={styles.historyHeader}>
           <h2 id={historyHeadingId} className={styles.sectionTitle}>
             History
           </h2>
-          <FilterBar filters={filters} onChange={onFiltersChange} />
+          <div className={styles.historyTools}>
+            <FilterBar filters={filters} onChange={onFiltersChange} />
+            {phase === "ready" && balance.data && rows.length > 0 && (
+              <DownloadCsv api={api} filters={filters} userId={balance.data.user_id} />
+            )}
+          </div>
         </div>
-        {view.phase === "loading" && <HistorySkeleton />}
-        {view.phase === "failed" && <ErrorPanel failure={view.failure} onRetry={retry} />}
-        {view.phase === "ready" && view.history.rows.length === 0 && (
+        {phase === "loading" && <HistorySkeleton />}
+        {phase === "failed" && failure && <ErrorPanel failure={failure} onRetry={retry} />}
+        {phase === "ready" && rows.length === 0 && (
           <EmptyState filtered={hasFilters(filters)} onClearFilters={() => onFiltersChange({})} />
         )}
-        {view.phase === "ready" && view.history.rows.length > 0 && (
+        {phase === "ready" && rows.length > 0 && (
           <>
             <HistoryTable
-              rows={view.history.rows}
+              rows={rows}
+              api={api}
               labelledBy={historyHeadingId}
               focusRowId={focusRowId}
               onFocused={focusDone}
             />
-            <LoadMore more={view.more} hasMore={view.history.nextCursor !== null} onLoadMore={loadMore} />
+            <LoadMore more={more} hasMore={hasNextPage} onLoadMore={loadMore} />
           </>
         )}
         <p className={styles.visuallyHidden} aria-live="polite">
@@ -177,38 +209,7 @@ export function Billing({ filters, onFiltersChange, api = defaultApi(), pageSize
   );
 }
 
-function nextCursorOf(page: { has_more: boolean; next_cursor: string | null }): string | null {
-  return page.has_more ? page.next_cursor : null;
-}
-
-/** A 401 outranks everything (signing in again is the only fix), then being signed out. */
-function mostSevere(...results: ApiResult<unknown>[]): ApiFailure {
-  const failures = results.flatMap((result) => (result.ok ? [] : [result.failure]));
-  return (
-    failures.find((failure) => failure.kind === "unauthorized") ??
-    failures.find((failure) => failure.kind === "signed-out") ??
-    failures[0] ?? { kind: "network" }
-  );
-}
-
-function failureMessage(failure: ApiFailure): string {
-  switch (failure.kind) {
-    case "problem":
-      return failure.title;
-    case "network":
-      return "The billing service could not be reached.";
-    case "unauthorized":
-      return "Your session has expired — sign in again";
-    case "signed-out":
-      return "You are signed out.";
-  }
-}
-
-function signInHref(): string {
-  if (typeof window === "undefined") return SIGN_IN_PATH;
-  const back = window.location.pathname + window.location.search;
-  return `${SIGN_IN_PATH}?next=${encodeURIComponent(back)}`;
-}
+type More = { state: "idle" } | { state: "loading" } | { state: "failed"; failure: ApiFailure };
 
 function SessionPanel({ expired }: { expired: boolean }) {
   return (
@@ -254,12 +255,18 @@ function EmptyState({ filtered, onClearFilters }: { filtered: boolean; onClearFi
       </div>
     );
   }
+  const buyUrl = buyCreditsUrl();
   return (
     <div className={styles.panel} data-testid="history-empty">
       <h3 className={styles.panelTitle}>No transactions yet</h3>
       <p className={styles.panelText}>
         Buy credits to get started: your purchases, and the credits each generation uses, will be listed here.
       </p>
+      {buyUrl && (
+        <a className={styles.button} href={buyUrl} data-testid="empty-buy-credits">
+          Buy credits
+        </a>
+      )}
     </div>
   );
 }

@@ -29,6 +29,18 @@ export function BillingSkeleton() {
   return (
     <div className={styles.billing}>
       <BalanceSkeleton />
+      <div className={styles.insights} aria-hidden="true">
+        <div className={styles.usage}>
+          <span className={`${styles.skeleton} ${styles.skeletonLabel}`} />
+          <span className={`${styles.skeleton} ${styles.skeletonChart}`} />
+        </div>
+        <div className={styles.statement}>
+          <span className={`${styles.skeleton} ${styles.skeletonLabel}`} />
+          {Array.from({ length: 4 }, (_, index) => (
+            <span key={index} className={`${styles.skeleton} ${styles.skeletonLine}`} />
+          ))}
+        </div>
+      </div>
       <section className={styles.history} aria-label="History">
         <HistorySkeleton />
       </section>

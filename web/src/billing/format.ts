@@ -99,3 +99,47 @@ export function formatUtc(iso: string): string {
   if (Number.isNaN(moment.getTime())) return iso;
   return `${moment.toISOString().replace("T", " ").replace("Z", "")} UTC`;
 }
+
+/** A calendar date of the service ("2026-11-30"), read as a date and never shifted by a time zone. */
+function calendarDate(day: string): Date | null {
+  const moment = new Date(`${day}T00:00:00Z`);
+  return Number.isNaN(moment.getTime()) ? null : moment;
+}
+
+export type BucketGranularity = "day" | "week" | "month";
+
+/** A usage bucket on the chart's axis: "Nov 30" (a day, or the Monday a week starts on), "Nov" (a month). */
+export function formatBucketTick(start: string, granularity: BucketGranularity, locale?: string): string {
+  const date = calendarDate(start);
+  if (!date) return start;
+  const options: Intl.DateTimeFormatOptions =
+    granularity === "month" ? { month: "short", timeZone: "UTC" } : { month: "short", day: "numeric", timeZone: "UTC" };
+  return new Intl.DateTimeFormat(locale, options).format(date);
+}
+
+/** A usage bucket in full: "Nov 30, 2026", "Week of Nov 24, 2026", "November 2026". */
+export function formatBucket(start: string, granularity: BucketGranularity, locale?: string): string {
+  const date = calendarDate(start);
+  if (!date) return start;
+  if (granularity === "month") {
+    return new Intl.DateTimeFormat(locale, { month: "long", year: "numeric", timeZone: "UTC" }).format(date);
+  }
+  const day = new Intl.DateTimeFormat(locale, { dateStyle: "medium", timeZone: "UTC" }).format(date);
+  return granularity === "week" ? `Week of ${day}` : day;
+}
+
+/** "2026-11" -> "November 2026". */
+export function formatMonth(month: string, locale?: string): string {
+  return formatBucket(`${month}-01`, "month", locale);
+}
+
+/** The last `count` months in the viewer's time zone, the current one first: ["2026-12", "2026-11", ...]. */
+export function recentMonths(now: Date, timeZone?: string, count = 12): string[] {
+  const parts = new Intl.DateTimeFormat("en-US", { year: "numeric", month: "numeric", timeZone }).formatToParts(now);
+  const year = Number(parts.find((part) => part.type === "year")?.value);
+  const month = Number(parts.find((part) => part.type === "month")?.value); // 1-12
+  return Array.from({ length: count }, (_, back) => {
+    const index = year * 12 + (month - 1) - back;
+    return `${Math.floor(index / 12)}-${String((index % 12) + 1).padStart(2, "0")}`;
+  });
+}

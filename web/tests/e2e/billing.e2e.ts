@@ -3,14 +3,22 @@
  * playwright-core) against the real service on a real PostgreSQL: a user with
  * 45 transactions of every type and status, recorded through the HTTP API.
  */
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { randomUUID } from "node:crypto";
 
 import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
-import type { Balance } from "../../src/api/client";
+import type {
+  Balance,
+  BalanceAt,
+  Statement,
+  Transaction,
+  TransactionDetail,
+  TransactionPage,
+  UsageSummary,
+} from "../../src/api/client";
 import { DEV_TOKEN_KEY } from "../../src/auth/access-token";
 
 import { signToken, startStack, WEB_ROOT, type Stack } from "./stack";
@@ -18,6 +26,7 @@ import { signToken, startStack, WEB_ROOT, type Stack } from "./stack";
 const CHROMIUM = "/usr/bin/chromium";
 const ARTIFACTS = join(WEB_ROOT, "test-artifacts");
 const ZONE = "America/New_York";
+const BUY_CREDITS_URL = "https://pay.example/credits";
 const MINUS = "\u2212";
 
 interface Kind {
@@ -26,6 +35,8 @@ interface Kind {
   credits: number;
   status: "completed" | "pending" | "failed";
   description: string;
+  /** The caller's own key-value pairs; a usage names its model, or not. */
+  metadata?: Record<string, string>;
   // what the page must show, written out by hand rather than computed by the page's formatters
   creditsText: string;
   amountText: string;
@@ -39,26 +50,30 @@ const KINDS: Kind[] = [
   { type: "purchase", amount: "49.00", credits: 5000, status: "completed", description: "Studio pack: 5,000 credits",
     creditsText: "+5,000", amountText: "$49.00", typeText: "Purchase", statusText: "Completed" },
   { type: "usage", amount: "0", credits: -20, status: "completed", description: "Image generation (1024x1024)",
-    creditsText: `${MINUS}20`, amountText: "\u2014", typeText: "Usage", statusText: "Completed" },
+    metadata: { model: "gpt-image-1" }, creditsText: `${MINUS}20`, amountText: "\u2014", typeText: "Usage", statusText: "Completed" },
   { type: "usage", amount: "0", credits: -35, status: "pending", description: "Video generation, 5 s",
-    creditsText: `${MINUS}35`, amountText: "\u2014", typeText: "Usage", statusText: "Pending" },
+    metadata: { model: "veo-3" },
+    // the moment the reservation lapses is added when the row is recorded (see expectedRow)
+    creditsText: `${MINUS}35`, amountText: "\u2014", typeText: "Usage", statusText: "Reserved, not yet charged" },
   { type: "purchase", amount: "19.99", credits: 1200, status: "failed", description: "Creator pack: 1,200 credits",
     creditsText: "+1,200", amountText: "$19.99", typeText: "Purchase", statusText: "Failed" },
   { type: "purchase", amount: "1234.56", credits: 150000, status: "pending", description: "Team plan: 150,000 credits",
     creditsText: "+150,000", amountText: "$1,234.56", typeText: "Purchase", statusText: "Pending" },
   { type: "usage", amount: "0", credits: -8, status: "failed", description: "Text generation, 4k tokens",
-    creditsText: `${MINUS}8`, amountText: "\u2014", typeText: "Usage", statusText: "Failed" },
+    metadata: { model: "gpt-4o" }, creditsText: `${MINUS}8`, amountText: "\u2014", typeText: "Usage", statusText: "Failed" },
   { type: "purchase", amount: "4.50", credits: 250, status: "completed", description: "Top-up: 250 credits",
     creditsText: "+250", amountText: "$4.50", typeText: "Purchase", statusText: "Completed" },
   { type: "usage", amount: "0.25", credits: -1000, status: "completed", description: "Batch upscale, 40 images",
     creditsText: `${MINUS}1,000`, amountText: "$0.25", typeText: "Usage", statusText: "Completed" },
   { type: "usage", amount: "0", credits: -50, status: "completed", description: "Upscale 4x",
-    creditsText: `${MINUS}50`, amountText: "\u2014", typeText: "Usage", statusText: "Completed" },
+    metadata: { model: "esrgan-4x" }, creditsText: `${MINUS}50`, amountText: "\u2014", typeText: "Usage", statusText: "Completed" },
 ];
 
 interface Recorded extends Kind {
   id: string;
   createdAt: string;
+  /** While a usage is pending: when its reservation lapses. */
+  holdExpiresAt?: string | null;
 }
 
 const USER_ID = randomUUID();
@@ -84,11 +99,12 @@ async function seed(apiUrl: string, serviceToken: string) {
         credits: kind.credits,
         description: kind.description,
         status: kind.status,
+        ...(kind.metadata && { metadata: kind.metadata, reference: `gen-${index}` }),
       }),
     });
-    const body = (await response.json()) as { id: string; created_at: string };
+    const body = (await response.json()) as { id: string; created_at: string; hold_expires_at: string | null };
     expect(response.status, JSON.stringify(body)).toBe(201);
-    recorded.push({ ...kind, id: body.id, createdAt: body.created_at });
+    recorded.push({ ...kind, id: body.id, createdAt: body.created_at, holdExpiresAt: body.hold_expires_at });
   }
   newestFirst = [...recorded].reverse();
 }
@@ -164,7 +180,9 @@ function expectedRow(transaction: Recorded) {
     description: transaction.description,
     credits: transaction.creditsText,
     amount: transaction.amountText,
-    status: transaction.statusText,
+    status: transaction.holdExpiresAt
+      ? `${transaction.statusText}, lapses ${shownMoment(transaction.holdExpiresAt)}`
+      : transaction.statusText,
     utc: `${day} ${clock} UTC`,
     datetime: transaction.createdAt,
   };
@@ -184,8 +202,98 @@ async function expectBalanceUnavailable(page: Page, reason: string) {
   expect(await card.getByTestId("balance-next-expiry").count()).toBe(0);
 }
 
-function normaliseSpaces<T extends { date?: string }>(row: T): T {
-  return { ...row, date: row.date?.replace(/[\u202f\u00a0]/g, " ") };
+function normaliseSpaces<T extends { date?: string; status?: string }>(row: T): T {
+  return { ...row, date: row.date?.replace(/[\u202f\u00a0]/g, " "), status: row.status?.replace(/[\u202f\u00a0]/g, " ") };
+}
+
+/** Every row GET /api/transactions pages through for `query`, following the cursor. */
+async function allRows(query: string, token = stack!.userToken): Promise<Transaction[]> {
+  const rows: Transaction[] = [];
+  let cursor: string | null = null;
+  do {
+    const { status, body }: { status: number; body: TransactionPage } = await apiGet<TransactionPage>(
+      `/api/transactions?${query}&limit=100${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`,
+      token,
+    );
+    expect(status).toBe(200);
+    rows.push(...body.data);
+    cursor = body.has_more ? body.next_cursor : null;
+  } while (cursor);
+  return rows;
+}
+
+/** RFC 4180: fields in double quotes may hold commas, line breaks and doubled quotes. */
+function parseCsv(text: string): Record<string, string>[] {
+  const records: string[][] = [];
+  let record: string[] = [];
+  let field = "";
+  let quoted = false;
+  for (let index = 0; index < text.length; index += 1) {
+    const char = text[index]!;
+    if (quoted) {
+      if (char === '"' && text[index + 1] === '"') {
+        field += '"';
+        index += 1;
+      } else if (char === '"') {
+        quoted = false;
+      } else {
+        field += char;
+      }
+    } else if (char === '"') {
+      quoted = true;
+    } else if (char === ",") {
+      record.push(field);
+      field = "";
+    } else if (char === "\n" || char === "\r") {
+      if (char === "\r" && text[index + 1] === "\n") index += 1;
+      record.push(field);
+      records.push(record);
+      record = [];
+      field = "";
+    } else {
+      field += char;
+    }
+  }
+  if (field || record.length) records.push([...record, field]);
+  const [header, ...rows] = records;
+  return rows.map((row) => Object.fromEntries(header!.map((name, column) => [name, row[column] ?? ""])));
+}
+
+/** The chart's bars as drawn: what each counts, and whether it has a height on screen. */
+async function readBars(page: Page) {
+  const bars = await page.getByTestId("usage-bar").evaluateAll((elements) =>
+    elements.map((bar) => ({
+      start: bar.getAttribute("data-start") ?? "",
+      series: bar.getAttribute("data-series") ?? "",
+      credits: Number(bar.getAttribute("data-credits")),
+      height: bar.getBoundingClientRect().height,
+    })),
+  );
+  return bars
+    .filter((bar) => bar.credits !== 0)
+    .sort((a, b) => a.start.localeCompare(b.start) || a.series.localeCompare(b.series));
+}
+
+/** The bars a summary asks for: one per series with credits, or one per bucket without a split by model. */
+function expectedBars(summary: UsageSummary) {
+  const names = summary.series.map((entry) =>
+    entry.kind === "value" ? entry.name : entry.kind === "other" ? "Other models" : "No model",
+  );
+  const stacked = summary.series.some((entry) => entry.kind === "value");
+  return summary.buckets
+    .flatMap((bucket) =>
+      stacked
+        ? bucket.split.map((credits, index) => ({ start: bucket.start, series: names[index]!, credits }))
+        : [{ start: bucket.start, series: "Credits", credits: bucket.credits }],
+    )
+    .filter((bar) => bar.credits !== 0)
+    .sort((a, b) => a.start.localeCompare(b.start) || a.series.localeCompare(b.series));
+}
+
+/** One part of the page on its own, for the docs. */
+async function screenshotOf(page: Page, testId: string, name: string) {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.getByTestId(testId).screenshot({ path: join(ARTIFACTS, name) });
 }
 
 async function screenshot(page: Page, name: string, fullPage = false) {
@@ -195,7 +303,7 @@ async function screenshot(page: Page, name: string, fullPage = false) {
 
 describe("the billing page in Chromium, on the real service", () => {
   beforeAll(async () => {
-    stack = await startStack({ userId: USER_ID, seed });
+    stack = await startStack({ userId: USER_ID, seed, buyCreditsUrl: BUY_CREDITS_URL });
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       headless: true,
@@ -541,6 +649,261 @@ describe("the billing page in Chromium, on the real service", () => {
     }
   });
 
+  it("draws the usage chart from GET /api/usage/summary, per day, week and month, stacked by model", async () => {
+    const { context, page } = await newPage();
+    try {
+      await page.goto(`${stack!.webUrl}/billing`);
+      const usage = page.getByTestId("usage");
+      await expect.poll(() => usage.getByTestId("usage-total").isVisible()).toBe(true);
+
+      const periods = [
+        ["30 days", "day"],
+        ["12 weeks", "week"],
+        ["12 months", "month"],
+      ] as const;
+      for (const [label, granularity] of periods) {
+        await usage.getByRole("button", { name: label }).click();
+        const { status, body: summary } = await apiGet<UsageSummary>(
+          `/api/usage/summary?granularity=${granularity}&group_by=metadata.model&tz=${encodeURIComponent(ZONE)}`,
+        );
+        expect(status).toBe(200);
+        // completed usage only, five rounds of 20 + 1,000 + 50: pending holds and failed usage spend nothing
+        expect(summary.total).toBe(5_350);
+        expect(summary.series.filter((entry) => entry.kind === "value").map((entry) => entry.name).sort()).toEqual([
+          "esrgan-4x",
+          "gpt-image-1",
+        ]);
+        const expected = expectedBars(summary);
+        expect(expected.length).toBeGreaterThan(0);
+        await expect
+          .poll(async () => (await readBars(page)).map(({ start, series, credits }) => ({ start, series, credits })))
+          .toEqual(expected);
+        // every bar with credits is drawn with a height of its own
+        expect((await readBars(page)).every((bar) => bar.height > 0)).toBe(true);
+        // and the table for screen readers says the same, bucket by bucket
+        const table = await usage.getByTestId("usage-row").evaluateAll((rows) =>
+          rows.map((row) => ({
+            start: row.getAttribute("data-start"),
+            credits: row.lastElementChild?.textContent?.replace(/,/g, ""),
+          })),
+        );
+        expect(table).toEqual(summary.buckets.map((bucket) => ({ start: bucket.start, credits: String(bucket.credits) })));
+        expect(await usage.getByTestId("usage-total").textContent()).toContain(summary.total.toLocaleString("en-US"));
+        if (granularity === "day") await screenshotOf(page, "usage", "billing-chart.png");
+      }
+
+      await usage.getByRole("button", { name: "Show as table" }).click();
+      await expect.poll(() => usage.getByTestId("usage-table").isVisible()).toBe(true);
+      expect(await usage.getByTestId("usage-chart").count()).toBe(0);
+      await screenshotOf(page, "usage", "billing-chart-table.png");
+    } finally {
+      await context.close();
+    }
+  });
+
+  it("downloads a CSV of the filtered history with the same rows as GET /api/transactions", async () => {
+    const { context, page } = await newPage();
+    try {
+      await page.goto(`${stack!.webUrl}/billing?type=usage&status=completed`);
+      await expect.poll(() => rows(page).count()).toBe(15);
+
+      const [download] = await Promise.all([
+        page.waitForEvent("download"),
+        page.getByRole("button", { name: "Download CSV" }).click(),
+      ]);
+      const file = parseCsv(readFileSync(await download.path(), "utf8"));
+      const listed = await allRows("type=usage&status=completed");
+      expect(listed).toHaveLength(15);
+      expect(file.map((row) => [row.id, Number(row.credits), row.type, row.status])).toEqual(
+        listed.map((row) => [row.id, row.credits, row.type, row.status]),
+      );
+
+      // under the name the service gives the file
+      const direct = await fetch(`${stack!.apiUrl}/api/transactions/export?format=csv&type=usage&status=completed`, {
+        headers: { Authorization: `Bearer ${stack!.userToken}` },
+      });
+      expect(direct.status).toBe(200);
+      const name = /filename="([^"]+)"/.exec(direct.headers.get("Content-Disposition") ?? "")?.[1];
+      expect(name).toMatch(new RegExp(`^transactions-${USER_ID}-\\d{4}-\\d{2}-\\d{2}\\.csv$`));
+      expect(download.suggestedFilename()).toBe(name);
+
+      // and all 45 without a filter
+      await page.goto(`${stack!.webUrl}/billing`);
+      await expect.poll(() => rows(page).count()).toBe(20);
+      const [everything] = await Promise.all([
+        page.waitForEvent("download"),
+        page.getByRole("button", { name: "Download CSV" }).click(),
+      ]);
+      const all = parseCsv(readFileSync(await everything.path(), "utf8"));
+      expect(all.map((row) => row.id)).toEqual((await allRows("")).map((row) => row.id));
+      expect(all).toHaveLength(45);
+    } finally {
+      await context.close();
+    }
+  });
+
+  it("shows the month's statement, which closes on GET /api/balance?at= its end, or now", async () => {
+    const { context, page } = await newPage();
+    try {
+      await page.goto(`${stack!.webUrl}/billing`);
+      const section = page.getByTestId("statement");
+      const month = page.getByLabel("Month");
+      await expect.poll(() => section.getByTestId("statement-closing").isVisible()).toBe(true);
+
+      // the month under way: closing so far, on the balance now
+      const current = await month.inputValue();
+      const { body: open } = await apiGet<Statement>(`/api/statements?month=${current}&tz=${encodeURIComponent(ZONE)}`);
+      expect(open.final).toBe(false);
+      const now = await apiGet<BalanceAt>(`/api/balance?at=${encodeURIComponent(new Date().toISOString())}`);
+      expect(now.status).toBe(200);
+      expect(open.closing_balance).toBe(now.body.balance);
+      expect(await section.getByTestId("statement-closing").textContent()).toBe(
+        `Closing balance so far${now.body.balance.toLocaleString("en-US")}`,
+      );
+      // each line that is not zero, as the service sums it
+      const lines = await section.getByTestId("statement-line").evaluateAll((elements) =>
+        elements.map((line) => [line.getAttribute("data-line"), line.lastElementChild?.textContent]),
+      );
+      const signed = (credits: number) =>
+        `${credits > 0 ? "+" : MINUS}${Math.abs(credits).toLocaleString("en-US")}`;
+      const statementLines = ["purchases", "grants", "usage", "refunds", "reversals", "adjustments", "expirations", "carried_in"] as const;
+      expect(lines).toEqual(
+        statementLines.filter((line) => open[line] !== 0).map((line) => [line, signed(open[line])]),
+      );
+      expect(lines.map(([line]) => line)).toEqual(expect.arrayContaining(["purchases", "usage"]));
+      await screenshotOf(page, "statement", "billing-statement.png");
+
+      // last month, over: closing on the balance at its end (the user had none then)
+      const previous = await month.locator("option").nth(1).getAttribute("value");
+      await month.selectOption(previous!);
+      const { body: closed } = await apiGet<Statement>(`/api/statements?month=${previous}&tz=${encodeURIComponent(ZONE)}`);
+      expect(closed.final).toBe(true);
+      const atEnd = await apiGet<BalanceAt>(`/api/balance?at=${encodeURIComponent(closed.ends_at)}`);
+      expect(atEnd.status).toBe(200);
+      expect(closed.closing_balance).toBe(atEnd.body.balance);
+      await expect
+        .poll(() => section.getByTestId("statement-closing").textContent())
+        .toBe(`Closing balance${atEnd.body.balance.toLocaleString("en-US")}`);
+    } finally {
+      await context.close();
+    }
+  });
+
+  it("opens a row to the metadata, reference and postings GET /api/transactions/{id} has", async () => {
+    const { context, page } = await newPage();
+    try {
+      await page.goto(`${stack!.webUrl}/billing`);
+      await expect.poll(() => rows(page).count()).toBe(20);
+      // the newest completed usage that names its model
+      const usage = newestFirst.find((row) => row.type === "usage" && row.status === "completed" && row.metadata)!;
+      const { status, body: detail } = await apiGet<TransactionDetail>(`/api/transactions/${usage.id}`);
+      expect(status).toBe(200);
+      expect(detail.metadata).toEqual(usage.metadata);
+      expect(detail.postings.length).toBeGreaterThan(0);
+
+      const row = page.locator(`[data-testid="transaction-row"][data-id="${usage.id}"]`);
+      const toggle = row.getByRole("button", { name: `Details of ${usage.description}` });
+      expect(await toggle.getAttribute("aria-expanded")).toBe("false");
+      await toggle.focus();
+      await page.keyboard.press("Enter");
+      expect(await toggle.getAttribute("aria-expanded")).toBe("true");
+
+      const details = page.locator(`[data-testid="details-row"][data-details-for="${usage.id}"]`);
+      await expect.poll(() => details.getByTestId("details-postings").isVisible()).toBe(true);
+      expect(await details.getByTestId("details-reference").textContent()).toBe(detail.reference);
+      const metadata = await details.getByTestId("details-metadata").locator("div").evaluateAll((entries) =>
+        entries.map((entry) => [entry.querySelector("dt")?.textContent, entry.querySelector("dd")?.textContent]),
+      );
+      expect(Object.fromEntries(metadata)).toEqual(detail.metadata);
+      const postings = await details.getByTestId("posting").evaluateAll((entries) =>
+        entries.map((entry) => Array.from(entry.querySelectorAll("td")).map((cell) => cell.textContent)),
+      );
+      expect(postings.map(([lot, credits, held]) => [lot, credits, held])).toEqual(
+        detail.postings.map((posting) => [
+          posting.lot_id,
+          posting.credits === 0 ? "0" : `${posting.credits > 0 ? "+" : MINUS}${Math.abs(posting.credits).toLocaleString("en-US")}`,
+          posting.held === 0 ? "0" : `${posting.held > 0 ? "+" : MINUS}${Math.abs(posting.held).toLocaleString("en-US")}`,
+        ]),
+      );
+      await details.scrollIntoViewIfNeeded();
+      await screenshot(page, "billing-details.png");
+
+      // on a phone the open row stays inside the screen
+      await page.setViewportSize({ width: 375, height: 812 });
+      await details.scrollIntoViewIfNeeded();
+      expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(375);
+      await screenshot(page, "billing-details-phone.png");
+      await page.setViewportSize({ width: 1280, height: 900 });
+
+      await page.keyboard.press("Enter");
+      expect(await toggle.getAttribute("aria-expanded")).toBe("false");
+      expect(await details.count()).toBe(0);
+    } finally {
+      await context.close();
+    }
+  });
+
+  it("shows skeletons while the reads are on their way", async () => {
+    const { context, page } = await newPage();
+    try {
+      // hold every answer of the service until the skeletons have been seen
+      let release!: () => void;
+      const held = new Promise<void>((resolve) => (release = resolve));
+      await page.route(`${stack!.apiUrl}/**`, async (route) => {
+        await held;
+        await route.continue();
+      });
+      await page.goto(`${stack!.webUrl}/billing`);
+      for (const testId of ["balance-loading", "history-loading", "usage-loading", "statement-loading"]) {
+        await expect.poll(() => page.getByTestId(testId).isVisible()).toBe(true);
+      }
+      expect(await rows(page).count()).toBe(0);
+      await screenshot(page, "billing-loading.png");
+
+      release();
+      await expect.poll(() => rows(page).count()).toBe(20);
+      for (const testId of ["balance-loading", "history-loading", "usage-loading", "statement-loading"]) {
+        expect(await page.getByTestId(testId).count()).toBe(0);
+      }
+    } finally {
+      await context.close();
+    }
+  });
+
+  it("points a user without transactions to buying credits", async () => {
+    const userId = randomUUID();
+    const token = signToken(stack!.secret, userId, 3600);
+    expect((await serviceWrite("PUT", `/api/users/${userId}`)).status).toBe(201);
+    const { context, page } = await newPage();
+    try {
+      await context.addInitScript(
+        ([key, value]) => {
+          try {
+            window.sessionStorage.setItem(key!, value!);
+          } catch {
+            // a document without storage of its own (about:blank): nothing to sign in
+          }
+        },
+        [DEV_TOKEN_KEY, token],
+      );
+      await page.goto(`${stack!.webUrl}/billing`);
+      const empty = page.getByTestId("history-empty");
+      await expect.poll(() => empty.isVisible()).toBe(true);
+      expect(await empty.textContent()).toContain("No transactions yet");
+      expect(await empty.getByRole("link", { name: "Buy credits" }).getAttribute("href")).toBe(BUY_CREDITS_URL);
+      expect(await page.getByTestId("balance-card").getByRole("link", { name: "Buy credits" }).getAttribute("href")).toBe(
+        BUY_CREDITS_URL,
+      );
+      await expect.poll(() => page.getByTestId("usage-empty").isVisible()).toBe(true);
+      await expect.poll(() => page.getByTestId("statement-quiet").isVisible()).toBe(true);
+      await screenshot(page, "billing-empty.png");
+      await page.setViewportSize({ width: 375, height: 812 });
+      await screenshot(page, "billing-empty-phone.png", true);
+    } finally {
+      await context.close();
+    }
+  });
+
   it("filters by type through the URL, and a filtered link survives a reload", async () => {
     const { context, page } = await newPage();
     try {
@@ -583,8 +946,10 @@ describe("the billing page in Chromium, on the real service", () => {
     try {
       await page.goto(`${stack!.webUrl}/billing`);
       await expect.poll(() => rows(page).count()).toBe(20);
+      // through the chart's periods, the statement's month, the filters, the download and each row's
+      // Details, to Load more
       const reached: string[] = [];
-      for (let step = 0; step < 10; step += 1) {
+      for (let step = 0; step < 60; step += 1) {
         await page.keyboard.press("Tab");
         reached.push(
           await page.evaluate(() => {
@@ -596,6 +961,9 @@ describe("the billing page in Chromium, on the real service", () => {
       }
       expect(reached).toContain("button:Load more");
       expect(reached.some((entry) => entry.startsWith("select:"))).toBe(true);
+      expect(reached).toContain("button:30 days");
+      expect(reached).toContain("button:Download CSV");
+      expect(reached.filter((entry) => entry.startsWith("button:Details of"))).toHaveLength(20);
       await page.keyboard.press("Enter");
       await expect.poll(() => rows(page).count()).toBe(40);
     } finally {
@@ -620,6 +988,7 @@ describe("the billing page in Chromium, on the real service", () => {
       }
       await screenshot(page, "billing-mobile.png");
       await screenshot(page, "billing-mobile-full.png", true);
+      await screenshot(page, "billing-phone.png", true);
     } finally {
       await context.close();
     }

@@ -144,6 +144,8 @@ export interface Stack {
  */
 export async function startStack(options: {
   userId: string;
+  /** Where the page's "Buy credits" leads (NEXT_PUBLIC_BUY_CREDITS_URL); none without it. */
+  buyCreditsUrl?: string;
   seed: (apiUrl: string, serviceToken: string) => Promise<void>;
 }): Promise<Stack & { userToken: string; serviceToken: string }> {
   const python = join(VENV_BIN, "python");
@@ -220,6 +222,7 @@ export async function startStack(options: {
       NEXT_TELEMETRY_DISABLED: "1",
       NEXT_PUBLIC_TRANSACTIONS_API_URL: apiUrl,
       NEXT_PUBLIC_DEV_TOKEN: userToken,
+      NEXT_PUBLIC_BUY_CREDITS_URL: options.buyCreditsUrl ?? "",
     };
     // The page builds while the service starts and the ledger is filled.
     await Promise.all([

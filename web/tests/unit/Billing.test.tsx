@@ -1,6 +1,6 @@
-import { act, render, screen, waitFor, within } from "@testing-library/react";
+import { act, screen, waitFor, within } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
-import { describe, expect, it, vi } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 
 import type { Transaction } from "@/api/client";
 import { Billing } from "@/billing/Billing";
@@ -13,35 +13,27 @@ import {
   fakeService,
   history,
   json,
-  pageOf,
+  ledger,
   problem,
   TOKEN,
   type Answer,
 } from "./fake-service";
+import { renderWithQueries } from "./render";
 
 const MINUS = "\u2212";
 
 function renderBilling(answer: Answer, options: { filters?: HistoryFilters; token?: string | null } = {}) {
   const service = fakeService(answer, options.token === undefined ? TOKEN : options.token);
   const onFiltersChange = vi.fn();
-  const view = render(
+  const view = renderWithQueries(
     <Billing api={service.api} filters={options.filters ?? {}} onFiltersChange={onFiltersChange} />,
   );
   return { ...service, onFiltersChange, view };
 }
 
-/** A service holding `rows` (newest first) and a balance. */
-function ledger(rows: Transaction[], totals = balance(1587, 50)): Answer {
-  return ({ path, query }) => {
-    if (path === "/api/balance") return json(totals);
-    if (path === "/api/transactions") {
-      const filtered = rows.filter(
-        (row) => (!query.type || row.type === query.type) && (!query.status || row.status === query.status),
-      );
-      return json(pageOf(filtered, query));
-    }
-    return problem(404, "Not Found", "not_found");
-  };
+/** The six columns of a row as they read (the seventh holds the row's Details button). */
+function cellTexts(row: HTMLElement) {
+  return within(row).getAllByRole("cell").slice(0, 6).map((cell) => cell.textContent);
 }
 
 function shownRows() {
@@ -71,7 +63,14 @@ function expectBalanceUnavailable(reason: string | RegExp) {
 }
 
 describe("the billing page", () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
   it("shows a loading skeleton, then the balance and the newest transactions", async () => {
+    // a quarter of an hour before the pending usage's reservation lapses
+    vi.useFakeTimers({ toFake: ["Date"] });
+    vi.setSystemTime(new Date("2025-06-12T09:45:00Z"));
     const gate = deferred<void>();
     const rows: Transaction[] = [
       {
@@ -83,6 +82,7 @@ describe("the billing page", () => {
         description: "Image generation (1024x1024)",
         status: "pending",
         created_at: "2025-06-12T09:41:03.512204Z",
+        hold_expires_at: "2025-06-12T09:56:03.512204Z",
       },
       {
         ...history(1)[0]!,
@@ -114,37 +114,53 @@ describe("the billing page", () => {
     expect(screen.getByTestId("history-loading")).toBeInTheDocument();
     expect(screen.getByText("Loading your transactions…")).toBeInTheDocument();
     expect(screen.getByTestId("balance-loading")).toBeInTheDocument();
-    expect(screen.queryByRole("table")).not.toBeInTheDocument();
+    expect(screen.queryByRole("table", { name: "History" })).not.toBeInTheDocument();
 
     await act(async () => gate.resolve());
 
-    expect(await screen.findByRole("table")).toBeInTheDocument();
+    expect(await screen.findByRole("table", { name: "History" })).toBeInTheDocument();
     expect(screen.queryByTestId("history-loading")).not.toBeInTheDocument();
     expect(screen.getByTestId("balance-available")).toHaveTextContent("1,587");
     expect(screen.getByTestId("balance-total")).toHaveTextContent("1,637");
     expect(screen.getByTestId("balance-held")).toHaveTextContent("50");
 
-    const headers = screen.getAllByRole("columnheader").map((header) => header.textContent);
-    expect(headers).toEqual(["Date", "Type", "Description", "Credits", "Amount", "Status"]);
+    const table = screen.getByRole("table", { name: "History" });
+    const headers = within(table).getAllByRole("columnheader").map((header) => header.textContent);
+    expect(headers).toEqual(["Date", "Type", "Description", "Credits", "Amount", "Status", "Details"]);
 
-    const cells = shownRows().map((row) => within(row).getAllByRole("cell").map((cell) => cell.textContent));
+    const cells = shownRows().map(cellTexts);
     expect(cells).toEqual([
-      ["Jun 12, 2025, 9:41 AM", "Usage", "Image generation (1024x1024)", `${MINUS}20`, "\u2014", "Pending"],
+      // a pending usage: its credits reserved, not charged, until the reservation lapses
+      [
+        "Jun 12, 2025, 9:41 AM",
+        "Usage",
+        "Image generation (1024x1024)",
+        `${MINUS}20`,
+        "\u2014",
+        "Reserved, not yet charged, lapses Jun 12, 2025, 9:56 AM",
+      ],
       ["Jun 12, 2025, 9:30 AM", "Purchase", "Studio pack: 120,000 credits", "+120,000", "$1,234.56", "Completed"],
       ["Jun 11, 2025, 11:59 PM", "Purchase", "Creator pack: 1,200 credits", "+1,200", "$19.99", "Failed"],
     ]);
     // the exact UTC time on hover
-    const times = shownRows().map((row) => within(row).getByText(/2025/).getAttribute("title"));
+    const times = shownRows().map((row) => within(row).getAllByText(/2025/)[0]!.getAttribute("title"));
     expect(times).toEqual([
       "2025-06-12 09:41:03.512204 UTC",
       "2025-06-12 09:30:15.123456 UTC",
       "2025-06-11 23:59:59.999999 UTC",
     ]);
+    // and the moment the reservation lapses, exactly, on hover
+    const lapse = within(shownRows()[0]!).getByTestId("hold-expiry").querySelector("time")!;
+    expect(lapse).toHaveAttribute("datetime", "2025-06-12T09:56:03.512204Z");
+    expect(lapse).toHaveAttribute("title", "2025-06-12 09:56:03.512204 UTC");
 
-    // one page of history and the balance, with the user's token, from the configured service
+    // one page of history, the balance, the usage and this month's statement, with the user's token,
+    // from the configured service
     expect(calls.map((call) => `${call.url.origin}${call.path}`).sort()).toEqual([
       `${BASE_URL}/api/balance`,
+      `${BASE_URL}/api/statements`,
       `${BASE_URL}/api/transactions`,
+      `${BASE_URL}/api/usage/summary`,
     ]);
     expect(calls.every((call) => call.authorization === `Bearer ${TOKEN}`)).toBe(true);
     expect(calls.find((call) => call.path === "/api/transactions")?.query).toEqual({ limit: "20" });
@@ -157,7 +173,7 @@ describe("the billing page", () => {
 
     expect(await screen.findByText("No transactions yet")).toBeInTheDocument();
     expect(screen.getByText(/Buy credits to get started/)).toBeInTheDocument();
-    expect(screen.queryByRole("table")).not.toBeInTheDocument();
+    expect(screen.queryByRole("table", { name: "History" })).not.toBeInTheDocument();
     expect(screen.getByTestId("balance-available")).toHaveTextContent("0");
   });
 
@@ -313,7 +329,7 @@ describe("the billing page", () => {
     const answer = ledger(history(6), balance(1587, 50));
     let down = false;
     const service = fakeService((call) => (down ? problem(503, "Database unavailable", "database_unavailable") : answer(call)));
-    const { rerender } = render(<Billing api={service.api} filters={{}} onFiltersChange={() => {}} />);
+    const { rerender } = renderWithQueries(<Billing api={service.api} filters={{}} onFiltersChange={() => {}} />);
     await waitFor(() => expect(screen.getByTestId("balance-available")).toHaveTextContent("1,587"));
 
     down = true;
@@ -398,12 +414,14 @@ describe("the billing page", () => {
   it("shows a row only once when it comes back on the next page", async () => {
     const user = userEvent.setup();
     const rows = history(25);
-    renderBilling((call) => {
-      if (call.path === "/api/balance") return json(balance(100));
-      if (!call.query.cursor) return json({ data: rows.slice(0, 20), has_more: true, next_cursor: "c19" });
-      // the service's next page overlaps the first by one row
-      return json({ data: rows.slice(19), has_more: false, next_cursor: null });
-    });
+    renderBilling(
+      ledger(rows, balance(100), (call) => {
+        if (call.path !== "/api/transactions") return undefined;
+        if (!call.query.cursor) return json({ data: rows.slice(0, 20), has_more: true, next_cursor: "c19" });
+        // the service's next page overlaps the first by one row
+        return json({ data: rows.slice(19), has_more: false, next_cursor: null });
+      }),
+    );
 
     await waitFor(() => expect(shownRows()).toHaveLength(20));
     await user.click(screen.getByRole("button", { name: "Load more" }));
@@ -415,12 +433,9 @@ describe("the billing page", () => {
     const user = userEvent.setup();
     const rows = history(30);
     const answer = ledger(rows);
-    let failNext = true;
-    renderBilling((call) => {
-      if (call.query.cursor && failNext) {
-        failNext = false;
-        return problem(500, "Internal Server Error", "internal_error");
-      }
+    let failing = true;
+    const { calls } = renderBilling((call) => {
+      if (call.query.cursor && failing) return problem(500, "Internal Server Error", "internal_error");
       return answer(call);
     });
 
@@ -430,9 +445,12 @@ describe("the billing page", () => {
     expect(await screen.findByTestId("load-more-error")).toHaveTextContent(
       "Couldn’t load more transactions: Internal Server Error",
     );
+    // a 5xx may pass: asked three times in all before the page says so
+    expect(calls.filter((call) => call.query.cursor)).toHaveLength(3);
     expect(shownRows()).toHaveLength(20);
     expect(screen.queryByTestId("billing-error")).not.toBeInTheDocument();
 
+    failing = false;
     await user.click(screen.getByRole("button", { name: "Try again" }));
     await waitFor(() => expect(shownRows()).toHaveLength(30));
     expect(screen.queryByTestId("load-more-error")).not.toBeInTheDocument();
@@ -477,7 +495,7 @@ describe("the billing page", () => {
       if (call.path === "/api/transactions" && !call.query.type) await slowUnfiltered.promise;
       return answer(call);
     });
-    const { rerender } = render(<Billing api={service.api} filters={{}} onFiltersChange={() => {}} />);
+    const { rerender } = renderWithQueries(<Billing api={service.api} filters={{}} onFiltersChange={() => {}} />);
     rerender(<Billing api={service.api} filters={{ type: "purchase" }} onFiltersChange={() => {}} />);
 
     const purchases = rows.filter((row) => row.type === "purchase");
@@ -530,7 +548,7 @@ describe("the billing page", () => {
     renderBilling(ledger(rows));
 
     await waitFor(() => expect(shownRows()).toHaveLength(4));
-    const cells = shownRows().map((row) => within(row).getAllByRole("cell").map((cell) => cell.textContent));
+    const cells = shownRows().map(cellTexts);
     expect(cells).toEqual([
       ["Jul 12, 2025, 9:30 AM", "Expired", "100 promotional credits expired", `${MINUS}100`, "\u2014", "Completed"],
       ["Jun 20, 2025, 12:00 PM", "Usage", "Image generation (1024x1024)", `${MINUS}20`, "\u2014", "Completed"],
@@ -711,7 +729,7 @@ describe("the billing page", () => {
     renderBilling(ledger(rows));
 
     await waitFor(() => expect(shownRows()).toHaveLength(7));
-    const cells = shownRows().map((row) => within(row).getAllByRole("cell").map((cell) => cell.textContent));
+    const cells = shownRows().map(cellTexts);
     expect(cells).toEqual([
       ["Jun 14, 2025, 8:00 AM", "Adjustment", "Correction: duplicate make-good (ticket 4813)", `${MINUS}30`, "\u2014", "Completed"],
       ["Jun 13, 2025, 4:00 PM", "Adjustment", "Make-good for the outage of 2025-06-11 (ticket 4812)", "+50", "\u2014", "Completed"],

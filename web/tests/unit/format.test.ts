@@ -2,11 +2,15 @@ import { describe, expect, it } from "vitest";
 
 import {
   formatAmount,
+  formatBucket,
+  formatBucketTick,
   formatCredits,
   formatDateTime,
   formatExpiringCredits,
+  formatMonth,
   formatSignedCredits,
   formatUtc,
+  recentMonths,
   TYPE_LABELS,
 } from "@/billing/format";
 
@@ -132,5 +136,37 @@ describe("formatUtc", () => {
     ["2025-06-12T11:30:15.5+02:00", "2025-06-12 09:30:15.500 UTC"],
   ])("%s is %s", (iso, expected) => {
     expect(formatUtc(iso)).toBe(expected);
+  });
+});
+
+describe("usage buckets and months", () => {
+  it.each([
+    ["2026-11-30", "day", "Nov 30", "Nov 30, 2026"],
+    ["2026-11-30", "week", "Nov 30", "Week of Nov 30, 2026"],
+    ["2026-11-01", "month", "Nov", "November 2026"],
+  ] as const)("%s by %s reads %s on the axis and %s in full", (start, granularity, tick, full) => {
+    expect(formatBucketTick(start, granularity, "en-US")).toBe(tick);
+    expect(formatBucket(start, granularity, "en-US")).toBe(full);
+  });
+
+  it("reads a bucket's date as a date, never shifted into the day before by a time zone", () => {
+    // the calendar date the service cut in the viewer's zone: Dec 1 stays Dec 1, wherever the viewer is
+    expect(formatBucket("2026-12-01", "day", "en-US")).toBe("Dec 1, 2026");
+    expect(formatMonth("2026-01", "de-DE")).toBe("Januar 2026");
+  });
+
+  it("lists the last 12 months in the viewer's zone, the current one first, across a new year", () => {
+    const months = recentMonths(new Date("2026-02-10T12:00:00Z"), "UTC");
+    expect(months).toEqual([
+      "2026-02", "2026-01", "2025-12", "2025-11", "2025-10", "2025-09",
+      "2025-08", "2025-07", "2025-06", "2025-05", "2025-04", "2025-03",
+    ]);
+  });
+
+  it("takes the current month from the viewer's zone", () => {
+    // 02:00 on Jan 1 in UTC is still Dec 31 in New York
+    const newYear = new Date("2027-01-01T02:00:00Z");
+    expect(recentMonths(newYear, "UTC", 1)).toEqual(["2027-01"]);
+    expect(recentMonths(newYear, "America/New_York", 1)).toEqual(["2026-12"]);
   });
 });
