@@ -18,8 +18,14 @@ def item(user_id, key=None, **fields):
     return {name: value for name, value in body.items() if value is not None}
 
 
-def batch(api, items, token=None):
-    return api.client.post("/api/transactions/batch", json={"items": items}, headers=bearer(token or api.admin_token))
+def batch(api, items, token=None, **options):
+    return api.client.post("/api/transactions/batch", json={"items": items, **options},
+                           headers=bearer(token or api.admin_token))
+
+
+FOOTPRINT = text("SELECT (SELECT count(*) FROM user_transactions), (SELECT count(*) FROM ledger_events),"
+                 " (SELECT count(*) FROM idempotency_keys), (SELECT count(*) FROM lot_postings),"
+                 " (SELECT coalesce(sum(balance), 0) FROM user_balances), (SELECT count(*) FROM usage_rollup)")
 
 
 def test_each_item_is_answered_as_its_single_write_would_be_in_item_order(api):
@@ -78,7 +84,8 @@ def test_a_user_cannot_write_a_batch(api, user_token):
     ({"items": [{}] * 101}, "items"),
     ({"items": {"user_id": "x"}}, "items"),
     ({}, "items"),
-    ({"items": [{}], "atomic": True}, "atomic"),
+    ({"items": [{}], "atomic": "yes"}, "atomic"),
+    ({"items": [{}], "atomic": 0}, "atomic"),
 ])
 def test_a_batch_that_is_not_one_is_refused_whole(api, body, field, engine):
     with engine.connect() as connection:
@@ -133,3 +140,62 @@ def test_racing_batches_of_one_user_never_overdraw(http):  # noqa: F811
     statuses = [result["status"] for answer in answers for result in answer["results"]]
     assert statuses.count(201) == 50 and set(statuses) <= {201, 409}
     assert http("GET", f"/api/balance?user_id={user_id}").json()["available"] == 0
+
+
+# --- atomic: all or none ---------------------------------------------------------------------------
+
+
+def test_an_atomic_batch_applies_every_item(api):
+    first, second = api.funded_user(30), api.funded_user(30)
+    response = batch(api, [item(first, credits=-20), item(second, credits=-30), item(first, credits=-10)], atomic=True)
+    assert response.status_code == 201
+    assert [r["status"] for r in response.json["results"]] == [201, 201, 201]
+    assert (api.balance(first)["balance"], api.balance(second)["balance"]) == (0, 0)
+
+
+def test_an_atomic_batch_with_one_refused_item_writes_nothing(api, engine):
+    first, second = api.funded_user(30), api.funded_user(30)
+    items = [item(first, credits=-20, metadata={"model": "m"}), item(second, credits=-30),
+             item(first, credits=-20)]  # 10 left
+    with engine.connect() as connection:
+        before = connection.execute(FOOTPRINT).one()
+    refused = batch(api, items, atomic=True)
+    assert refused.status_code == 409
+    assert (refused.json["code"], refused.json["index"]) == ("insufficient_credits", 2)
+    assert refused.json["detail"].startswith("Item 2: ") and "Nothing in the batch was written" in refused.json["detail"]
+    with engine.connect() as connection:
+        assert connection.execute(FOOTPRINT).one() == before  # no row, event, key, posting or rollup
+    # Nothing was recorded under the keys either: once there is enough, the same batch applies.
+    api.purchase(first, credits=10)
+    again = batch(api, items, atomic=True)
+    assert again.status_code == 201 and [r["replayed"] for r in again.json["results"]] == [False] * 3
+
+
+def test_an_item_replayed_from_its_key_counts_as_applied(api):
+    user_id = api.funded_user(30)
+    assert api.usage(user_id, credits=-10, key="once", description="Image generation").status_code == 201
+    response = batch(api, [item(user_id, key="once"), item(user_id, credits=-20)], atomic=True)
+    assert response.status_code == 201
+    assert [(r["status"], r["replayed"]) for r in response.json["results"]] == [(200, True), (201, False)]
+    assert api.balance(user_id)["balance"] == 0
+
+
+@pytest.mark.slow
+def test_atomic_batches_over_the_same_users_in_opposite_orders_do_not_deadlock(http):  # noqa: F811
+    users = []
+    for _ in range(2):
+        user_id = uuid.uuid4()
+        assert http("PUT", f"/api/users/{user_id}").status_code == 201
+        assert http("POST", "/api/transactions", json={"user_id": str(user_id), "type": "purchase", "amount": "1",
+                                                       "credits": 30, "description": "funding"}).status_code == 201
+        users.append(user_id)
+
+    def send(i):
+        first, second = users if i % 2 else users[::-1]
+        return http("POST", "/api/transactions/batch", json={"atomic": True, "items": [
+            item(first, credits=-1), item(second, credits=-1)]})
+
+    statuses = [response.status_code for response in race(16, send)]
+    assert statuses == [201] * 16
+    for user_id in users:
+        assert http("GET", f"/api/balance?user_id={user_id}").json()["balance"] == 30 - 16

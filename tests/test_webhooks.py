@@ -200,6 +200,9 @@ def test_endpoints_are_listed_changed_rotated_and_deleted(api, manager, local_de
     assert [item["id"] for item in listed] == [endpoint["id"]] and "secret" not in listed[0]
     changed = api.client.patch(path, json={"event_types": ["lot.expired"], "disabled": True}, headers=bearer(manager))
     assert (changed.json["event_types"], changed.json["disabled"]) == (["lot.expired"], True)
+    for not_a_boolean in (0, 1, "false"):  # 0 and 1 were taken as false and true
+        refused = api.client.patch(path, json={"disabled": not_a_boolean}, headers=bearer(manager))
+        assert refused.status_code == 422 and refused.json["errors"] == {"disabled": ["Must be true or false."]}
     rotated = api.client.post(f"{path}/rotate-secret", headers=bearer(manager)).json
     assert rotated["secret"] != endpoint["secret"] and rotated["secret"].startswith("whsec_")
     assert "secret" not in api.client.get(path, headers=bearer(manager)).json

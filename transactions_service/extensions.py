@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 from flask import current_app
@@ -96,6 +98,58 @@ def _execute(connection: Any, cursor: Any, statement: str, params: Mapping[str, 
         cursor.execute(form.execute, params)
 
 
+# The connection of the transaction that ``one_transaction`` holds open, if any.
+_HELD: ContextVar[Any] = ContextVar("held_transaction", default=None)
+
+
+@contextmanager
+def one_transaction() -> Iterator[None]:
+    """Run the primary's statements inside this block on one connection, in one transaction: all or none.
+
+    It commits when the block ends and rolls back when the block raises. Each
+    statement runs under a savepoint of its own, so one that fails (a key
+    recorded already, a lock waited for too long) is undone alone, as on its
+    own it would be, and whoever called it handles the error as ever.
+    """
+    connection = db.engines[STATEMENTS_BIND].raw_connection()
+    token = _HELD.set(connection)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("BEGIN")
+        yield
+        with connection.cursor() as cursor:
+            cursor.execute("COMMIT")
+    except BaseException:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("ROLLBACK")
+        except Exception:  # the connection died: the server rolled the transaction back itself
+            connection.invalidate()
+        raise
+    finally:
+        _HELD.reset(token)
+        connection.close()
+
+
+def _in_held(connection: Any, engine: Engine, statement: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """One statement of a held transaction, under a savepoint (not prepared: an error inside a
+    transaction block leaves nothing to prepare again on)."""
+    dbapi = engine.dialect.loaded_dbapi
+    with connection.cursor() as cursor:
+        try:
+            cursor.execute("SAVEPOINT statement")
+            try:
+                cursor.execute(statement, params)
+                rows = cursor.fetchall() if cursor.description is not None else []
+            except dbapi.Error:
+                cursor.execute("ROLLBACK TO SAVEPOINT statement")
+                raise
+            cursor.execute("RELEASE SAVEPOINT statement")
+            return rows
+        except dbapi.Error as error:
+            raise DBAPIError.instance(statement, params, error, dbapi.Error, dialect=engine.dialect) from error
+
+
 def run_statement(
     statement: str, params: Mapping[str, Any], engine: Engine | None = None, *, repeatable: bool = False
 ) -> list[tuple[Any, ...]]:
@@ -118,8 +172,18 @@ def run_statement(
     an idempotency key), is run once more on a fresh connection; any other
     fails with the error, since it may have been applied before the
     connection died.
+
+    Inside ``one_transaction`` a statement for the primary runs on that
+    transaction's connection instead, and is never retried.
     """
-    engine = engine or db.engines[STATEMENTS_BIND]
+    held = _HELD.get()
+    if held is not None and engine in (None, db.engines[STATEMENTS_BIND]):
+        return _in_held(held, db.engines[STATEMENTS_BIND], statement, params)
+    return _alone(engine or db.engines[STATEMENTS_BIND], statement, params, repeatable)
+
+
+def _alone(engine: Engine, statement: str, params: Mapping[str, Any], repeatable: bool) -> list[tuple[Any, ...]]:
+    """The statement on a pooled autocommit connection, once more on a fresh one if that one was dead."""
     dbapi = engine.dialect.loaded_dbapi
     prepare = current_app.config["DATABASE_PREPARED_STATEMENTS"]
     retry = repeatable

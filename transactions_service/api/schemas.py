@@ -215,6 +215,18 @@ class Text(fields.String):
         return text
 
 
+class StrictBoolean(fields.Boolean):
+    """true or false, and nothing else: marshmallow's own takes 0, 1 and "yes" (and 0 == False in Python,
+    so ``falsy={False}`` takes 0 too)."""
+
+    default_error_messages = {"invalid": "Must be true or false."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 class StrictSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -344,6 +356,7 @@ class BatchItemSchema(NewTransactionSchema):
 class BatchSchema(StrictSchema):
     # Each item is checked by the single write's schema (``batch_items``), each item's messages its own.
     items = fields.List(fields.Raw(), required=True, validate=validate.Length(1, MAX_BATCH_ITEMS))
+    atomic = StrictBoolean(load_default=False)
 
 
 _batch_item = BatchItemSchema()
@@ -616,7 +629,7 @@ class WebhookEndpointChangesSchema(StrictSchema):
     url = fields.String(validate=validate.Length(1, 2048))
     event_types = _event_types()
     description = Text(validate=validate.Length(1, MAX_DESCRIPTION_LENGTH))
-    disabled = fields.Boolean(truthy={True}, falsy={False})
+    disabled = StrictBoolean()
 
 
 class DeliveriesQuerySchema(StrictSchema):

@@ -74,8 +74,10 @@ def create_transaction() -> Response:
 @authenticated
 def create_transaction_batch() -> Response:
     policy.require_writer(current_caller())
-    items = batch_items(load_body(_batch)["items"])
-    return _json(batch_json(batches.record_batch(current_caller(), items)))
+    batch = load_body(_batch)
+    if batch["atomic"]:
+        return _json(batch_json(batches.record_atomically(current_caller(), batch_items(batch["items"]))), 201)
+    return _json(batch_json(batches.record_batch(current_caller(), batch_items(batch["items"]))))
 
 
 @bp.get("/transactions/<uuid:transaction_id>")

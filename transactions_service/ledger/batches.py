@@ -8,6 +8,9 @@ spends of one user see each other, and each answers what a single write of it
 would have: a refusal (no credits, no scope, nothing left to refund) is that
 item's alone. A batch with an item that is not a valid write at all is refused
 whole before anything is written (``api/schemas.batch_items``).
+
+An atomic batch applies all its items or none, in one transaction
+(``record_atomically``).
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from typing import Any
 
 from ..auth import Caller
 from ..errors import ApiError
+from ..extensions import one_transaction
 from ..http import MAX_BATCH_ITEMS
-from . import rules
+from . import rules, store
 from .store import Transaction
 
-__all__ = ["MAX_BATCH_ITEMS", "Item", "ItemResult", "record_batch"]
+__all__ = ["MAX_BATCH_ITEMS", "Item", "ItemResult", "record_atomically", "record_batch"]
 
 
 @dataclass(frozen=True)
@@ -50,3 +54,26 @@ def _apply(caller: Caller, item: Item) -> ItemResult:
 def record_batch(caller: Caller, items: list[Item]) -> list[ItemResult]:
     """Apply each item on its own, in order; one refused changes nothing for the others."""
     return [_apply(caller, item) for item in items]
+
+
+def _whole_batch_refused(index: int, refused: ApiError) -> ApiError:
+    return ApiError(
+        refused.status, refused.code, f"Item {index}: {refused.detail} Nothing in the batch was written.",
+        title=refused.title, errors=refused.errors, headers=refused.headers,
+        extensions={**refused.extensions, "index": index},
+    )
+
+
+def record_atomically(caller: Caller, items: list[Item]) -> list[ItemResult]:
+    """Apply every item, in order, in one transaction, or none: the first refused item's problem (with its
+    ``index``) is the answer, and everything before it is rolled back. An item replayed from its key
+    counts as applied. The users' balance rows are taken first, in one order, for the whole transaction."""
+    with one_transaction():
+        store.lock_balances(list({str(request["user_id"]) for request, _key in items}))
+        results = []
+        for index, item in enumerate(items):
+            result = _apply(caller, item)
+            if result.problem is not None:
+                raise _whole_batch_refused(index, result.problem)
+            results.append(result)
+    return results

@@ -975,6 +975,27 @@ _LABELLED = (
 )
 
 
+# --- many writes in one transaction (an atomic batch) ----------------------------------------------
+
+# Every user's balance row first, made where missing, then locked, in user-id order: a transaction that
+# writes for several users holds their rows until it ends, and two that took them in other orders could
+# deadlock. (A single write holds one, for one statement.)
+_MADE_BALANCES = (
+    "INSERT INTO user_balances (user_id) SELECT id FROM users WHERE id = ANY(%(users)s::text[]::uuid[])"
+    " ORDER BY id ON CONFLICT (user_id) DO NOTHING"
+)
+_LOCKED_BALANCES = (
+    "SELECT user_id FROM user_balances WHERE user_id = ANY(%(users)s::text[]::uuid[]) ORDER BY user_id FOR UPDATE"
+)
+
+
+def lock_balances(user_ids: list[str]) -> None:
+    """Take the users' balance rows for the rest of the transaction (``extensions.one_transaction``)."""
+    params = {"users": sorted(user_ids)}
+    run_statement(_MADE_BALANCES, params)
+    run_statement(_LOCKED_BALANCES, params)
+
+
 # --- the usage rollup: credits spent per user and quarter hour (models.UsageRollup) ----------------
 
 QUARTER = "date_bin('15 minutes', {}, timestamptz '2000-01-01 00:00:00+00')"
