@@ -108,14 +108,20 @@ export interface paths {
          *     number of users. Items are applied in their order, so two spends of
          *     one user see each other.
          *
-         *     Each item succeeds or fails on its own, and the answer is `200` with
-         *     one result per item, in item order: the `status` a single write would
-         *     have answered (`201`, or `200` for a replay), with the `transaction`,
-         *     or the `problem`. An item whose key was used before for the same
-         *     request answers what it answered first (`replayed: true`), whether
-         *     that was in a batch or a single write; a batch retried whole after a
-         *     timeout applies each item once. When the database goes away part way
-         *     (`503`), the items before were applied: retry the batch whole.
+         *     **`atomic: false`** (the default): each item succeeds or fails on its
+         *     own, and the answer is `200` with one result per item, in item order:
+         *     the `status` a single write would have answered (`201`, or `200` for
+         *     a replay), with the `transaction`, or the `problem`. An item whose key
+         *     was used before for the same request answers what it answered first
+         *     (`replayed: true`), whether that was in a batch or a single write; a
+         *     batch retried whole after a timeout applies each item once. When the
+         *     database goes away part way (`503`), the items before were applied:
+         *     retry the batch whole.
+         *
+         *     **`atomic: true`**: all items or none, in one database transaction.
+         *     `201` with every item's result (a replayed item counts as applied);
+         *     or the first refused item's problem, with its `index`, and nothing
+         *     written, not even under the keys of the items before it.
          *
          *     Each item is refused as a single write of it would be (no scope for
          *     its type, credits not available, nothing left to refund or reverse, an
@@ -1054,6 +1060,11 @@ export interface components {
         } & (unknown & unknown & unknown & unknown & unknown & unknown & unknown & unknown & unknown);
         Batch: {
             items: components["schemas"]["BatchItem"][];
+            /**
+             * @description All items or none (`true`), or each on its own (`false`, the default).
+             * @default false
+             */
+            atomic: boolean;
         };
         BatchResult: {
             index: number;
@@ -1504,6 +1515,8 @@ export interface components {
             remaining_amount?: string;
             /** @description With `duplicate_reference`, the user's transaction that has the reference already. */
             transaction_id?: components["schemas"]["Uuid"];
+            /** @description In the answer to an atomic batch, the item whose problem this is. */
+            index?: number;
             /** @description With `export_too_large`, the most rows an export may hold (`EXPORT_MAX_ROWS`). */
             limit?: number;
             /**
@@ -2068,8 +2081,17 @@ export interface operations {
             };
         };
         responses: {
-            /** @description One result per item, in item order. */
+            /** @description One result per item, in item order (`atomic` false). */
             200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BatchResults"];
+                };
+            };
+            /** @description Every item applied (`atomic` true). */
+            201: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2080,6 +2102,7 @@ export interface operations {
             400: components["responses"]["MalformedJson"];
             401: components["responses"]["Unauthorized"];
             403: components["responses"]["Problem"];
+            409: components["responses"]["Problem"];
             413: components["responses"]["Problem"];
             415: components["responses"]["Problem"];
             422: components["responses"]["ValidationFailed"];
