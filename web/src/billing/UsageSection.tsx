@@ -21,9 +21,9 @@ import { billingKeys, failureOf, unwrap, viewerTimeZone } from "./queries";
 const UsageChart = lazy(() => import("./UsageChart"));
 
 export const PERIODS: Record<UsageGranularity, { label: string; span: string }> = {
-  day: { label: "30 days", span: "per day, last 30 days" },
-  week: { label: "12 weeks", span: "per week, last 12 weeks" },
-  month: { label: "12 months", span: "per month, last 12 months" },
+  day: { label: "30 days", span: "used in the last 30 days" },
+  week: { label: "12 weeks", span: "used in the last 12 weeks" },
+  month: { label: "12 months", span: "used in the last 12 months" },
 };
 
 /** Ten value colours, then `other` and `none` in greys; each at least 3:1 on the card's white. */

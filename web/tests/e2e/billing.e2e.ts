@@ -1,7 +1,8 @@
 /**
  * The billing page in a real browser (Debian's Chromium, driven by
  * playwright-core) against the real service on a real PostgreSQL: a user with
- * 45 transactions of every type and status, recorded through the HTTP API.
+ * 45 transactions of every type and status, recorded through the HTTP API, and
+ * a user with the three months of demo history that `make run` seeds.
  */
 import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -77,6 +78,9 @@ interface Recorded extends Kind {
 }
 
 const USER_ID = randomUUID();
+/** A user with the demo history of `make run`: 90 days, a few generations a day on four models. */
+const DEMO_USER = randomUUID();
+const DEMO_MODELS = ["image-fast", "image-large", "text-4k", "video-5s"];
 const recorded: Recorded[] = []; // oldest first, as recorded
 let newestFirst: Recorded[] = [];
 let stack: (Stack & { userToken: string; serviceToken: string }) | undefined;
@@ -290,6 +294,40 @@ function expectedBars(summary: UsageSummary) {
     .sort((a, b) => a.start.localeCompare(b.start) || a.series.localeCompare(b.series));
 }
 
+/** The chart as drawn and its table for screen readers say what `summary` says, bar by bar and bucket by bucket. */
+async function expectChartToShow(page: Page, summary: UsageSummary) {
+  const usage = page.getByTestId("usage");
+  const expected = expectedBars(summary);
+  expect(expected.length).toBeGreaterThan(0);
+  await expect
+    .poll(async () => (await readBars(page)).map(({ start, series, credits }) => ({ start, series, credits })))
+    .toEqual(expected);
+  // every bar with credits is drawn with a height of its own
+  expect((await readBars(page)).every((bar) => bar.height > 0)).toBe(true);
+  const table = await usage.getByTestId("usage-row").evaluateAll((rows) =>
+    rows.map((row) => ({
+      start: row.getAttribute("data-start"),
+      credits: row.lastElementChild?.textContent?.replace(/,/g, ""),
+    })),
+  );
+  expect(table).toEqual(summary.buckets.map((bucket) => ({ start: bucket.start, credits: String(bucket.credits) })));
+  expect(await usage.getByTestId("usage-total").textContent()).toContain(summary.total.toLocaleString("en-US"));
+}
+
+/** This tab signs in as `token`'s user on every load (the page prefers a pasted token to the built-in one). */
+async function signInAs(context: BrowserContext, token: string) {
+  await context.addInitScript(
+    ([key, value]) => {
+      try {
+        window.sessionStorage.setItem(key!, value!);
+      } catch {
+        // a document without storage of its own (about:blank): nothing to sign in
+      }
+    },
+    [DEV_TOKEN_KEY, token],
+  );
+}
+
 /** One part of the page on its own, for the docs. */
 async function screenshotOf(page: Page, testId: string, name: string) {
   mkdirSync(ARTIFACTS, { recursive: true });
@@ -301,9 +339,16 @@ async function screenshot(page: Page, name: string, fullPage = false) {
   await page.screenshot({ path: join(ARTIFACTS, name), fullPage });
 }
 
+/** The page from its top down to `height`, at the viewport's width. */
+async function screenshotTop(page: Page, name: string, height: number) {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const width = page.viewportSize()!.width;
+  await page.screenshot({ path: join(ARTIFACTS, name), fullPage: true, clip: { x: 0, y: 0, width, height } });
+}
+
 describe("the billing page in Chromium, on the real service", () => {
   beforeAll(async () => {
-    stack = await startStack({ userId: USER_ID, seed, buyCreditsUrl: BUY_CREDITS_URL });
+    stack = await startStack({ userId: USER_ID, seed, buyCreditsUrl: BUY_CREDITS_URL, demoUserIds: [DEMO_USER] });
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       headless: true,
@@ -433,17 +478,7 @@ describe("the billing page in Chromium, on the real service", () => {
 
     const { context, page } = await newPage();
     try {
-      // This tab is signed in as that user on every load (the page prefers a pasted token to the built-in one).
-      await context.addInitScript(
-        ([key, value]) => {
-          try {
-            window.sessionStorage.setItem(key!, value!);
-          } catch {
-            // a document without storage of its own (about:blank): nothing to sign in
-          }
-        },
-        [DEV_TOKEN_KEY, token],
-      );
+      await signInAs(context, token);
       await page.goto(`${stack!.webUrl}/billing`);
       await expect.poll(() => page.getByTestId("balance-available").textContent()).toBe("1,000");
       expect(await rows(page).count()).toBe(1);
@@ -607,16 +642,7 @@ describe("the billing page in Chromium, on the real service", () => {
 
     const { context, page } = await newPage();
     try {
-      await context.addInitScript(
-        ([key, value]) => {
-          try {
-            window.sessionStorage.setItem(key!, value!);
-          } catch {
-            // a document without storage of its own (about:blank): nothing to sign in
-          }
-        },
-        [DEV_TOKEN_KEY, token],
-      );
+      await signInAs(context, token);
       await page.goto(`${stack!.webUrl}/billing`);
       await expect.poll(() => page.getByTestId("balance-available").textContent()).toBe("750");
       expect(await page.getByTestId("balance-total").textContent()).toBe("750");
@@ -673,22 +699,8 @@ describe("the billing page in Chromium, on the real service", () => {
           "esrgan-4x",
           "gpt-image-1",
         ]);
-        const expected = expectedBars(summary);
-        expect(expected.length).toBeGreaterThan(0);
-        await expect
-          .poll(async () => (await readBars(page)).map(({ start, series, credits }) => ({ start, series, credits })))
-          .toEqual(expected);
-        // every bar with credits is drawn with a height of its own
-        expect((await readBars(page)).every((bar) => bar.height > 0)).toBe(true);
-        // and the table for screen readers says the same, bucket by bucket
-        const table = await usage.getByTestId("usage-row").evaluateAll((rows) =>
-          rows.map((row) => ({
-            start: row.getAttribute("data-start"),
-            credits: row.lastElementChild?.textContent?.replace(/,/g, ""),
-          })),
-        );
-        expect(table).toEqual(summary.buckets.map((bucket) => ({ start: bucket.start, credits: String(bucket.credits) })));
-        expect(await usage.getByTestId("usage-total").textContent()).toContain(summary.total.toLocaleString("en-US"));
+        // the bars, and the table for screen readers, bucket by bucket
+        await expectChartToShow(page, summary);
         if (granularity === "day") await screenshotOf(page, "usage", "billing-chart.png");
       }
 
@@ -789,6 +801,84 @@ describe("the billing page in Chromium, on the real service", () => {
     }
   });
 
+  it("shows the demo user's three months: a bar most days, stacked by model, and last month's statement", async () => {
+    const token = signToken(stack!.secret, DEMO_USER, 3600);
+    const { context, page } = await newPage();
+    try {
+      await signInAs(context, token);
+      await page.goto(`${stack!.webUrl}/billing`);
+      await expect.poll(() => rows(page).count()).toBe(20);
+      const zone = await page.evaluate(() => Intl.DateTimeFormat().resolvedOptions().timeZone);
+      expect(zone).toBe(ZONE);
+      const usage = page.getByTestId("usage");
+      await expect.poll(() => usage.getByTestId("usage-total").isVisible()).toBe(true);
+
+      const periods = [
+        ["30 days", "day"],
+        ["12 weeks", "week"],
+        ["12 months", "month"],
+      ] as const;
+      for (const [label, granularity] of periods) {
+        await usage.getByRole("button", { name: label }).click();
+        const { status, body: summary } = await apiGet<UsageSummary>(
+          `/api/usage/summary?granularity=${granularity}&group_by=metadata.model&tz=${encodeURIComponent(zone)}`,
+          token,
+        );
+        expect(status).toBe(200);
+        expect(summary.series.filter((entry) => entry.kind === "value").map((entry) => entry.name).sort()).toEqual(
+          DEMO_MODELS,
+        );
+        await expectChartToShow(page, summary);
+        // stacked by the demo's models, each in the legend
+        const drawn = new Set((await readBars(page)).map((bar) => bar.series));
+        expect([...drawn].sort()).toEqual(DEMO_MODELS);
+        const legend = await usage.locator("ul li").allTextContents();
+        expect(legend).toEqual(expect.arrayContaining(DEMO_MODELS));
+        if (granularity === "day") {
+          // a history written day by day, not all at once: most of the 30 days have a bar
+          expect(new Set((await readBars(page)).map((bar) => bar.start)).size).toBeGreaterThanOrEqual(20);
+        }
+      }
+      // back to the 30 days for the screenshots
+      await usage.getByRole("button", { name: "30 days" }).click();
+      await expect.poll(async () => new Set((await readBars(page)).map((bar) => bar.start)).size).toBeGreaterThanOrEqual(20);
+
+      // last month, picked in the month picker: over, and closing on the balance at its end
+      const section = page.getByTestId("statement");
+      const month = page.getByLabel("Month");
+      await expect.poll(() => section.getByTestId("statement-closing").isVisible()).toBe(true);
+      const current = await month.inputValue();
+      const [year, monthNumber] = current.split("-").map(Number) as [number, number];
+      const previous = monthNumber === 1 ? `${year - 1}-12` : `${year}-${String(monthNumber - 1).padStart(2, "0")}`;
+      expect(await month.locator("option").nth(1).getAttribute("value")).toBe(previous);
+      await month.selectOption(previous);
+      const { status, body: closed } = await apiGet<Statement>(
+        `/api/statements?month=${previous}&tz=${encodeURIComponent(zone)}`,
+        token,
+      );
+      expect(status).toBe(200);
+      expect(closed.final).toBe(true);
+      // the demo used credits all month
+      expect(closed.usage).toBeLessThan(0);
+      const atEnd = await apiGet<BalanceAt>(`/api/balance?at=${encodeURIComponent(closed.ends_at)}`, token);
+      expect(atEnd.status).toBe(200);
+      expect(atEnd.body.balance).toBeGreaterThan(0);
+      expect(closed.closing_balance).toBe(atEnd.body.balance);
+      await expect
+        .poll(() => section.getByTestId("statement-closing").textContent())
+        .toBe(`Closing balance${atEnd.body.balance.toLocaleString("en-US")}`);
+
+      // for the docs, with last month's statement beside the chart: the top of the page, and the whole page on a phone
+      await screenshotTop(page, "billing-demo.png", 1400);
+      await page.setViewportSize({ width: 375, height: 812 });
+      await expect.poll(() => page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(375);
+      await expect.poll(async () => (await readBars(page)).every((bar) => bar.height > 0)).toBe(true);
+      await screenshot(page, "billing-demo-phone.png", true);
+    } finally {
+      await context.close();
+    }
+  });
+
   it("opens a row to the metadata, reference and postings GET /api/transactions/{id} has", async () => {
     const { context, page } = await newPage();
     try {
@@ -876,16 +966,7 @@ describe("the billing page in Chromium, on the real service", () => {
     expect((await serviceWrite("PUT", `/api/users/${userId}`)).status).toBe(201);
     const { context, page } = await newPage();
     try {
-      await context.addInitScript(
-        ([key, value]) => {
-          try {
-            window.sessionStorage.setItem(key!, value!);
-          } catch {
-            // a document without storage of its own (about:blank): nothing to sign in
-          }
-        },
-        [DEV_TOKEN_KEY, token],
-      );
+      await signInAs(context, token);
       await page.goto(`${stack!.webUrl}/billing`);
       const empty = page.getByTestId("history-empty");
       await expect.poll(() => empty.isVisible()).toBe(true);

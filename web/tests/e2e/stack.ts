@@ -140,13 +140,16 @@ export interface Stack {
 
 /**
  * Start the database and the service, then build and serve the page with
- * `userToken(secret)` built in. `seed` runs against the service while the page builds.
+ * `userToken(secret)` built in. `seed` runs against the service while the page builds,
+ * and so does the demo seed of `make run` for each of `demoUserIds`.
  */
 export async function startStack(options: {
   userId: string;
   /** Where the page's "Buy credits" leads (NEXT_PUBLIC_BUY_CREDITS_URL); none without it. */
   buyCreditsUrl?: string;
   seed: (apiUrl: string, serviceToken: string) => Promise<void>;
+  /** Users to give the demo history of `make run` (`flask demo seed`): three months, each entry at its own moment. */
+  demoUserIds?: string[];
 }): Promise<Stack & { userToken: string; serviceToken: string }> {
   const python = join(VENV_BIN, "python");
   if (!existsSync(python)) throw new Error(`${python} is missing: run \`make install\` in the repository first`);
@@ -225,9 +228,13 @@ export async function startStack(options: {
       NEXT_PUBLIC_BUY_CREDITS_URL: options.buyCreditsUrl ?? "",
     };
     // The page builds while the service starts and the ledger is filled.
+    const seedDemoUsers = async () => {
+      for (const demoUserId of options.demoUserIds ?? []) await flask("demo", "seed", "--user", demoUserId);
+    };
     await Promise.all([
       run(process.execPath, [nextBin, "build"], { env: webEnv, log, cwd: WEB_ROOT }),
       api.start().then(() => options.seed(apiUrl, serviceToken)),
+      seedDemoUsers(),
     ]);
 
     const web = new Service(

@@ -59,7 +59,7 @@ describe("the usage chart", () => {
     expect(screen.getByText("Loading your usage…")).toBeInTheDocument();
     await act(async () => gate.resolve());
 
-    expect(await screen.findByTestId("usage-total")).toHaveTextContent("42 credits per day, last 30 days");
+    expect(await screen.findByTestId("usage-total")).toHaveTextContent("42 credits used in the last 30 days");
     expect(calls[0]?.query).toEqual({ granularity: "day", group_by: "metadata.model", tz: "UTC" });
     expect(calls[0]?.authorization).toBe(`Bearer ${TOKEN}`);
 
@@ -88,7 +88,7 @@ describe("the usage chart", () => {
     expect(screen.getByRole("button", { name: "30 days" })).toHaveAttribute("aria-pressed", "true");
 
     await user.click(screen.getByRole("button", { name: "12 weeks" }));
-    await waitFor(() => expect(screen.getByTestId("usage-total")).toHaveTextContent("6 credits per week, last 12 weeks"));
+    await waitFor(() => expect(screen.getByTestId("usage-total")).toHaveTextContent("6 credits used in the last 12 weeks"));
     expect(screen.getByRole("button", { name: "12 weeks" })).toHaveAttribute("aria-pressed", "true");
     expect(screen.getByRole("button", { name: "30 days" })).toHaveAttribute("aria-pressed", "false");
     let rows = rowTexts(screen.getByTestId("usage-table"));
@@ -96,7 +96,7 @@ describe("the usage chart", () => {
     expect(rows.at(-1)).toEqual(["Week of Nov 30, 2026", "5", "1", "6"]);
 
     await user.click(screen.getByRole("button", { name: "12 months" }));
-    await waitFor(() => expect(screen.getByTestId("usage-total")).toHaveTextContent("per month, last 12 months"));
+    await waitFor(() => expect(screen.getByTestId("usage-total")).toHaveTextContent("used in the last 12 months"));
     rows = rowTexts(screen.getByTestId("usage-table"));
     expect(rows.map((row) => row[0])).toEqual([
       "January 2026", "February 2026", "March 2026", "April 2026", "May 2026", "June 2026",
