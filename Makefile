@@ -15,10 +15,10 @@ export NPM_CONFIG_UPDATE_NOTIFIER := false
 
 .PHONY: install web-install run web test test-python test-pooled test-web faults migrate fuzz bench bench-quick bench-profile bench-queues bench-servers bench-migration wrk pgbouncer clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is required (found " + sys.version.split()[0] + ")") if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' -e clients/python
 	@touch $@
 
 install: $(STAMP)
