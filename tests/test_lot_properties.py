@@ -16,8 +16,8 @@ each step:
   and no lot given back more by a usage's reversals than that usage took from it;
 - each posting carries the running totals of the postings before it, stamped in write order; the
   books at every instant of the run (`GET /api/balance?at=`) are what was recorded then, and this
-  month's statement adds up to the balance row; the usage rollup is what the ledger spent, per quarter
-  hour and model;
+  month's statement adds up to the balance row; the usage rollup is what the ledger spent, per
+  quarter hour, hour, quarter day and day, and per model;
 - every ledger row has exactly one transaction.created event, at most one transaction.updated, and
   its latest event shows its status now; one lot.expired per expiration row; the user's events are
   numbered 1, 2, 3, ... with no number twice, up to the balance row's count.
@@ -110,20 +110,22 @@ POSTINGS_OUT_OF_STEP = text(
     " FROM lot_postings WHERE user_id = :u WINDOW w AS (ORDER BY id)) AS p"
     " WHERE balance_after <> balance OR held_after <> held OR created_at < previous"
 )
-# The rollup against the ledger: per quarter hour and pair (the total, and each model), the credits
-# completed usage spent less what reversals gave back (against their usage's model); rows that differ.
+# The rollup against the ledger: per period of each grain (quarter hour, hour, UTC day) and pair (the
+# total, and each model), the credits completed usage spent less what reversals gave back (against their
+# usage's model); rows that differ.
 ROLLUP_DISAGREES = text(
-    "WITH ledger AS (SELECT key, quarter, value, sum(spent) AS credits FROM ("
-    "   SELECT '' AS key, date_bin('15 minutes', t.created_at, timestamptz '2000-01-01') AS quarter, '' AS value,"
-    "     -t.credits AS spent FROM user_transactions AS t WHERE t.user_id = :u"
-    "     AND ((t.type = 'usage' AND t.status = 'completed') OR t.type = 'reversal')"
-    "   UNION ALL SELECT 'model', date_bin('15 minutes', t.created_at, timestamptz '2000-01-01'),"
-    "     u.metadata->>'model', -t.credits FROM user_transactions AS t"
+    "WITH spent AS (SELECT '' AS key, t.created_at, '' AS value, -t.credits AS credits FROM user_transactions AS t"
+    "   WHERE t.user_id = :u AND ((t.type = 'usage' AND t.status = 'completed') OR t.type = 'reversal')"
+    "   UNION ALL SELECT 'model', t.created_at, u.metadata->>'model', -t.credits FROM user_transactions AS t"
     "     JOIN user_transactions AS u ON u.id = coalesce(t.reverses, t.id) WHERE t.user_id = :u"
-    "     AND ((t.type = 'usage' AND t.status = 'completed') OR t.type = 'reversal') AND u.metadata->>'model' IS NOT NULL"
-    " ) AS spent GROUP BY 1, 2, 3),"
-    " rolled AS (SELECT key, quarter, value, credits FROM usage_rollup WHERE user_id = :u)"
-    " SELECT count(*) FROM ledger FULL JOIN rolled USING (key, quarter, value)"
+    "     AND ((t.type = 'usage' AND t.status = 'completed') OR t.type = 'reversal') AND u.metadata->>'model' IS NOT NULL),"
+    " ledger AS (SELECT key, g.minutes AS grain, date_bin(g.width, created_at, timestamptz '2000-01-01') AS period,"
+    "   value, sum(credits) AS credits FROM spent,"
+    "   (VALUES (15, interval '15 minutes'), (60, interval '1 hour'), (360, interval '6 hours'),"
+    "   (1440, interval '1 day')) AS g (minutes, width)"
+    "   GROUP BY 1, 2, 3, 4),"
+    " rolled AS (SELECT key, grain, period, value, credits FROM usage_rollup WHERE user_id = :u)"
+    " SELECT count(*) FROM ledger FULL JOIN rolled USING (key, grain, period, value)"
     " WHERE ledger.credits IS DISTINCT FROM rolled.credits AND coalesce(ledger.credits, rolled.credits) <> 0"
 )
 LOW_BALANCE_EVENTS = text("SELECT count(*) FROM ledger_events WHERE user_id = :u AND type = 'balance.low'")

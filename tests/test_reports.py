@@ -11,6 +11,8 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from transactions_service.auth import Caller
 from transactions_service.ids import utcnow
@@ -270,3 +272,20 @@ def test_the_export_is_not_taken_for_a_transaction_id(api):
     assert "PATCH" not in options.headers["Allow"]
     patch = api.client.patch("/api/transactions/export", json={"status": "completed"}, headers=bearer(api.admin_token))
     assert patch.status_code == 405
+
+
+ORIGIN = datetime(2000, 1, 1, tzinfo=timezone.utc)
+
+
+@given(start=st.integers(0, 10**6), quarters=st.integers(1, 5000))
+def test_a_bucket_is_cut_into_aligned_pieces_that_tile_it(start, quarters):
+    """Whatever the bucket, its pieces cover it exactly, in order, each a whole number of its grain."""
+    starts_at = ORIGIN + timedelta(minutes=15 * start)
+    ends_at = starts_at + timedelta(minutes=15 * quarters)
+    cut = reports.pieces(starts_at, ends_at, 1)
+    assert (cut[0].starts_at, cut[-1].ends_at) == (starts_at, ends_at)
+    assert all(a.ends_at == b.starts_at for a, b in zip(cut, cut[1:])) and len(cut) <= 7
+    for piece in cut:
+        grain = timedelta(minutes=piece.minutes)
+        assert piece.starts_at < piece.ends_at
+        assert (piece.starts_at - ORIGIN) % grain == (piece.ends_at - ORIGIN) % grain == timedelta(0)

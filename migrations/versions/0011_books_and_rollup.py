@@ -11,13 +11,14 @@ before a point of ``ix_lot_postings_user_time``, and the last one's
 seek. The index is built CONCURRENTLY, so writes go on while it is.
 
 **The usage rollup.** ``usage_rollup`` holds the credits spent per user and
-quarter of an hour (completed usage less what reversals gave back), in total
-(key and value ``''``) and per value of each metadata key the service groups
-by (``USAGE_GROUP_KEYS``, ``model`` by default). Each write that spends or
-gives back adds to it in its own statement; a summary sums a range of it, so
-its cost grows with the range asked for, not with the history. Quarter
-hours, because every time zone's midnight falls on one (offsets are whole
-quarters of an hour), so a day in any zone is a whole number of them. It is
+period (completed usage less what reversals gave back), in total (key and
+value ``''``) and per value of each metadata key the service groups by
+(``USAGE_GROUP_KEYS``, ``model`` by default), in four grains: quarter hours,
+hours, quarter days and UTC days. Each write that spends or gives back adds to
+each in its own statement; a summary reads the coarsest periods a bucket holds
+whole and finer ones towards its edges (every time zone's midnight falls on a
+quarter hour), so its cost grows with the range asked for, not with the
+history. It is
 filled here from the ledger as it stands.
 
 Revision ID: 0011_books_and_rollup
@@ -35,24 +36,25 @@ down_revision = "0010_metadata_reference"
 branch_labels = None
 depends_on = None
 
-QUARTER = "date_bin('15 minutes', {}, timestamptz '2000-01-01 00:00:00+00')"
-# What the ledger has spent so far, per user and quarter: in total, and per value of each grouped key. A
-# reversal counts when it was made, against the values of the usage it reverses.
-_FILL_ROLLUP = f"""
-INSERT INTO usage_rollup (user_id, key, quarter, value, credits)
-SELECT user_id, key, quarter, value, sum(spent) FROM (
-    SELECT t.user_id, '' AS key, {QUARTER.format('t.created_at')} AS quarter, '' AS value,
-           -t.credits AS spent
+# What the ledger has spent so far, per user and period of each grain: in total, and per value of each
+# grouped key. A reversal counts when it was made, against the values of the usage it reverses.
+_FILL_ROLLUP = """
+INSERT INTO usage_rollup (user_id, key, grain, period, value, credits)
+SELECT user_id, key, g.minutes, date_bin(g.width, made_at, timestamptz '2000-01-01 00:00:00+00') AS period, value,
+       sum(spent)
+FROM (
+    SELECT t.user_id, '' AS key, t.created_at AS made_at, '' AS value, -t.credits AS spent
     FROM user_transactions AS t
     WHERE (t.type = 'usage' AND t.status = 'completed') OR t.type = 'reversal'
     UNION ALL
-    SELECT t.user_id, m.key, {QUARTER.format('t.created_at')}, m.value, -t.credits
+    SELECT t.user_id, m.key, t.created_at, m.value, -t.credits
     FROM user_transactions AS t
     JOIN transaction_metadata AS m ON m.transaction_id = coalesce(t.reverses, t.id)
     WHERE ((t.type = 'usage' AND t.status = 'completed') OR t.type = 'reversal')
       AND m.key = ANY(:keys)
-) AS spent
-GROUP BY user_id, key, quarter, value
+) AS spent,
+(VALUES (15, interval '15 minutes'), (60, interval '1 hour'), (360, interval '6 hours'), (1440, interval '1 day')) AS g (minutes, width)
+GROUP BY user_id, key, g.minutes, period, value
 """
 
 
@@ -71,10 +73,11 @@ def upgrade():
         "usage_rollup",
         sa.Column("user_id", sa.Uuid(), nullable=False),
         sa.Column("key", sa.Text(), nullable=False),
-        sa.Column("quarter", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("grain", sa.SmallInteger(), nullable=False),
+        sa.Column("period", sa.DateTime(timezone=True), nullable=False),
         sa.Column("value", sa.Text(), nullable=False),
         sa.Column("credits", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("user_id", "key", "quarter", "value", name=op.f("pk_usage_rollup")),
+        sa.PrimaryKeyConstraint("user_id", "key", "grain", "period", "value", name=op.f("pk_usage_rollup")),
     )
     op.get_bind().execute(sa.text(_FILL_ROLLUP), {"keys": _group_keys()})
     with op.get_context().autocommit_block():

@@ -335,20 +335,22 @@ class TransactionMetadata(db.Model):
 
 
 class UsageRollup(db.Model):
-    """Credits spent per user and quarter hour: completed usage less what reversals gave back.
+    """Credits spent per user and period: completed usage less what reversals gave back.
 
     ``key`` and ``value`` are ``''`` for the total, else a metadata pair of a
-    key the service groups by (``USAGE_GROUP_KEYS``). Kept by the writes that
-    spend or give back, in their own statement (migration 0011); a usage
-    summary sums a range of it. Quarter hours: every time zone's midnight is
-    the start of one.
+    key the service groups by (``USAGE_GROUP_KEYS``). Each write that spends
+    or gives back adds to three periods, in its own statement (migration
+    0011): its quarter hour, hour and UTC day (``grain``, in minutes). A usage
+    summary reads whole days and hours where a bucket holds them, and quarters
+    at its edges: every time zone's midnight is the start of a quarter.
     """
 
     __tablename__ = "usage_rollup"
 
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     key: Mapped[str] = mapped_column(Text, primary_key=True)
-    quarter: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    grain: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    period: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     value: Mapped[str] = mapped_column(Text, primary_key=True)
     credits: Mapped[int] = mapped_column(BigInteger)
 

@@ -149,19 +149,58 @@ def _days(first: date | None, last: date | None, granularity: str, zone: ZoneInf
     return first, last, starts
 
 
+_ORIGIN = datetime(2000, 1, 1, tzinfo=timezone.utc)  # where the rollup's periods are counted from
+
+
+def _floor(moment: datetime, minutes: int) -> datetime:
+    return _ORIGIN + (moment - _ORIGIN) // timedelta(minutes=minutes) * timedelta(minutes=minutes)
+
+
+def _ceil(moment: datetime, minutes: int) -> datetime:
+    floor = _floor(moment, minutes)
+    return floor if floor == moment else floor + timedelta(minutes=minutes)
+
+
+def _cut(start: datetime, end: datetime, level: int, bucket: int) -> list[store.Piece]:
+    """[start, end) (on quarter hours) as the grain of ``level`` where it covers whole periods of it, and
+    the finer grains either side."""
+    grain = store.GRAINS[level]
+    if level == 0:
+        return [store.Piece(grain, start, end, bucket)] if start < end else []
+    first, last = _ceil(start, grain), _floor(end, grain)
+    if first >= last:
+        return _cut(start, end, level - 1, bucket)
+    return [*_cut(start, first, level - 1, bucket), store.Piece(grain, first, last, bucket),
+            *_cut(last, end, level - 1, bucket)]
+
+
+def pieces(starts_at: datetime, ends_at: datetime, bucket: int) -> list[store.Piece]:
+    """[starts_at, ends_at) as the fewest ranges of the rollup's grains: whole UTC days where it holds
+    them, then quarter days, hours and quarter hours towards its edges (a zone's midnight is on a quarter
+    hour): a day in Berlin is 9 periods in 3 ranges, not 96 quarters.
+
+    An edge off the quarter hours (a zone's offset before the 1970s, in a few places) counts from the
+    quarter it falls in."""
+    return _cut(_floor(starts_at, 15), _ceil(ends_at, 15), len(store.GRAINS) - 1, bucket)
+
+
 def _split(user_id: Any, key: str, bounds: tuple[list[datetime], list[datetime]], totals: list[int]
            ) -> tuple[list[dict[str, str]], list[list[int]]]:
     """The series of a split by ``key`` (its top values, other, none) and each bucket's credits per series."""
     starts, ends = bounds
-    top = store.top_values(user_id, key, starts[0], ends[-1], TOP_VALUES)
+    top = store.top_values(user_id, key, pieces(starts[0], ends[-1], 0), TOP_VALUES)
     place = {value: i for i, value in enumerate(top)}
     split = [[0] * (len(top) + 2) for _ in totals]
-    for n, value, credits in store.spent(user_id, starts, ends, key):
+    for n, value, credits in store.spent(user_id, _buckets_cut(starts, ends), key):
         split[n - 1][place.get(value, len(top))] += credits
     for bucket, total in zip(split, totals):
         bucket[-1] = total - sum(bucket[:-1])  # what no value of the key counted: usage without it
     series = [{"name": value, "kind": "value"} for value in top]
     return [*series, {"name": "other", "kind": "other"}, {"name": "none", "kind": "none"}], split
+
+
+def _buckets_cut(starts: list[datetime], ends: list[datetime]) -> list[store.Piece]:
+    return [piece for n, bounds in enumerate(zip(starts, ends), start=1) for piece in pieces(*bounds, n)]
 
 
 def usage_summary(
@@ -177,7 +216,7 @@ def usage_summary(
     starts = [_midnight(day, zone) for day in days]
     ends = [*starts[1:], _midnight(last + timedelta(days=1), zone)]  # the last bucket ends with ``last``
     totals = [0] * len(days)
-    for n, _value, credits in store.spent(user_id, starts, ends):
+    for n, _value, credits in store.spent(user_id, _buckets_cut(starts, ends)):
         totals[n - 1] = credits
     series, split = ([], [[] for _ in days]) if key is None else _split(user_id, key, (starts, ends), totals)
     buckets = [Bucket(*bucket) for bucket in zip(days, starts, ends, totals, split)]

@@ -435,33 +435,47 @@ def month_lines(user_id: uuid.UUID, starts_at: datetime, ends_at: datetime) -> M
     return _first(MonthLines, _LINES, params, repeatable=True)
 
 
-# Credits spent per bucket, from the rollup: the buckets are [starts[i], ends[i]), each a whole number of
-# quarters; the total (key '') or, with a key, per value of it.
-_SPENT = (
-    "SELECT b.n, {value}, coalesce(sum(r.credits), 0)::bigint"
-    " FROM unnest(%(starts)s::text[]::timestamptz[], %(ends)s::text[]::timestamptz[]) WITH ORDINALITY AS b (s, e, n)"
-    " {join} usage_rollup AS r ON r.user_id = %(user_id)s AND r.key = %(key)s AND r.quarter >= b.s AND r.quarter < b.e"
-    " GROUP BY 1, 2 ORDER BY 1"
+class Piece(NamedTuple):
+    """A range of one grain of the rollup: its periods from ``starts_at`` (inclusive) to ``ends_at``, counted
+    in bucket ``bucket`` (``ledger/reports.py`` cuts each bucket into the fewest such pieces)."""
+
+    minutes: int
+    starts_at: datetime
+    ends_at: datetime
+    bucket: int
+
+
+# Credits spent in each piece, each piece a range of the rollup's primary key (so the statement reads the
+# rows of the periods asked for, however long the history): the total (key ''), or per value of a key.
+_PIECES = (
+    "unnest(%(minutes)s::int[], %(starts)s::text[]::timestamptz[], %(ends)s::text[]::timestamptz[],"
+    " %(buckets)s::int[]) AS p (minutes, s, e, n) {join} LATERAL (SELECT value, credits FROM usage_rollup"
+    " WHERE user_id = %(user_id)s AND key = %(key)s AND grain = p.minutes AND period >= p.s AND period < p.e) AS r"
+    " ON true"
 )
-_SPENT_TOTAL = _SPENT.format(value="''", join="LEFT JOIN")
-_SPENT_BY_VALUE = _SPENT.format(value="r.value", join="JOIN")
-# The values of a key with the most credits spent over [starts_at, ends_at), most first.
+_SPENT_TOTAL = f"SELECT p.n, '', coalesce(sum(r.credits), 0)::bigint FROM {_PIECES.format(join='LEFT JOIN')} GROUP BY 1"
+_SPENT_BY_VALUE = f"SELECT p.n, r.value, sum(r.credits)::bigint FROM {_PIECES.format(join='JOIN')} GROUP BY 1, 2"
+# The values of a key with the most credits spent over all the pieces, most first.
 _TOP_VALUES = (
-    "SELECT value FROM usage_rollup WHERE user_id = %(user_id)s AND key = %(key)s"
-    " AND quarter >= %(starts_at)s AND quarter < %(ends_at)s GROUP BY value"
-    " ORDER BY sum(credits) DESC, value LIMIT %(limit)s"
+    f"SELECT r.value FROM {_PIECES.format(join='JOIN')} GROUP BY r.value ORDER BY sum(r.credits) DESC, r.value"
+    " LIMIT %(limit)s"
 )
 
 
-def spent(user_id: uuid.UUID, starts: list[datetime], ends: list[datetime], key: str = "") -> list[tuple[int, str, int]]:
-    """(bucket number from 1, value, credits spent) per bucket: the total, or per value of ``key``."""
-    params = {"user_id": str(user_id), "key": key,
-              "starts": [moment.isoformat() for moment in starts], "ends": [moment.isoformat() for moment in ends]}
-    return [tuple(row) for row in run_statement(_SPENT_BY_VALUE if key else _SPENT_TOTAL, params, repeatable=True)]
+def _pieces(user_id: uuid.UUID, key: str, pieces: list[Piece]) -> dict[str, Any]:
+    return {"user_id": str(user_id), "key": key, "minutes": [piece.minutes for piece in pieces],
+            "starts": [piece.starts_at.isoformat() for piece in pieces],
+            "ends": [piece.ends_at.isoformat() for piece in pieces], "buckets": [piece.bucket for piece in pieces]}
 
 
-def top_values(user_id: uuid.UUID, key: str, starts_at: datetime, ends_at: datetime, limit: int) -> list[str]:
-    params = {"user_id": str(user_id), "key": key, "starts_at": starts_at, "ends_at": ends_at, "limit": limit}
+def spent(user_id: uuid.UUID, pieces: list[Piece], key: str = "") -> list[tuple[int, str, int]]:
+    """(bucket, value, credits spent) per bucket the pieces make: the total, or per value of ``key``."""
+    statement = _SPENT_BY_VALUE if key else _SPENT_TOTAL
+    return [tuple(row) for row in run_statement(statement, _pieces(user_id, key, pieces), repeatable=True)]
+
+
+def top_values(user_id: uuid.UUID, key: str, pieces: list[Piece], limit: int) -> list[str]:
+    params = {**_pieces(user_id, key, pieces), "limit": limit}
     return [value for (value,) in run_statement(_TOP_VALUES, params, repeatable=True)]
 
 
@@ -998,7 +1012,15 @@ def lock_balances(user_ids: list[str]) -> None:
 
 # --- the usage rollup: credits spent per user and quarter hour (models.UsageRollup) ----------------
 
-QUARTER = "date_bin('15 minutes', {}, timestamptz '2000-01-01 00:00:00+00')"
+# The rollup's grains, in minutes, finest first: quarter hours (every zone's midnight is the start of one),
+# hours, quarter days and UTC days, so that a summary reads the coarsest periods a bucket holds whole
+# (``ledger/reports.py``).
+GRAINS = (15, 60, 360, 1440)
+_GRAINS = (
+    "(VALUES (15, interval '15 minutes'), (60, interval '1 hour'), (360, interval '6 hours'), (1440, interval '1 day'))"
+    " AS g (minutes, width)"
+)
+PERIOD = "date_bin({width}, {moment}, timestamptz '2000-01-01 00:00:00+00')"
 # The pairs a spend counts under: the total (''), and each of its own pairs whose key is grouped by.
 _TOTAL_AND = (
     "SELECT '', '' UNION ALL SELECT key, value FROM ({}) AS pairs (key, value) WHERE key = ANY(%(group_keys)s::text[])"
@@ -1006,12 +1028,13 @@ _TOTAL_AND = (
 
 
 def _rolled(owner: str, made_at: str, spent: str, pairs: str, rows: str) -> str:
-    """The CTE adding ``spent`` credits to the rollup, in the quarter of ``made_at``, for each of ``pairs``."""
+    """The CTE adding ``spent`` credits to the rollup, in each grain's period of ``made_at``, for each of
+    ``pairs``."""
     return (
-        "rolled AS (INSERT INTO usage_rollup AS r (user_id, key, quarter, value, credits)"
-        f" SELECT {owner}, k.key, {QUARTER.format(made_at)}, k.value, {spent} FROM {rows},"
-        f" ({_TOTAL_AND.format(pairs)}) AS k (key, value)"
-        " ON CONFLICT (user_id, key, quarter, value) DO UPDATE SET credits = r.credits + excluded.credits)"
+        "rolled AS (INSERT INTO usage_rollup AS r (user_id, key, grain, period, value, credits)"
+        f" SELECT {owner}, k.key, g.minutes, {PERIOD.format(width='g.width', moment=made_at)}, k.value, {spent}"
+        f" FROM {rows}, ({_TOTAL_AND.format(pairs)}) AS k (key, value), {_GRAINS}"
+        " ON CONFLICT (user_id, key, grain, period, value) DO UPDATE SET credits = r.credits + excluded.credits)"
     )
 
 

@@ -366,8 +366,9 @@ export interface paths {
          *     other key is `422`).
          *
          *     The sums come from a rollup kept in the same statement as each write
-         *     (per user, per quarter-hour, so that every time zone's midnight is a
-         *     boundary), so a summary's cost does not grow with the user's history.
+         *     (per user, in quarter hours, hours and UTC days, so that every time
+         *     zone's midnight is a boundary and whole days are one row), so a
+         *     summary's cost does not grow with the user's history.
          *
          *     **Authorization.** As `getBalance`.
          */
