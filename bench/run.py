@@ -19,11 +19,17 @@ One run, one machine, every number next to its reference:
    beside spends by users with one; then I: spends with a webhook endpoint
    subscribed beside spends with it disabled, and the time from a spend's
    201 to its event at a receiver in this process (``bench/receiver.py``);
+   before I, the reads over time: J, a page of the 200,000-row user filtered
+   by a metadata pair, by a reference and by an interval, beside the
+   unfiltered page; K, the user's whole history exported as CSV, beside
+   PostgreSQL's own ``COPY (SELECT ...) TO STDOUT`` of the same rows, and the
+   workers' memory while it streams; L, a 30-day usage summary split by model
+   of the 200,000-row user beside the 10-row user's;
 5. a table, and one JSON object on the last line, also written to ``bench/results/``.
 
 Everything listens on 127.0.0.1, every load is bounded in time, and every
 process and directory the run made is removed in ``finally`` blocks.
-``--only I`` does the setup and scenario I alone.
+``--only I`` (or J, K, L, or several: ``--only JKL``) does the setup and those scenarios alone.
 """
 
 from __future__ import annotations
@@ -42,14 +48,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlencode
 
 import jwt
 import psycopg2
@@ -61,7 +69,7 @@ from bench.receiver import Receiver
 from devtools.devdb import EmbeddedPostgres, bin_dir, wait_for_replay
 from devtools.devpooler import PgBouncer, pgbouncer_binary
 from transactions_service.ledger.rules import encode_cursor
-from transactions_service.ledger.store import SPEND_ORDER
+from transactions_service.ledger.store import EXPORT_COLUMNS, SPEND_ORDER
 from transactions_service.scopes import MANAGE_WEBHOOKS
 from transactions_service.webhooks.store import FAN_OUT
 
@@ -99,6 +107,17 @@ WEBHOOK_EVENT_TYPES = ["transaction.created", "balance.low"]
 WEBHOOK_GRACE_SECONDS = 30
 WEBHOOK_DRAIN_SECONDS = 300
 
+# Scenario J: the metadata pair a filtered page asks for, the seed's rarest model (3% of usage), so
+# that the page's 20 rows are the furthest apart in the ledger; and the interval, 30 days ending 60 days ago.
+FILTER_MODEL = "reel"
+FILTER_INTERVAL_DAYS = (90, 60)
+# Scenario K: how often the RSS sampler reads the workers' memory while an export streams.
+RSS_SAMPLE_SECONDS = 0.02
+# Scenario L: the summary asked for (the default range: 30 days ending today, in that zone).
+SUMMARY_QUERY = {"granularity": "day", "group_by": "metadata.model", "tz": "Europe/Berlin"}
+# The scenarios --only can run after the setup, in the order a run without --only runs them.
+ONLY_SCENARIOS = "JKLI"
+
 # The targets, as (key, comparison, bound).
 TARGETS = [
     ("post_ratio", ">=", 0.30),
@@ -108,6 +127,13 @@ TARGETS = [
     ("mixed_p99_ms", "<=", 25.0),
     ("rss_growth", "<=", 1.10),
     ("lots_five_ratio", ">=", 0.70),
+    # A filtered page costs what the unfiltered one does: within C's and D's 1.2x, as throughput (1 / 1.2).
+    ("filtered_page_ratio_metadata", ">=", 0.83),
+    ("filtered_page_ratio_reference", ">=", 0.83),
+    ("filtered_page_ratio_interval", ">=", 0.83),
+    ("export_ratio", ">=", 0.30),
+    ("export_rss_growth_mb", "<", 20.0),
+    ("summary_heavy_vs_light", "<=", 1.5),
     ("webhook_spend_ratio", ">=", 0.90),
     ("webhook_latency_p99_ms", "<=", 1000.0),
 ]
@@ -796,7 +822,7 @@ def replica_page(setup: Prepared, load: Load, conditions: Conditions, profile: P
 
 
 def run(profile: Profile, replica: bool = True, only: str | None = None) -> dict[str, Any]:
-    """Set up, then every scenario, or only ``only`` ("I": the setup and scenario I, while developing it)."""
+    """Set up, then every scenario, or only the letters of ``only`` (of ONLY_SCENARIOS: "I", "JKL", ...)."""
     started = time.monotonic()
     results: dict[str, Any] = {"profile": profile.name,
                                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -818,7 +844,10 @@ def run(profile: Profile, replica: bool = True, only: str | None = None) -> dict
                                 None if os.environ.get("BENCH_DATABASE_URL") else postmaster_pid(dsn))
         if only is None:
             results.update(ledger_scenarios(setup, load, profile, conditions, scenarios, replica))
-        results.update(webhook_spends(setup, load, profile, conditions, scenarios))
+        for letter, scenario in (("J", filtered_pages), ("K", exports), ("L", usage_summaries),
+                                 ("I", webhook_spends)):
+            if only is None or letter in only:
+                results.update(scenario(setup, load, profile, conditions, scenarios))
 
         sound = subprocess.run([PYTHON, "-m", "bench.seed", "--check"], cwd=REPO, env=env,
                                capture_output=True, text=True)
@@ -1041,6 +1070,211 @@ def lot_spends(setup: Prepared, load: Load, profile: Profile, conditions: Condit
             "lots_five_ratio": round(five_rps / one_rps, 3), "lots_errors": spends.errors}
 
 
+def interleaved(rounds: int, measures: dict[str, Callable[[], Measured]]) -> dict[str, list[Measured]]:
+    """Each of ``measures`` once a round, ``rounds`` times, the order reversed every other round (as ``paired``)."""
+    result: dict[str, list[Measured]] = {name: [] for name in measures}
+    for round_number in range(rounds):
+        names = list(measures) if round_number % 2 == 0 else list(reversed(measures))
+        for name in names:
+            result[name].append(measures[name]())
+    return result
+
+
+def heavy_filters(dsn: str) -> dict[str, dict[str, str]]:
+    """J's filters, on rows the 200,000-row user has: a metadata pair, a purchase's reference, an interval."""
+    with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT reference FROM user_transactions WHERE user_id = %s AND type = 'purchase' AND reference IS NOT NULL"
+            " ORDER BY created_at LIMIT 1 OFFSET (SELECT count(*) / 2 FROM user_transactions WHERE user_id = %s"
+            " AND type = 'purchase' AND reference IS NOT NULL)",
+            (str(HEAVY_USER), str(HEAVY_USER)),
+        )
+        reference = cursor.fetchone()[0]
+        cursor.execute("SELECT now()")
+        now = cursor.fetchone()[0]
+    connection.close()
+    oldest, newest = FILTER_INTERVAL_DAYS
+    interval = {"created_after": (now - timedelta(days=oldest)).isoformat(),
+                "created_before": (now - timedelta(days=newest)).isoformat()}
+    return {"metadata": {"metadata[model]": FILTER_MODEL}, "reference": {"reference": reference},
+            "interval": interval}
+
+
+def filtered_pages(setup: Prepared, load: Load, profile: Profile, conditions: Conditions,
+                   scenarios: dict[str, Any]) -> dict[str, Any]:
+    """J: a page of the 200,000-row user filtered three ways, beside the unfiltered first page (B's subject).
+
+    The four in turn each round, at B's concurrency; each filter's ratio is its throughput over the
+    unfiltered page's in the same rounds. A reference finds one row (it is unique per user and type),
+    the others a full page of 20.
+    """
+    heavy = bearer(setup.tokens["heavy"])
+    page_url = f"{setup.service.url}/api/transactions?limit={PAGE_SIZE}"
+    urls = {"unfiltered": page_url, **{name: f"{page_url}&{urlencode(query)}"
+                                       for name, query in heavy_filters(setup.dsn).items()}}
+    rows = {}
+    for name, url in urls.items():
+        response = requests.get(url, headers=heavy, timeout=30)
+        response.raise_for_status()
+        rows[name] = len(response.json()["data"])
+    if rows["reference"] != 1 or min(rows.values()) == 0:
+        raise RuntimeError(f"J's filtered pages are not what the seed holds: {rows}")
+    log("J: filtered pages of the 200,000-row user (metadata pair, reference, interval) vs the unfiltered page")
+    for url in urls.values():  # each statement's first plan and pages, before any slice counts
+        load.wrk(url, "get.lua", 1, counts=False, headers=heavy)
+    before = conditions.snapshot()
+    measured = interleaved(profile.rounds, {
+        name: (lambda url=url: load.wrk(url, "get.lua", profile.seconds, headers=heavy)) for name, url in urls.items()})
+    scenarios["J"] = {**conditions.between(before, conditions.snapshot()), "page_rows": rows,
+                      **{f"{name}_rps": [round(run.rps, 1) for run in runs] for name, runs in measured.items()}}
+    unfiltered = throughput(measured["unfiltered"])
+    results: dict[str, Any] = {"unfiltered_page_rps": round(unfiltered, 1)}
+    for name in ("metadata", "reference", "interval"):
+        rps = throughput(measured[name])
+        results[f"filtered_page_rps_{name}"] = round(rps, 1)
+        results[f"filtered_page_ratio_{name}"] = round(rps / unfiltered, 3)
+    results["filtered_page_errors"] = sum(run.errors for runs in measured.values() for run in runs)
+    return results
+
+
+class Counted:
+    """A file-like sink that keeps only how many bytes and lines went through it."""
+
+    def __init__(self) -> None:
+        self.bytes = self.lines = 0
+
+    def write(self, data: bytes | str) -> int:
+        chunk = data.encode() if isinstance(data, str) else data
+        self.bytes += len(chunk)
+        self.lines += chunk.count(b"\n")
+        return len(data)
+
+
+class Streamed(NamedTuple):
+    rows: int
+    bytes: int
+    seconds: float
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds
+
+
+def copy_out(dsn: str, statement: str) -> Streamed:
+    """``COPY (statement) TO STDOUT`` as CSV with a header, read to the end by this process."""
+    sink = Counted()
+    with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
+        started = time.monotonic()
+        cursor.copy_expert(f"COPY ({statement}) TO STDOUT WITH (FORMAT csv, HEADER)", sink, size=1 << 16)
+        seconds = time.monotonic() - started
+    connection.close()
+    return Streamed(sink.lines - 1, sink.bytes, seconds)
+
+
+def download(url: str, headers: dict[str, str]) -> Streamed:
+    """A CSV export read to its last byte, as a client saving the file would; its rows are its lines less the header."""
+    sink = Counted()
+    started = time.monotonic()
+    with requests.get(url, headers=headers, stream=True, timeout=120) as response:
+        response.raise_for_status()
+        for chunk in response.iter_content(1 << 16):
+            sink.write(chunk)
+    return Streamed(sink.lines - 1, sink.bytes, time.monotonic() - started)
+
+
+class PeakRss:
+    """The highest RSS each of ``pids`` reached while the block ran, read every RSS_SAMPLE_SECONDS."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.peak = {pid: rss_mb(pid) for pid in pids}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.wait(RSS_SAMPLE_SECONDS):
+            for pid in self.peak:
+                try:
+                    self.peak[pid] = max(self.peak[pid], rss_mb(pid))
+                except (OSError, RuntimeError):  # a worker that exited: the check on the pids reports it
+                    pass
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def exports(setup: Prepared, load: Load, profile: Profile, conditions: Conditions,
+            scenarios: dict[str, Any]) -> dict[str, Any]:
+    """K: the 200,000-row user's history as CSV from the export, beside PostgreSQL's own COPY of the same rows.
+
+    Each round one export (one client, read to its last byte) and one ``COPY (SELECT the export's columns
+    ... ORDER BY created_at DESC, id DESC) TO STDOUT`` in PostgreSQL's CSV, on a direct connection, read
+    by this process; the order alternates. The workers' RSS is sampled throughout; the growth is the
+    most any worker rose above what it held just before.
+    """
+    url = f"{setup.service.url}/api/transactions/export?format=csv"
+    heavy = bearer(setup.tokens["heavy"])
+    statement = (f"SELECT {', '.join(EXPORT_COLUMNS)} FROM user_transactions WHERE user_id = '{HEAVY_USER}'"
+                 " ORDER BY created_at DESC, id DESC")
+    workers = setup.service.workers()
+    log(f"K: export of the 200,000-row user (CSV) vs COPY TO STDOUT, {profile.rounds} rounds")
+    copy_out(setup.dsn, statement)  # the user's pages in the buffer cache for both, before either counts
+    before_mb = {pid: rss_mb(pid) for pid in workers}
+    before = conditions.snapshot()
+    with PeakRss(workers) as rss:
+        export = paired(profile.rounds, lambda: copy_out(setup.dsn, statement), lambda: download(url, heavy))
+    scenarios["K"] = {**conditions.between(before, conditions.snapshot()),
+                      "copy_rows_per_s": [round(run.rows_per_s) for run in export.reference],
+                      "export_rows_per_s": [round(run.rows_per_s) for run in export.subject],
+                      "rss_before_mb": [round(before_mb[pid], 1) for pid in workers],
+                      "rss_peak_mb": [round(rss.peak[pid], 1) for pid in workers]}
+    if set(setup.service.workers()) != set(workers):
+        log(f"workers changed during K: {workers} -> {setup.service.workers()}")
+    rows = {run.rows for run in export.reference + export.subject}
+    if len(rows) != 1:
+        raise RuntimeError(f"the export and COPY did not give the same number of rows: {sorted(rows)}")
+
+    def rate(runs: list[Streamed]) -> float:
+        return sum(run.rows for run in runs) / sum(run.seconds for run in runs)
+
+    export_rate, copy_rate = rate(export.subject), rate(export.reference)
+    return {"export_rows": rows.pop(), "export_rows_per_s": round(export_rate), "copy_rows_per_s": round(copy_rate),
+            "export_ratio": round(export_rate / copy_rate, 3),
+            "export_mb": round(export.subject[0].bytes / 1e6, 1), "copy_mb": round(export.reference[0].bytes / 1e6, 1),
+            "export_rss_growth_mb": round(max(rss.peak[pid] - before_mb[pid] for pid in workers), 1)}
+
+
+def usage_summaries(setup: Prepared, load: Load, profile: Profile, conditions: Conditions,
+                    scenarios: dict[str, Any]) -> dict[str, Any]:
+    """L: the 200,000-row user's 30-day usage summary by model, beside the 10-row user's, one connection (as D)."""
+    url = f"{setup.service.url}/api/usage/summary?{urlencode(SUMMARY_QUERY)}"
+    heavy, light = bearer(setup.tokens["heavy"]), bearer(setup.tokens["light"])
+    summary = requests.get(url, headers=heavy, timeout=30)
+    summary.raise_for_status()
+    with psycopg2.connect(setup.dsn) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM usage_rollup WHERE user_id = %s AND grain = 15 AND period >= %s",
+                       (str(HEAVY_USER), summary.json()["buckets"][0]["starts_at"]))
+        rollup_rows = cursor.fetchone()[0]
+    connection.close()
+    log(f"L: 30-day usage summary by model, 200,000-row user ({rollup_rows:,} rollup rows) vs 10-row user, one connection")
+    before = conditions.snapshot()
+    measured = paired(
+        profile.latency_rounds,
+        lambda: load.wrk(url, "get.lua", profile.latency_seconds, connections=1, headers=light),
+        lambda: load.wrk(url, "get.lua", profile.latency_seconds, connections=1, headers=heavy),
+    )
+    scenarios["L"] = {**conditions.between(before, conditions.snapshot()), **measured.slices()}
+    light_ms, heavy_ms = median_latency(measured.reference), median_latency(measured.subject)
+    return {"summary_light_ms": round(light_ms, 3), "summary_heavy_ms": round(heavy_ms, 3),
+            "summary_heavy_vs_light": round(heavy_ms / light_ms, 3),
+            "summary_heavy_credits": summary.json()["total"], "summary_heavy_rollup_rows": rollup_rows,
+            "summary_errors": measured.errors}
+
+
 class Backlog(NamedTuple):
     """What the webhook worker has still to do: feed events it has not fanned out, deliveries not yet made."""
 
@@ -1207,7 +1441,7 @@ def verdict(value: float | None, comparison: str, bound: float) -> bool:
     """Whether ``value`` meets the target; no value (nothing was measured) does not."""
     if value is None:
         return False
-    return value >= bound if comparison == ">=" else value <= bound
+    return {">=": value >= bound, "<=": value <= bound, "<": value < bound}[comparison]
 
 
 def table(results: dict[str, Any]) -> str:
@@ -1217,7 +1451,7 @@ def table(results: dict[str, Any]) -> str:
         return "hit" if results["targets"][key] else "MISSED"
 
     r = results
-    ledger = "post_rps" in r  # A to H ran (not --only I)
+    ledger = "post_rps" in r  # A to H ran (not --only)
     rows = [] if not ledger else [
         ("A spend: POST /api/transactions", f"{r['post_rps']:,.0f} req/s",
          f"pgbench {r['pgbench_tps']:,.0f} tps", "post_ratio", r["post_ratio"]),
@@ -1234,12 +1468,31 @@ def table(results: dict[str, Any]) -> str:
         ("H spend, user with five lots", f"{r['lots_five_rps']:,.0f} req/s",
          f"one lot {r['lots_one_rps']:,.0f} req/s", "lots_five_ratio", r["lots_five_ratio"]),
     ]
-    rows += [
-        ("I spend, one webhook endpoint", f"{r['webhook_spend_rps']:,.0f} req/s",
-         f"disabled {r['webhook_none_rps']:,.0f} req/s", "webhook_spend_ratio", r["webhook_spend_ratio"]),
-        ("I commit to webhook, open loop", f"p99 {r['webhook_latency_p99_ms']} ms at {r['webhook_rate']:,.0f}/s",
-         f"p50 {r['webhook_latency_p50_ms']} ms", "webhook_latency_p99_ms", r["webhook_latency_p99_ms"]),
-    ]
+    if "unfiltered_page_rps" in r:
+        rows += [(f"J page filtered by {label}", f"{r[f'filtered_page_rps_{name}']:,.0f} req/s",
+                  f"unfiltered {r['unfiltered_page_rps']:,.0f} req/s", f"filtered_page_ratio_{name}",
+                  r[f"filtered_page_ratio_{name}"])
+                 for name, label in (("metadata", "metadata[model]"), ("reference", "reference"),
+                                     ("interval", "created_after/before"))]
+    if "export_ratio" in r:
+        rows += [
+            (f"K CSV export, {r['export_rows']:,} rows", f"{r['export_rows_per_s']:,.0f} rows/s",
+             f"COPY TO STDOUT {r['copy_rows_per_s']:,.0f} rows/s", "export_ratio", r["export_ratio"]),
+            ("K worker RSS during the export", f"+{r['export_rss_growth_mb']:g} MB", "before it",
+             "export_rss_growth_mb", r["export_rss_growth_mb"]),
+        ]
+    if "summary_heavy_vs_light" in r:
+        rows.append(("L 30-day usage summary (1 conn)", f"p50 {r['summary_heavy_ms']:.2f} ms",
+                     f"10 rows p50 {r['summary_light_ms']:.2f} ms", "summary_heavy_vs_light",
+                     r["summary_heavy_vs_light"]))
+    webhooks = r["scenarios"].get("I")
+    if webhooks is not None:
+        rows += [
+            ("I spend, one webhook endpoint", f"{r['webhook_spend_rps']:,.0f} req/s",
+             f"disabled {r['webhook_none_rps']:,.0f} req/s", "webhook_spend_ratio", r["webhook_spend_ratio"]),
+            ("I commit to webhook, open loop", f"p99 {r['webhook_latency_p99_ms']} ms at {r['webhook_rate']:,.0f}/s",
+             f"p50 {r['webhook_latency_p50_ms']} ms", "webhook_latency_p99_ms", r["webhook_latency_p99_ms"]),
+        ]
     header = ("scenario", "measured", "reference", "key", "value", "target", "")
     lines = [header] + [(name, measured, reference, key, "none" if value is None else f"{value:g}", target[key],
                          mark(key)) for name, measured, reference, key, value in rows]
@@ -1269,23 +1522,19 @@ def table(results: dict[str, Any]) -> str:
                     f"from the primary in the same slices (replica_page_ratio {r['replica_page_ratio']:g}); "
                     f"replica made and caught up in {r['replica_ready_s']} s, "
                     f"{r['replica_fallbacks_logged']} fallbacks to the primary")
-    webhooks = r["scenarios"]["I"]
-    delivered = ", ".join(f"{part['delivered_rps']:,.0f}" for part in webhooks["beside_slices"] if part["enabled"])
-    drained = f"in {webhooks['drain_s']} s" if webhooks["drain_s"] is not None else f"NOT in {WEBHOOK_DRAIN_SECONDS} s"
-    text.append(
-        f"I at {r['webhook_rate']:,.0f} spends/s (achieved {r['webhook_achieved_rps']:,.0f}/s, "
-        f"{webhooks['open_loop']['skipped_over_max_in_flight']} skipped): {r['webhook_delivered']:,} of "
-        f"{r['webhook_delivered'] + r['webhook_missing']:,} acknowledged spends' events received within "
-        f"{WEBHOOK_GRACE_SECONDS} s, latency max {webhooks['latency_max_ms']} ms; {r['webhook_duplicates']} duplicates, "
-        f"{r['webhook_bad_signatures']} bad signatures; with the endpoint enabled and spends at full speed the "
-        f"worker delivered {delivered} per s ({r['webhook_spend_delivered_share']:.0%} of those spends' events); "
-        f"its queue emptied {drained} after ({webhooks['drain_rps']} per s)"
-    )
+    if "export_ratio" in r:
+        text.append(f"K: the export {r['export_mb']} MB, COPY's CSV {r['copy_mb']} MB; worker RSS before "
+                    f"{r['scenarios']['K']['rss_before_mb']} MB, peak {r['scenarios']['K']['rss_peak_mb']} MB")
+    if "summary_heavy_vs_light" in r:
+        text.append(f"L: the 200,000-row user's summary sums {r['summary_heavy_rollup_rows']:,} rollup rows "
+                    f"({r['summary_heavy_credits']:,} credits in the 30 days)")
+    if webhooks is not None:
+        text.append(webhook_line(r, webhooks))
     errors = {key: r[key] for key in ("post_errors", "pgbench_failed", "page_errors", "deep_errors",
                                       "balance_errors", "mixed_errors", "service_errors_logged",
                                       "replica_page_errors", "pooled_errors", "pooled_service_errors_logged",
-                                      "lots_errors", "webhook_errors", "webhook_missing", "webhook_bad_signatures",
-                                      "webhook_worker_errors_logged")
+                                      "lots_errors", "filtered_page_errors", "summary_errors", "webhook_errors",
+                                      "webhook_missing", "webhook_bad_signatures", "webhook_worker_errors_logged")
               if r.get(key)}
     text.append(f"errors: {errors or 'none'}; ledger invariants after the run: "
                 f"{'hold' if r['ledger_sound_after'] else 'BROKEN'}")
@@ -1296,7 +1545,9 @@ def table(results: dict[str, Any]) -> str:
         if "G" in r["scenarios"]:
             measured.append(("G", r["scenarios"]["G"]))
         measured.append(("H", r["scenarios"]["H"]))
-    measured += [("I", webhooks), ("I open loop", webhooks["open_loop_conditions"])]
+    measured += [(key, r["scenarios"][key]) for key in "JKL" if key in r["scenarios"]]
+    if webhooks is not None:
+        measured += [("I", webhooks), ("I open loop", webhooks["open_loop_conditions"])]
     text.append("while measuring (neighbours' CPU in cores, checkpoints, autovacuum runs): " + "; ".join(
         f"{name} {c['neighbour_cores']}, {c['checkpoints']}, {c['autovacuum_runs']}" for name, c in measured))
     text.append(f"{r['workers']} gunicorn workers, {PROFILES[r['profile']].connections} connections; "
@@ -1305,12 +1556,36 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(text)
 
 
+def webhook_line(r: dict[str, Any], webhooks: dict[str, Any]) -> str:
+    delivered = ", ".join(f"{part['delivered_rps']:,.0f}" for part in webhooks["beside_slices"] if part["enabled"])
+    drained = f"in {webhooks['drain_s']} s" if webhooks["drain_s"] is not None else f"NOT in {WEBHOOK_DRAIN_SECONDS} s"
+    return (
+        f"I at {r['webhook_rate']:,.0f} spends/s (achieved {r['webhook_achieved_rps']:,.0f}/s, "
+        f"{webhooks['open_loop']['skipped_over_max_in_flight']} skipped): {r['webhook_delivered']:,} of "
+        f"{r['webhook_delivered'] + r['webhook_missing']:,} acknowledged spends' events received within "
+        f"{WEBHOOK_GRACE_SECONDS} s, latency max {webhooks['latency_max_ms']} ms; {r['webhook_duplicates']} duplicates, "
+        f"{r['webhook_bad_signatures']} bad signatures; with the endpoint enabled and spends at full speed the "
+        f"worker delivered {delivered} per s ({r['webhook_spend_delivered_share']:.0%} of those spends' events); "
+        f"its queue emptied {drained} after ({webhooks['drain_rps']} per s)"
+    )
+
+
+def only_scenarios(letters: str) -> str:
+    """The scenarios of --only, in the order a run without --only runs them."""
+    letters = letters.upper()
+    if not letters or set(letters) - set(ONLY_SCENARIOS):
+        raise argparse.ArgumentTypeError(
+            f"letters of {ONLY_SCENARIOS} (A to H run only all together, in a run without --only)")
+    return "".join(letter for letter in ONLY_SCENARIOS if letter in letters)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the benchmarks (see BENCHMARKS.md).")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     parser.add_argument("--no-replica", dest="replica", action="store_false",
                         help="skip scenario B served from a streaming replica")
-    parser.add_argument("--only", choices=["I"], help="the setup, then this scenario alone (while developing it)")
+    parser.add_argument("--only", type=only_scenarios, metavar="LETTERS",
+                        help=f"the setup, then only these of {', '.join(ONLY_SCENARIOS)} (e.g. I, or JKL)")
     args = parser.parse_args(argv)
     require_wrk()
     if pgbouncer_binary() is None:

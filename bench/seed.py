@@ -11,8 +11,12 @@ PostgreSQL with binary ``COPY`` from a generator: memory grows with the number
 of users, never with the number of rows. The balance rows are then made by the
 ledger's own statement (``store.open_balances``, which also opens each user's
 lot), in the same transaction,
-not from the simulation's numbers. ``python -m bench.seed --check`` verifies
-the ledger's invariants with SQL, and seeding runs it at the end.
+not from the simulation's numbers. Each usage row carries the model that did
+it as metadata (``{"model": ...}``) and each purchase the payment service's
+checkout id as its reference; the metadata index and the usage rollup are then
+filled from the loaded rows by SQL, the rollup by migration 0011's own
+statement. ``python -m bench.seed --check`` verifies the ledger's invariants
+with SQL, and seeding runs it at the end.
 
     python -m bench.seed --users 10000 --transactions 1000000 [--heavy-user UUID ...]
     python -m bench.seed --check
@@ -21,6 +25,7 @@ the ledger's invariants with SQL, and seeding runs it at the end.
 from __future__ import annotations
 
 import heapq
+import importlib.util
 import io
 import random
 import resource
@@ -31,11 +36,14 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import click
 import psycopg2
 from flask import current_app
+from sqlalchemy import text
+from sqlalchemy.dialects import postgresql
 
 from transactions_service import create_app
 from transactions_service.extensions import db
@@ -59,21 +67,26 @@ PACKS = [
 BODY_PACK_WEIGHTS = [55, 30, 12, 3, 0]
 BUSY_PACK_WEIGHTS = [0, 0, 10, 50, 40]
 
-# (description, credits spent, relative frequency, seconds a generation takes: min, max)
+# (description, credits spent, relative frequency, seconds a generation takes: min, max, the model that does it,
+# which the generation service sends as the usage's metadata: pixel-xl 43%, pixel-lite 27%, quill 26%, echo and reel 3%)
 USAGE = [
-    ("Image generation (1024x1024)", 4, 30, 5, 20),
-    ("Image generation (512x512)", 2, 12, 3, 10),
-    ("Image generation, 4 variations (1024x1024)", 16, 8, 10, 40),
-    ("Text generation, 4k tokens", 1, 20, 1, 8),
-    ("Text generation, 32k tokens", 6, 6, 5, 30),
-    ("Upscale 2x", 3, 6, 2, 10),
-    ("Upscale 4x", 8, 5, 4, 20),
-    ("Image edit (inpainting)", 5, 5, 5, 20),
-    ("Background removal", 1, 4, 1, 4),
-    ("Voice synthesis, 30 s", 5, 3, 3, 15),
-    ("Video generation, 5 s", 35, 2, 30, 120),
-    ("Video generation, 10 s", 70, 1, 60, 240),
+    ("Image generation (1024x1024)", 4, 30, 5, 20, "pixel-xl"),
+    ("Image generation (512x512)", 2, 12, 3, 10, "pixel-lite"),
+    ("Image generation, 4 variations (1024x1024)", 16, 8, 10, 40, "pixel-xl"),
+    ("Text generation, 4k tokens", 1, 20, 1, 8, "quill"),
+    ("Text generation, 32k tokens", 6, 6, 5, 30, "quill"),
+    ("Upscale 2x", 3, 6, 2, 10, "pixel-lite"),
+    ("Upscale 4x", 8, 5, 4, 20, "pixel-lite"),
+    ("Image edit (inpainting)", 5, 5, 5, 20, "pixel-xl"),
+    ("Background removal", 1, 4, 1, 4, "pixel-lite"),
+    ("Voice synthesis, 30 s", 5, 3, 3, 15, "echo"),
+    ("Video generation, 5 s", 35, 2, 30, 120, "reel"),
+    ("Video generation, 10 s", 70, 1, 60, 240, "reel"),
 ]
+# How a busy user's activity is spread over their window: the density grows as t**(1/BUSY_SPREAD - 1),
+# linearly for 0.5 (a customer whose use grew), so that their last 30 days hold about twice the share a
+# uniform spread would give them (8% of two years' rows rather than 4%). 1 is uniform, the others' spread.
+BUSY_SPREAD = 0.5
 
 # How often things go wrong or are still open.
 FAILED_PURCHASE = 0.03  # card declined
@@ -92,8 +105,10 @@ _INT4 = struct.Struct(">ii")
 _TIMESTAMP = struct.Struct(">iq")
 _TWO_TIMESTAMPS = struct.Struct(">iqiq")
 TRANSACTION_COLUMNS = (
-    "id, user_id, type, amount, credits, description, status, created_at, updated_at, hold_expires_at, failure_reason"
+    "id, user_id, type, amount, credits, description, status, created_at, updated_at, hold_expires_at, failure_reason,"
+    " metadata, reference"
 )
+_FIELDS = len(TRANSACTION_COLUMNS.split(","))  # a row's field count, in binary COPY
 
 
 def _field(data: bytes) -> bytes:
@@ -121,6 +136,11 @@ _PURCHASE, _USAGE = _field(b"purchase"), _field(b"usage")
 _COMPLETED, _PENDING, _FAILED = _field(b"completed"), _field(b"pending"), _field(b"failed")
 _ZERO_DOLLARS = _numeric("0.00")
 _HOLD_EXPIRED_FIELD = _field(HOLD_EXPIRED.encode())
+_NO_METADATA = _field(b"{}")  # json's binary form is its text
+
+
+def _metadata(model: str) -> bytes:
+    return _field(f'{{"model": "{model}"}}'.encode())
 
 
 @dataclass(frozen=True)
@@ -142,14 +162,16 @@ class Population:
     active_until: list[int] = field(default_factory=list)
     pack: list[int] = field(default_factory=list)
     in_progress: list[bool] = field(default_factory=list)
+    spread: list[float] = field(default_factory=list)  # BUSY_SPREAD for a busy user, else 1 (uniform)
 
-    def add(self, user_id: bytes, rows: int, joined: int, active_until: int, pack: int) -> None:
+    def add(self, user_id: bytes, rows: int, joined: int, active_until: int, pack: int, spread: float = 1.0) -> None:
         self.ids.append(user_id)
         self.rows.append(rows)
         self.joined.append(joined)
         self.active_until.append(active_until)
         self.pack.append(pack)
         self.in_progress.append(False)
+        self.spread.append(spread)
 
 
 def row_counts(rng: random.Random, users: int, rows: int) -> list[int]:
@@ -177,7 +199,8 @@ def plan_population(
     for user in named:
         joined = start + int(rng.random() * (30 * DAY if user.busy else HISTORY_SPAN // 2))
         weights = BUSY_PACK_WEIGHTS if user.busy else BODY_PACK_WEIGHTS
-        population.add(user.user_id.bytes, user.rows, joined, now, rng.choices(range(len(PACKS)), weights)[0])
+        population.add(user.user_id.bytes, user.rows, joined, now, rng.choices(range(len(PACKS)), weights)[0],
+                       BUSY_SPREAD if user.busy else 1.0)
     counts = row_counts(rng, users - len(named), transactions - sum(user.rows for user in named))
     for count in counts:
         busy = count > 5_000
@@ -189,7 +212,7 @@ def plan_population(
         active_until = now if busy or rng.random() < 0.7 else joined + int((now - joined) * rng.random())
         weights = BUSY_PACK_WEIGHTS if busy else BODY_PACK_WEIGHTS
         population.add(uuid.UUID(int=rng.getrandbits(128), version=4).bytes, count, joined, active_until,
-                       rng.choices(range(len(PACKS)), weights)[0])
+                       rng.choices(range(len(PACKS)), weights)[0], BUSY_SPREAD if busy else 1.0)
     # A few generations and checkouts in progress right now: these users' last event is recent and pending.
     candidates = [index for index in range(len(named), len(population.ids))
                   if population.rows[index] >= 2 and population.joined[index] < now - pending_window - DAY]
@@ -219,16 +242,19 @@ def history(
         _ROW_START.pack, _INT4.pack, _TWO_TIMESTAMPS.pack, _TIMESTAMP.pack
     )
     usage_table = []
-    for description, credits, weight, shortest, longest in USAGE:
-        entry = (credits, _field(description.encode()), shortest * SECOND, (longest - shortest) * SECOND)
+    for description, credits, weight, shortest, longest, model in USAGE:
+        entry = (credits, _field(description.encode()), shortest * SECOND, (longest - shortest) * SECOND,
+                 _metadata(model))
         usage_table += [entry] * weight
     usage_choices = len(usage_table)
     packs = [(credits, _numeric(price), _field(description.encode())) for description, price, credits in PACKS]
 
     ids = population.ids
     remaining = list(population.rows)
-    active_until = population.active_until
-    in_progress = population.in_progress
+    joined, active_until = population.joined, population.active_until
+    in_progress, spread = population.in_progress, population.spread
+    # Where each user is in their window, as the fraction of it a uniform spread would have reached.
+    position = [0.0] * len(ids)
     user_pack = [packs[index] for index in population.pack]
     refill_below = [credits * 0.3 * rand() for credits, _, _ in user_pack]
     # What each simulated user knows of their own credits, to decide when to buy and what to spend.
@@ -238,17 +264,22 @@ def history(
     crash_settled_before = now - hold_ttl - 300 * SECOND
 
     def next_time(user: int, previous: int) -> int:
-        # The next of n sorted uniform times in (previous, end]: order statistics, one at a time.
+        # The next of n sorted uniform fractions of the window: order statistics, one at a time; mapped
+        # through fraction ** spread (increasing), so the times stay sorted and their density grows.
         left = remaining[user] - in_progress[user]
         if left <= 0:  # the in-progress user's last event: recent
             return max(previous, now - 1 - int(rand() * (pending_window - SECOND)))
-        end = active_until[user]
-        return previous + int((end - previous) * (1.0 - rand() ** (1.0 / left)))
+        start, reached = joined[user], position[user]
+        reached += (1.0 - reached) * (1.0 - rand() ** (1.0 / left))
+        position[user] = reached
+        shape = spread[user]
+        fraction = reached if shape == 1.0 else reached ** shape
+        return max(previous, start + int((active_until[user] - start) * fraction))
 
     heap: list[tuple[int, int]] = []
-    for user, joined in enumerate(population.joined):
+    for user, user_joined in enumerate(joined):
         if remaining[user]:
-            heappush(heap, (next_time(user, joined), user))
+            heappush(heap, (next_time(user, user_joined), user))
 
     out: list[bytes] = [_COPY_HEADER]
     written = 0
@@ -256,7 +287,7 @@ def history(
         created, user = heap[0]
         last_event = remaining[user] == 1
         forced_pending = last_event and in_progress[user]
-        usage_credits, usage_description, shortest, spread = usage_table[int(rand() * usage_choices)]
+        usage_credits, usage_description, shortest, duration, usage_metadata = usage_table[int(rand() * usage_choices)]
         available = balance[user] - held[user]
         ms, micros = divmod(created, 1000)
         # UUIDv7 from created_at: milliseconds, then the sub-millisecond fraction in the 12 "rand_a" bits
@@ -274,8 +305,11 @@ def history(
                 status = _COMPLETED
                 updated = created if rand() < 0.2 else created + int((2 + 28 * rand()) * SECOND)
                 balance[user] += credits
-            out += (row_start(11, 16, transaction_id, 16, ids[user]), _PURCHASE, amount, int4(4, credits),
-                    description, status, two_timestamps(8, created - PG_EPOCH, 8, min(updated, now) - PG_EPOCH), _NULL, _NULL)
+            # The payment service's checkout id, as the purchase's reference: unique, as the id is.
+            reference = _field(b"cs_" + transaction_id.hex().encode())
+            out += (row_start(_FIELDS, 16, transaction_id, 16, ids[user]), _PURCHASE, amount, int4(4, credits),
+                    description, status, two_timestamps(8, created - PG_EPOCH, 8, min(updated, now) - PG_EPOCH), _NULL,
+                    _NULL, _NO_METADATA, reference)
         else:
             reason = _NULL
             hold = _NULL
@@ -284,7 +318,7 @@ def history(
                 hold = timestamp(8, created + hold_ttl - PG_EPOCH)
                 held[user] += usage_credits
             else:
-                updated = min(created + shortest + int(spread * rand()), now)
+                updated = min(created + shortest + int(duration * rand()), now)
                 luck = rand()
                 if rand() < HELD_USAGE or luck < FAILED_USAGE:
                     hold = timestamp(8, created + hold_ttl - PG_EPOCH)
@@ -297,9 +331,9 @@ def history(
                 else:
                     status = _COMPLETED
                     balance[user] -= usage_credits
-            out += (row_start(11, 16, transaction_id, 16, ids[user]), _USAGE, _ZERO_DOLLARS,
+            out += (row_start(_FIELDS, 16, transaction_id, 16, ids[user]), _USAGE, _ZERO_DOLLARS,
                     int4(4, -usage_credits), usage_description, status,
-                    two_timestamps(8, created - PG_EPOCH, 8, updated - PG_EPOCH), hold, reason)
+                    two_timestamps(8, created - PG_EPOCH, 8, updated - PG_EPOCH), hold, reason, usage_metadata, _NULL)
         remaining[user] -= 1
         if remaining[user]:
             heapreplace(heap, (next_time(user, created), user))
@@ -386,6 +420,30 @@ def _user_rows(population: Population, now: int) -> Iterator[bytes]:
         yield pack(2, 16, user_id, 8, min(joined, now) - PG_EPOCH)
 
 
+# The loaded rows' metadata pairs, into the index a filtered history reads (one row per transaction and key),
+# as each write adds its own (store._LABELLED).
+_LABEL_LOADED = (
+    "INSERT INTO transaction_metadata (transaction_id, key, user_id, value, created_at)"
+    " SELECT t.id, m.key, t.user_id, m.value, t.created_at FROM user_transactions AS t, json_each_text(t.metadata) AS m"
+    " WHERE t.user_id = ANY(%(users)s::uuid[])"
+)
+
+
+def _fill_rollup() -> str:
+    """Migration 0011's statement filling usage_rollup from the ledger, for psycopg2: the rule has one home.
+
+    Its rows go in in period order, as the writes would have added them over time (the table's physical
+    order is what a summary's range reads). It reads the whole ledger; rows already there (users the
+    seed did not add, whose writes kept them) stay.
+    """
+    path = Path(__file__).resolve().parent.parent / "migrations" / "versions" / "0011_books_and_rollup.py"
+    spec = importlib.util.spec_from_file_location("books_and_rollup", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    statement = str(text(module._FILL_ROLLUP).compile(dialect=postgresql.psycopg2.dialect()))
+    return statement.rstrip() + "\nORDER BY period\nON CONFLICT (user_id, key, grain, period, value) DO NOTHING"
+
+
 def _connect() -> Any:
     """A connection of the seed's own, without the service's statement timeout: COPY runs for many seconds.
 
@@ -460,6 +518,18 @@ INVARIANTS = [
         """,
     ),
     (
+        "every metadata pair of a row is in the metadata index, with its user and time, and nothing else is",
+        """
+        SELECT count(*) FROM (
+            SELECT t.id, m.key, t.user_id, m.value, t.created_at
+            FROM user_transactions AS t, json_each_text(t.metadata) AS m
+        ) AS pairs (transaction_id, key, user_id, value, created_at)
+        FULL JOIN transaction_metadata AS i USING (transaction_id, key)
+        WHERE pairs.value IS DISTINCT FROM i.value OR pairs.user_id IS DISTINCT FROM i.user_id
+           OR pairs.created_at IS DISTINCT FROM i.created_at
+        """,
+    ),
+    (
         "every posting is on a lot of its own user",
         "SELECT count(*) FROM lot_postings AS p JOIN credit_lots AS l ON l.id = p.lot_id WHERE p.user_id <> l.user_id",
     ),
@@ -472,26 +542,51 @@ INVARIANTS = [
         """,
     ),
 ]
-# A property of the seeded rows, not of the ledger: the service's own ids sort by created_at only to the
-# millisecond (random bits below), and rows written later by other code may interleave.
-SEEDED_IDS_IN_TIME_ORDER = (
-    "seeded ids sort as created_at does (UUIDv7 with sub-millisecond time)",
-    """
-    SELECT count(*) FROM (
-        SELECT created_at < lag(created_at) OVER (ORDER BY id) AS out_of_order FROM user_transactions
-    ) AS ordered WHERE out_of_order
-    """,
-)
+# Properties of the seeded rows, not of the ledger: the service's own ids sort by created_at only to the
+# millisecond (random bits below), and rows written later by other code may interleave; and pgbench's
+# spends (bench/run.py, scenario A) write the ledger's rows without the rollup the service keeps.
+SEEDED = [
+    (
+        "seeded ids sort as created_at does (UUIDv7 with sub-millisecond time)",
+        """
+        SELECT count(*) FROM (
+            SELECT created_at < lag(created_at) OVER (ORDER BY id) AS out_of_order FROM user_transactions
+        ) AS ordered WHERE out_of_order
+        """,
+    ),
+    (
+        "the usage rollup's credits, in total and per grouped metadata value, are the ledger's, in each grain",
+        """
+        WITH spent AS (
+            SELECT t.user_id, '' AS key, '' AS value, -t.credits AS credits FROM user_transactions AS t
+            WHERE (t.type = 'usage' AND t.status = 'completed') OR t.type = 'reversal'
+            UNION ALL
+            SELECT t.user_id, m.key, m.value, -t.credits FROM user_transactions AS t
+            JOIN transaction_metadata AS m ON m.transaction_id = coalesce(t.reverses, t.id)
+            WHERE ((t.type = 'usage' AND t.status = 'completed') OR t.type = 'reversal') AND m.key = ANY(%(keys)s)
+        ),
+        ledger AS (SELECT user_id, key, value, sum(credits) AS credits FROM spent GROUP BY 1, 2, 3),
+        rollup AS (SELECT grain, user_id, key, value, sum(credits) AS credits FROM usage_rollup GROUP BY 1, 2, 3, 4),
+        grains AS (SELECT * FROM (VALUES (15), (60), (360), (1440)) AS g (grain))
+        SELECT count(*) FROM (ledger CROSS JOIN grains) FULL JOIN rollup USING (grain, user_id, key, value)
+        WHERE coalesce(ledger.credits, 0) <> coalesce(rollup.credits, 0)
+        """,
+    ),
+]
 
 
 def check_invariants(connection: Any, *, seeded: bool = False) -> list[tuple[str, int]]:
-    """Each invariant with the number of rows (or users) breaking it: all zeros when the ledger is sound."""
+    """Each invariant with the number of rows (or users) breaking it: all zeros when the ledger is sound.
+
+    ``seeded`` adds the checks of a freshly seeded ledger (SEEDED), in the app's context (USAGE_GROUP_KEYS).
+    """
+    params = {"keys": list(current_app.config["USAGE_GROUP_KEYS"])} if seeded else None
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL work_mem = '256MB'")  # the window checks sort every row
         cursor.execute("SET LOCAL statement_timeout = 0")
         results = []
-        for description, sql in INVARIANTS + ([SEEDED_IDS_IN_TIME_ORDER] if seeded else []):
-            cursor.execute(sql)
+        for description, sql in INVARIANTS + (SEEDED if seeded else []):
+            cursor.execute(sql, params)
             results.append((description, cursor.fetchone()[0]))
     connection.rollback()
     return results
@@ -553,6 +648,7 @@ def seed(
         with connection.cursor() as cursor:
             cursor.execute("SET LOCAL synchronous_commit = off")
             cursor.execute("SET LOCAL statement_timeout = 0")
+            cursor.execute("SET LOCAL work_mem = '256MB'")  # the rollup's fill groups every usage row
             cursor.execute("SELECT id FROM users WHERE id = ANY(%s::uuid[])", ([str(user.user_id) for user in named],))
             taken = [row[0] for row in cursor.fetchall()]
             if taken:
@@ -570,14 +666,18 @@ def seed(
                 stream(rows_with_progress()),
                 size=1 << 20,
             )
-            store.open_balances(cursor, [str(uuid.UUID(bytes=user_id)) for user_id in population.ids])
+            user_ids = [str(uuid.UUID(bytes=user_id)) for user_id in population.ids]
+            cursor.execute(_LABEL_LOADED, {"users": user_ids})
+            cursor.execute(_fill_rollup(), {"keys": list(current_app.config["USAGE_GROUP_KEYS"])})
+            store.open_balances(cursor, user_ids)
         connection.commit()
         if progress is not None:
             progress(totals["rows"], True)
         loaded = time.monotonic()
         connection.autocommit = True
         with connection.cursor() as cursor:
-            cursor.execute("VACUUM (ANALYZE) users, user_transactions, user_balances, credit_lots, lot_postings")
+            cursor.execute("VACUUM (ANALYZE) users, user_transactions, transaction_metadata, usage_rollup, user_balances,"
+                           " credit_lots, lot_postings")
         return SeedResult(totals["rows"], len(population.ids), loaded - started, time.monotonic() - loaded)
     finally:
         connection.close()

@@ -37,7 +37,7 @@ def scalar(app, sql, **params):
 def test_seed_loads_the_rows_asked_for_and_reports_every_invariant_ok(app):
     output = seeded(app).output
     assert "loaded 2,000 transactions for 60 users" in output
-    assert output.count("  ok    ") == 12 and "FAIL" not in output
+    assert output.count("  ok    ") == 14 and "FAIL" not in output
     assert scalar(app, "SELECT count(*) FROM user_transactions") == 2000
     assert scalar(app, "SELECT count(*) FROM users") == 60
     assert scalar(app, "SELECT count(*) FROM user_transactions WHERE user_id = :u", u=HEAVY) == 600
@@ -51,6 +51,50 @@ def test_seeded_history_is_mixed_and_spread_over_two_years(app):
     assert kinds >= 4  # purchases and usage, completed, failed and pending
     assert scalar(app, "SELECT count(*) FROM user_transactions WHERE status = 'pending'") >= 3
     assert 600 <= days <= 730
+
+
+def test_seeded_usage_carries_its_model_and_the_metadata_index_finds_it(app, api):
+    seeded(app)
+    models = scalar(app, "SELECT count(DISTINCT metadata->>'model') FROM user_transactions WHERE type = 'usage'")
+    unlabelled = scalar(app, "SELECT count(*) FROM user_transactions WHERE type = 'usage' AND metadata->>'model' IS NULL")
+    assert models >= 4 and unlabelled == 0
+    expected = scalar(app, "SELECT count(*) FROM user_transactions WHERE user_id = :u AND metadata->>'model' = 'quill'",
+                      u=HEAVY)
+    found = api.all_history(HEAVY, **{"metadata[model]": "quill", "limit": 100})
+    assert len(found) == expected > 0 and {row["metadata"]["model"] for row in found} == {"quill"}
+
+
+def test_seeded_purchases_are_found_by_their_reference(app, api):
+    seeded(app)
+    reference = scalar(app, "SELECT reference FROM user_transactions WHERE user_id = :u AND type = 'purchase'"
+                            " ORDER BY created_at LIMIT 1", u=HEAVY)
+    assert reference.startswith("cs_")
+    page = api.history(HEAVY, reference=reference).json["data"]
+    assert [row["reference"] for row in page] == [reference]
+
+
+def test_seeded_rollup_gives_the_usage_summary_the_ledgers_credits_per_model(app, api):
+    seeded(app)
+    response = api.client.get("/api/usage/summary", headers={"Authorization": f"Bearer {api.admin_token}"},
+                              query_string={"user_id": str(HEAVY), "granularity": "month", "from": "2020-01-01",
+                                            "group_by": "metadata.model"})
+    assert response.status_code == 200, response.json
+    summary = response.json
+    per_series = [sum(bucket["split"][i] for bucket in summary["buckets"]) for i in range(len(summary["series"]))]
+    by_model = {series["name"]: credits for series, credits in zip(summary["series"], per_series)
+                if series["kind"] == "value"}
+    with app.app_context():
+        ledger = dict(db.session.execute(text(
+            "SELECT metadata->>'model', sum(-credits) FROM user_transactions WHERE user_id = :u AND type = 'usage'"
+            " AND status = 'completed' GROUP BY 1"), {"u": HEAVY}).all())
+    assert by_model == ledger and summary["total"] == sum(ledger.values()) > 0
+
+
+def test_the_heavy_users_last_30_days_hold_more_than_a_uniform_share(app):
+    seeded(app)
+    share = scalar(app, "SELECT avg((created_at >= now() - interval '30 days')::int) FROM user_transactions"
+                        " WHERE user_id = :u", u=HEAVY)
+    assert 0.05 < share < 0.2  # about 8%: their use grew; a uniform spread over two years gives 4%
 
 
 def test_seeded_balances_are_what_the_api_reports(app, api):
