@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Staging smoke test: walk the three callers' flows against a deployed service.
+"""Staging smoke test: walk the three callers' flows against a deployed service, as the callers do.
 
+    pip install ./clients/python   # the callers' client, which the flows go through
     python scripts/smoke.py --base-url https://transactions.staging.example
 
 The services' API keys come from SMOKE_PAYMENT_KEY and SMOKE_GENERATION_KEY
@@ -16,14 +17,16 @@ reported; the first failure stops the run with exit status 1.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+import httpx
+from transactions_client import Client, ProblemError, ServiceUnreachable
 
 DEFAULT_SMOKE_USER = "5a0ce000-5a0c-4e00-8000-00000000cafe"
 
@@ -32,34 +35,15 @@ class StepFailed(Exception):
     pass
 
 
-class Client:
-    def __init__(self, base_url: str, timeout: float) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-
-    def call(self, method: str, path: str, token: str | None = None, body: Any = None, **headers: str) -> tuple[int, dict, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base_url + path, data=data, method=method)
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        for name, value in headers.items():
-            request.add_header(name.replace("_", "-"), value)
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return response.status, dict(response.headers), _json(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, dict(error.headers), _json(error.read())
-        except (urllib.error.URLError, TimeoutError) as error:
-            raise StepFailed(f"{method} {path}: no answer ({error})") from error
-
-
-def _json(raw: bytes) -> Any:
+@contextmanager
+def answered(what: str) -> Iterator[None]:
+    """A step's call, its failure told as what it was doing and what the service answered."""
     try:
-        return json.loads(raw)
-    except ValueError:
-        return raw.decode(errors="replace")
+        yield
+    except ProblemError as problem:
+        raise StepFailed(f"{what} answered {problem.status}: {problem.code}: {problem.detail}") from problem
+    except ServiceUnreachable as failure:
+        raise StepFailed(f"{what}: no answer ({failure})") from failure
 
 
 def expect(condition: bool, message: str) -> None:
@@ -89,73 +73,84 @@ def tokens_from_environment(user_id: str) -> dict[str, str]:
     return {"user": user_token, **credentials}
 
 
-def run(client: Client, user_id: str, tokens: dict[str, str]) -> list[str]:
-    """The steps, in order; each returns a short note for the report."""
+def _health(base_url: str, timeout: float) -> str:
+    for path in ("/healthz", "/readyz"):
+        try:
+            response = httpx.get(base_url + path, timeout=timeout)
+        except httpx.HTTPError as failure:
+            raise StepFailed(f"GET {path}: no answer ({failure!r})") from failure
+        expect(response.status_code == 200, f"{path} answered {response.status_code}: {response.text[:200]}")
+    return "process and database answer"
+
+
+def run(base_url: str, user_id: str, tokens: dict[str, str], timeout: float = 10.0) -> list[str]:
+    """The steps, in order, each through the client the callers use; each returns a short note for the report."""
     run_id = uuid.uuid4().hex[:12]
     state: dict[str, Any] = {}
-
-    def healthy() -> str:
-        status, _, body = client.call("GET", "/healthz")
-        expect(status == 200, f"/healthz answered {status}")
-        status, _, body = client.call("GET", "/readyz")
-        expect(status == 200, f"/readyz answered {status}: {body}")
-        return "process and database answer"
+    payment, generation, user = (Client(base_url, tokens[role], timeout=timeout)
+                                 for role in ("payment", "generation", "user"))
 
     def register() -> str:
-        status, _, body = client.call("PUT", f"/api/users/{user_id}", tokens["payment"])
-        expect(status in (200, 201), f"registering the smoke user answered {status}: {body}")
-        status, _, body = client.call("GET", f"/api/balance?user_id={user_id}", tokens["payment"])
-        expect(status == 200, f"reading the balance answered {status}: {body}")
-        state["before"] = body
-        return f"smoke user {user_id}, balance {body['balance']}, held {body['held']}"
+        with answered("registering the smoke user"):
+            payment.register_user(user_id)
+        with answered("reading the balance"):
+            state["before"] = payment.balance(user_id)
+        return f"smoke user {user_id}, balance {state['before'].balance}, held {state['before'].held}"
 
     def pending_purchase() -> str:
-        purchase = {"user_id": user_id, "type": "purchase", "amount": "0.01", "credits": 10,
-                    "description": f"Smoke test {run_id}", "status": "pending"}
         key = f"smoke-{run_id}"
-        status, headers, body = client.call("POST", "/api/transactions", tokens["payment"], purchase, Idempotency_Key=key)
-        expect(status == 201, f"recording the purchase answered {status}: {body}")
-        again_status, again_headers, again = client.call("POST", "/api/transactions", tokens["payment"], purchase, Idempotency_Key=key)
-        expect(again_status == 201 and again == body, "the retried purchase was not replayed")
-        expect(again_headers.get("Idempotent-Replayed") == "true", "the replay lacks Idempotent-Replayed: true")
-        state["purchase"] = body["id"]
-        return f"pending purchase {body['id']}, retry replayed"
+        with answered("recording the purchase"):
+            first = payment.record_purchase(user_id, 10, "0.01", f"Smoke test {run_id}", status="pending",
+                                            idempotency_key=key)
+            again = payment.record_purchase(user_id, 10, "0.01", f"Smoke test {run_id}", status="pending",
+                                            idempotency_key=key)
+        expect(again.replayed and again.id == first.id and not first.replayed, "the retried purchase was not replayed")
+        state["purchase"] = first.id
+        return f"pending purchase {first.id}, retry replayed"
 
     def complete_purchase() -> str:
-        status, _, body = client.call("PATCH", f"/api/transactions/{state['purchase']}", tokens["payment"], {"status": "completed"})
-        expect(status == 200 and body["status"] == "completed", f"completing the purchase answered {status}: {body}")
-        status, _, balance = client.call("GET", f"/api/balance?user_id={user_id}", tokens["payment"])
-        expect(balance["balance"] == state["before"]["balance"] + 10, f"balance did not grow by 10: {balance}")
+        with answered("completing the purchase"):
+            settled = payment.settle(state["purchase"], "completed")
+            balance = payment.balance(user_id)
+        expect(settled.status == "completed", f"the purchase is {settled.status}")
+        expect(balance.balance == state["before"].balance + 10, f"balance did not grow by 10: {balance}")
         return "completed, +10 credits"
 
     def reserve_and_settle_usage() -> str:
-        usage = {"user_id": user_id, "type": "usage", "amount": "0", "credits": -10,
-                 "description": f"Smoke test {run_id}", "status": "pending", "hold_expires_in": 300}
-        status, _, hold = client.call("POST", "/api/transactions", tokens["generation"], usage, Idempotency_Key=f"smoke-usage-{run_id}")
-        expect(status == 201, f"reserving credits answered {status}: {hold}")
-        status, _, balance = client.call("GET", f"/api/balance?user_id={user_id}", tokens["generation"])
-        expect(balance["held"] >= 10, f"the hold is not in held: {balance}")
-        status, _, settled = client.call("PATCH", f"/api/transactions/{hold['id']}", tokens["generation"], {"status": "completed"})
-        expect(status == 200 and settled["status"] == "completed", f"settling the hold answered {status}: {settled}")
-        state["usage"] = hold["id"]
-        return f"held and settled {hold['id']}"
+        with answered("reserving credits"):
+            hold = generation.reserve(user_id, 10, f"Smoke test {run_id}", hold_expires_in=300,
+                                      idempotency_key=f"smoke-usage-{run_id}")
+            held = generation.balance(user_id).held
+        expect(held >= 10, f"the hold is not in held: {held}")
+        with answered("settling the hold"):
+            settled = generation.settle(hold.id, "completed")
+        expect(settled.status == "completed", f"the hold is {settled.status}")
+        state["usage"] = hold.id
+        return f"held and settled {hold.id}"
 
     def billing_page_reads() -> str:
-        status, _, page = client.call("GET", "/api/transactions?limit=5", tokens["user"])
-        expect(status == 200, f"the user's history answered {status}: {page}")
-        ids = [row["id"] for row in page["data"]]
-        expect(ids[:2] == [state["usage"], state["purchase"]], f"history is not newest first with this run's rows: {ids}")
-        status, _, balance = client.call("GET", "/api/balance", tokens["user"])
-        expect(status == 200 and balance["balance"] == state["before"]["balance"], f"user's balance is off: {balance}")
+        with answered("the user's history"):
+            newest = [row.id for _, row in zip(range(2), user.history(user_id, page_size=5))]
+            balance = user.balance(user_id)
+        expect(newest == [state["usage"], state["purchase"]], f"history is not newest first with this run's rows: {newest}")
+        expect(balance.balance == state["before"].balance, f"user's balance is off: {balance}")
         return "history newest first, balance back to where it was"
 
-    steps = [healthy, register, pending_purchase, complete_purchase, reserve_and_settle_usage, billing_page_reads]
+    steps: list[tuple[str, Callable[[], str]]] = [
+        ("healthy", lambda: _health(base_url, timeout)), ("register", register), ("pending purchase", pending_purchase),
+        ("complete purchase", complete_purchase), ("reserve and settle usage", reserve_and_settle_usage),
+        ("billing page reads", billing_page_reads),
+    ]
     report = []
-    for step in steps:
-        started = time.perf_counter()
-        note = step()
-        report.append(f"ok   {step.__name__.replace('_', ' '):<26} {1000 * (time.perf_counter() - started):7.1f} ms  {note}")
-        print(report[-1], flush=True)
+    try:
+        for name, step in steps:
+            started = time.perf_counter()
+            note = step()
+            report.append(f"ok   {name:<26} {1000 * (time.perf_counter() - started):7.1f} ms  {note}")
+            print(report[-1], flush=True)
+    finally:
+        for client in (payment, generation, user):
+            client.close()
     return report
 
 
@@ -165,9 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user", default=os.environ.get("SMOKE_USER_ID", DEFAULT_SMOKE_USER), help="the dedicated smoke user's id")
     parser.add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
-    client = Client(args.base_url, args.timeout)
     try:
-        run(client, args.user, tokens_from_environment(args.user))
+        run(args.base_url.rstrip("/"), args.user, tokens_from_environment(args.user), args.timeout)
     except StepFailed as failure:
         print(f"FAIL {failure}", flush=True)
         return 1
