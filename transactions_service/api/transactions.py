@@ -75,9 +75,9 @@ def create_transaction() -> Response:
 def create_transaction_batch() -> Response:
     policy.require_writer(current_caller())
     batch = load_body(_batch)
-    if batch["atomic"]:
-        return _json(batch_json(batches.record_atomically(current_caller(), batch_items(batch["items"]))), 201)
-    return _json(batch_json(batches.record_batch(current_caller(), batch_items(batch["items"]))))
+    items, atomic = batch_items(batch["items"]), batch["atomic"]
+    record = batches.record_atomically if atomic else batches.record_batch
+    return _json(batch_json(record(current_caller(), items)), 201 if atomic else 200)
 
 
 @bp.get("/transactions/<uuid:transaction_id>")

@@ -149,7 +149,7 @@ def _days(first: date | None, last: date | None, granularity: str, zone: ZoneInf
     return first, last, starts
 
 
-_ORIGIN = datetime(2000, 1, 1, tzinfo=timezone.utc)  # where the rollup's periods are counted from
+_ORIGIN = store.PERIOD_ORIGIN
 
 
 def _floor(moment: datetime, minutes: int) -> datetime:

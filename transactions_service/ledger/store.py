@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from sqlalchemy import Engine
@@ -1020,7 +1020,9 @@ _GRAINS = (
     "(VALUES (15, interval '15 minutes'), (60, interval '1 hour'), (360, interval '6 hours'), (1440, interval '1 day'))"
     " AS g (minutes, width)"
 )
-PERIOD = "date_bin({width}, {moment}, timestamptz '2000-01-01 00:00:00+00')"
+# Where the periods are counted from: in the SQL that keeps them, and for ``reports.pieces`` that reads them.
+PERIOD_ORIGIN = datetime(2000, 1, 1, tzinfo=timezone.utc)
+PERIOD = f"date_bin({{width}}, {{moment}}, timestamptz '{PERIOD_ORIGIN.isoformat()}')"
 # The pairs a spend counts under: the total (''), and each of its own pairs whose key is grouped by.
 _TOTAL_AND = (
     "SELECT '', '' UNION ALL SELECT key, value FROM ({}) AS pairs (key, value) WHERE key = ANY(%(group_keys)s::text[])"
