@@ -11,9 +11,9 @@ import { useId, useMemo, useState } from "react";
 import type { Statement, TransactionsApi } from "@/api/client";
 
 import styles from "./billing.module.css";
-import { failureMessage } from "./failures";
 import { formatAmount, formatCredits, formatMonth, formatSignedCredits, recentMonths } from "./format";
-import { billingKeys, failureOf, unwrap, viewerTimeZone } from "./queries";
+import { billingKeys, unwrap, viewerTimeZone } from "./queries";
+import { LoadingPanel, SectionFailure, SkeletonLines } from "./Skeletons";
 
 type StatementLine = "purchases" | "grants" | "usage" | "refunds" | "reversals" | "adjustments" | "expirations" | "carried_in";
 
@@ -58,24 +58,17 @@ export function StatementSection({ api, now }: { api: TransactionsApi; now?: Dat
         </label>
       </div>
       {statement.isPending && (
-        <div className={styles.statementSkeleton} data-testid="statement-loading" aria-busy="true">
-          <p role="status" className={styles.visuallyHidden}>
-            Loading your statement…
-          </p>
-          {Array.from({ length: 4 }, (_, index) => (
-            <span key={index} className={`${styles.skeleton} ${styles.skeletonLine}`} aria-hidden="true" />
-          ))}
-        </div>
+        <LoadingPanel className={styles.statementSkeleton} testId="statement-loading" label="Loading your statement…">
+          <SkeletonLines count={4} shape={styles.skeletonLine} />
+        </LoadingPanel>
       )}
       {statement.isError && (
-        <div className={styles.inlinePanel} role="alert" data-testid="statement-error">
-          <p className={styles.inlineError}>
-            Couldn’t load the statement: {failureMessage(failureOf(statement.error))}
-          </p>
-          <button type="button" className={styles.linkButton} onClick={() => void statement.refetch()}>
-            Retry
-          </button>
-        </div>
+        <SectionFailure
+          testId="statement-error"
+          what="the statement"
+          error={statement.error}
+          onRetry={() => void statement.refetch()}
+        />
       )}
       {statement.data && <StatementTable statement={statement.data} />}
     </section>

@@ -12,9 +12,9 @@ import { lazy, Suspense, useId, useMemo, useState } from "react";
 import type { TransactionsApi, UsageGranularity, UsageSummary } from "@/api/client";
 
 import styles from "./billing.module.css";
-import { failureMessage } from "./failures";
 import { formatBucket, formatCredits } from "./format";
-import { billingKeys, failureOf, unwrap, viewerTimeZone } from "./queries";
+import { billingKeys, unwrap, viewerTimeZone } from "./queries";
+import { LoadingPanel, SectionFailure, SkeletonLines } from "./Skeletons";
 
 // recharts is most of the page's script: it loads after the rest, so that the balance and the
 // history never wait for it, while the table already holds the same numbers.
@@ -137,20 +137,12 @@ export function UsageSection({ api }: { api: TransactionsApi }) {
         </div>
       </div>
       {usage.isPending && (
-        <div className={styles.chartSkeleton} data-testid="usage-loading" aria-busy="true">
-          <p role="status" className={styles.visuallyHidden}>
-            Loading your usage…
-          </p>
-          <span className={`${styles.skeleton} ${styles.skeletonChart}`} aria-hidden="true" />
-        </div>
+        <LoadingPanel className={styles.chartSkeleton} testId="usage-loading" label="Loading your usage…">
+          <SkeletonLines count={1} shape={styles.skeletonChart} />
+        </LoadingPanel>
       )}
       {usage.isError && !summary && (
-        <div className={styles.inlinePanel} role="alert" data-testid="usage-error">
-          <p className={styles.inlineError}>Couldn’t load your usage: {failureMessage(failureOf(usage.error))}</p>
-          <button type="button" className={styles.linkButton} onClick={() => void usage.refetch()}>
-            Retry
-          </button>
-        </div>
+        <SectionFailure testId="usage-error" what="your usage" error={usage.error} onRetry={() => void usage.refetch()} />
       )}
       {summary && nothingUsed && (
         <p className={styles.usageEmpty} data-testid="usage-empty">

@@ -314,6 +314,35 @@ async function expectChartToShow(page: Page, summary: UsageSummary) {
   expect(await usage.getByTestId("usage-total").textContent()).toContain(summary.total.toLocaleString("en-US"));
 }
 
+/**
+ * For each of the chart's periods (30 days, 12 weeks, 12 months): pick it, read `GET /api/usage/summary` for
+ * the same user, zone and split, check that it names exactly `models` and that the chart and its table show
+ * it, then run `more` on it.
+ */
+async function forEachPeriod(
+  page: Page,
+  { zone, token, models }: { zone: string; token?: string; models: string[] },
+  more: (granularity: UsageSummary["granularity"], summary: UsageSummary) => Promise<void>,
+) {
+  const usage = page.getByTestId("usage");
+  const periods = [
+    ["30 days", "day"],
+    ["12 weeks", "week"],
+    ["12 months", "month"],
+  ] as const;
+  for (const [label, granularity] of periods) {
+    await usage.getByRole("button", { name: label }).click();
+    const { status, body: summary } = await apiGet<UsageSummary>(
+      `/api/usage/summary?granularity=${granularity}&group_by=metadata.model&tz=${encodeURIComponent(zone)}`,
+      token,
+    );
+    expect(status).toBe(200);
+    expect(summary.series.filter((entry) => entry.kind === "value").map((entry) => entry.name).sort()).toEqual(models);
+    await expectChartToShow(page, summary);
+    await more(granularity, summary);
+  }
+}
+
 /** This tab signs in as `token`'s user on every load (the page prefers a pasted token to the built-in one). */
 async function signInAs(context: BrowserContext, token: string) {
   await context.addInitScript(
@@ -682,27 +711,12 @@ describe("the billing page in Chromium, on the real service", () => {
       const usage = page.getByTestId("usage");
       await expect.poll(() => usage.getByTestId("usage-total").isVisible()).toBe(true);
 
-      const periods = [
-        ["30 days", "day"],
-        ["12 weeks", "week"],
-        ["12 months", "month"],
-      ] as const;
-      for (const [label, granularity] of periods) {
-        await usage.getByRole("button", { name: label }).click();
-        const { status, body: summary } = await apiGet<UsageSummary>(
-          `/api/usage/summary?granularity=${granularity}&group_by=metadata.model&tz=${encodeURIComponent(ZONE)}`,
-        );
-        expect(status).toBe(200);
+      // the bars, and the table for screen readers, bucket by bucket
+      await forEachPeriod(page, { zone: ZONE, models: ["esrgan-4x", "gpt-image-1"] }, async (granularity, summary) => {
         // completed usage only, five rounds of 20 + 1,000 + 50: pending holds and failed usage spend nothing
         expect(summary.total).toBe(5_350);
-        expect(summary.series.filter((entry) => entry.kind === "value").map((entry) => entry.name).sort()).toEqual([
-          "esrgan-4x",
-          "gpt-image-1",
-        ]);
-        // the bars, and the table for screen readers, bucket by bucket
-        await expectChartToShow(page, summary);
         if (granularity === "day") await screenshotOf(page, "usage", "billing-chart.png");
-      }
+      });
 
       await usage.getByRole("button", { name: "Show as table" }).click();
       await expect.poll(() => usage.getByTestId("usage-table").isVisible()).toBe(true);
@@ -813,22 +827,7 @@ describe("the billing page in Chromium, on the real service", () => {
       const usage = page.getByTestId("usage");
       await expect.poll(() => usage.getByTestId("usage-total").isVisible()).toBe(true);
 
-      const periods = [
-        ["30 days", "day"],
-        ["12 weeks", "week"],
-        ["12 months", "month"],
-      ] as const;
-      for (const [label, granularity] of periods) {
-        await usage.getByRole("button", { name: label }).click();
-        const { status, body: summary } = await apiGet<UsageSummary>(
-          `/api/usage/summary?granularity=${granularity}&group_by=metadata.model&tz=${encodeURIComponent(zone)}`,
-          token,
-        );
-        expect(status).toBe(200);
-        expect(summary.series.filter((entry) => entry.kind === "value").map((entry) => entry.name).sort()).toEqual(
-          DEMO_MODELS,
-        );
-        await expectChartToShow(page, summary);
+      await forEachPeriod(page, { zone, token, models: DEMO_MODELS }, async (granularity) => {
         // stacked by the demo's models, each in the legend
         const drawn = new Set((await readBars(page)).map((bar) => bar.series));
         expect([...drawn].sort()).toEqual(DEMO_MODELS);
@@ -838,7 +837,7 @@ describe("the billing page in Chromium, on the real service", () => {
           // a history written day by day, not all at once: most of the 30 days have a bar
           expect(new Set((await readBars(page)).map((bar) => bar.start)).size).toBeGreaterThanOrEqual(20);
         }
-      }
+      });
       // back to the 30 days for the screenshots
       await usage.getByRole("button", { name: "30 days" }).click();
       await expect.poll(async () => new Set((await readBars(page)).map((bar) => bar.start)).size).toBeGreaterThanOrEqual(20);
