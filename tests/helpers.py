@@ -5,12 +5,29 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import update
 
-from transactions_service.ledger.models import UserTransaction
+from transactions_service.auth import Caller
+from transactions_service.ledger import rules
+from transactions_service.ledger.models import TransactionStatus, TransactionType, UserTransaction
+from transactions_service.scopes import SERVICE_SCOPES
+
+# The caller of writes made at a chosen instant (write_at), with every service scope.
+SEEDER = Caller(name="report-seed", scopes=SERVICE_SCOPES)
+
+
+def write_at(app: Flask, user_id: uuid.UUID, at: datetime, kind: str, credits: int, **fields: Any) -> Any:
+    """A write made at ``at``, through the rule the API calls (the demo data's way of making a past)."""
+    request = {"type": TransactionType(kind), "status": TransactionStatus(fields.pop("status", "completed")),
+               "user_id": user_id, "amount": Decimal(fields.pop("amount", "0")), "credits": credits,
+               "description": fields.pop("description", kind), **fields}
+    with app.test_request_context():
+        return rules.record_transaction(SEEDER, request, str(uuid.uuid4()), now=at).transaction
 
 
 def lapse(db_session: Any, transaction_id: uuid.UUID | str, ago: timedelta = timedelta(seconds=1)) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from transactions_service.ledger.models import CreditLot
 from transactions_service.scopes import SERVICE_SCOPES
 
-from .helpers import bearer, lapse
+from .helpers import bearer, lapse, write_at
 
 
 @pytest.fixture
@@ -320,6 +320,22 @@ def test_postings_can_be_neither_updated_nor_deleted(api, db_session, statement)
 
 
 # --- concurrency -------------------------------------------------------------------------------------------
+
+
+def test_a_write_stamped_after_a_lots_expiry_cannot_spend_from_it(app, api, db_session):
+    """A user's postings are stamped no earlier than their latest. A write whose own clock reads before
+    a lot's expiry, but that lands after a write stamped past it, is stamped past it too; so it must
+    judge the lot expired, as its postings will say it was."""
+    user_id = api.register()
+    start = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+    promo = write_at(app, user_id, start, "grant", 100)
+    bought = write_at(app, user_id, start + timedelta(hours=2), "purchase", 100, amount="1.00")
+    db_session.execute(update(CreditLot).where(CreditLot.transaction_id == uuid.UUID(promo.id))
+                       .values(expires_at=start + timedelta(hours=1)))
+    db_session.commit()
+    spent = write_at(app, user_id, start + timedelta(minutes=30), "usage", -10)
+    taken = [(posting["lot_id"], posting["credits"]) for posting in postings(api, spent.id)]
+    assert taken == [(lot_of(api, user_id, bought.id)["id"], -10)]
 
 
 @pytest.mark.slow

@@ -7,23 +7,19 @@ import io
 import json
 import uuid
 from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transactions_service.auth import Caller
 from transactions_service.ids import utcnow
 from transactions_service.ledger import reports, rules
-from transactions_service.ledger.models import TransactionStatus, TransactionType
-from transactions_service.scopes import SERVICE_SCOPES
+from transactions_service.ledger.models import TransactionStatus
 
-from .helpers import bearer
+from .helpers import SEEDER, bearer, write_at
 
 LINES = ("purchases", "grants", "usage", "refunds", "reversals", "adjustments", "expirations", "carried_in")
-SEEDER = Caller(name="report-seed", scopes=SERVICE_SCOPES)
 
 
 def z(moment: datetime) -> str:
@@ -34,36 +30,27 @@ def get(api, path, token=None):
     return api.client.get(path, headers=bearer(token or api.admin_token))
 
 
-def write(app, user_id, at, kind, credits, **fields):
-    """A write made at ``at``, through the rule the API calls (the demo data's way of making a past)."""
-    request = {"type": TransactionType(kind), "status": TransactionStatus(fields.pop("status", "completed")),
-               "user_id": user_id, "amount": Decimal(fields.pop("amount", "0")), "credits": credits,
-               "description": fields.pop("description", kind), **fields}
-    with app.test_request_context():
-        return rules.record_transaction(SEEDER, request, str(uuid.uuid4()), now=at).transaction
-
-
 @pytest.fixture
 def months(api, app):
     """A user with four months of history: purchases, usage by model, a hold settled the next month, a
     grant that expires, a refund, a reversal and an adjustment."""
     user_id = api.register()
     start = datetime(2026, 7, 30, 22, 0, tzinfo=timezone.utc)
-    write(app, user_id, start, "purchase", 1000, amount="10.00")
-    write(app, user_id, start + timedelta(hours=3), "usage", -40, metadata={"model": "large"})
-    hold = write(app, user_id, start + timedelta(days=1, hours=3), "usage", -25, status="pending", hold_expires_in=3600)
+    write_at(app, user_id, start, "purchase", 1000, amount="10.00")
+    write_at(app, user_id, start + timedelta(hours=3), "usage", -40, metadata={"model": "large"})
+    hold = write_at(app, user_id, start + timedelta(days=1, hours=3), "usage", -25, status="pending", hold_expires_in=3600)
     with app.test_request_context():
         rules.settle_transaction(SEEDER, uuid.UUID(hold.id), TransactionStatus.COMPLETED,
                                  now=start + timedelta(days=1, hours=3, minutes=30))
-    write(app, user_id, start + timedelta(days=5), "grant", 200, expires_at=start + timedelta(days=40))
-    spent = write(app, user_id, start + timedelta(days=33), "usage", -70, metadata={"model": "small"})
-    bought = write(app, user_id, start + timedelta(days=34), "purchase", 300, amount="3.00")
-    write(app, user_id, start + timedelta(days=45), "usage", -10)  # records the grant's expiry first
+    write_at(app, user_id, start + timedelta(days=5), "grant", 200, expires_at=start + timedelta(days=40))
+    spent = write_at(app, user_id, start + timedelta(days=33), "usage", -70, metadata={"model": "small"})
+    bought = write_at(app, user_id, start + timedelta(days=34), "purchase", 300, amount="3.00")
+    write_at(app, user_id, start + timedelta(days=45), "usage", -10)  # records the grant's expiry first
     with app.test_request_context():
         rules.expire_lots_of(user_id, start + timedelta(days=45))
-    write(app, user_id, start + timedelta(days=61), "reversal", 20, reverses=uuid.UUID(spent.id))
-    write(app, user_id, start + timedelta(days=62), "refund", -100, amount="1.00", refunds=uuid.UUID(bought.id))
-    write(app, user_id, start + timedelta(days=80), "adjustment", -5, description="support")
+    write_at(app, user_id, start + timedelta(days=61), "reversal", 20, reverses=uuid.UUID(spent.id))
+    write_at(app, user_id, start + timedelta(days=62), "refund", -100, amount="1.00", refunds=uuid.UUID(bought.id))
+    write_at(app, user_id, start + timedelta(days=80), "adjustment", -5, description="support")
     return user_id
 
 

@@ -730,11 +730,17 @@ def low_balance_threshold(user_id: uuid.UUID) -> Threshold:
 SPEND_ORDER = "priority, expires_at NULLS LAST, (category = 'paid'), created_at, id"
 # The same order backwards: a reversal gives credits back to the lots its usage consumed, the last first.
 LAST_SPENT_FIRST = "priority DESC, expires_at DESC NULLS FIRST, (category = 'paid') DESC, created_at DESC, id DESC"
-# Every write of a user's locks their balance row first (see _debit).
-_BALANCE_ROW = "balance_row AS MATERIALIZED (SELECT balance, held FROM user_balances WHERE user_id = %(user_id)s FOR UPDATE)"
 # Each write stamps its postings no earlier than the user's latest (migration 0011), on the balance row it
 # locks: so a user's postings are in time order, and the books at an instant are those before a point.
 _STAMP = "posted_at = greatest(posted_at, {})"
+# Every debit of a user's locks their balance row first (see _debit), and reads there the instant its
+# postings will carry: a lot is spendable if it has not expired by then, so that no posting says it took
+# from a lot after the lot's expiry, even when the write's own clock reads earlier.
+_BALANCE_ROW = (
+    "balance_row AS MATERIALIZED (SELECT balance, held, greatest(posted_at, %(created_at)s) AS at"
+    " FROM user_balances WHERE user_id = %(user_id)s FOR UPDATE)"
+)
+_UNEXPIRED = "(expires_at IS NULL OR expires_at > (SELECT at FROM balance_row))"
 # Each write numbers its events after the user's latest, on the balance row it locks (ADR 0006).
 _NEXT_EVENT = "event_sequence = event_sequence + 1"
 _EVENT_INSERT = "INSERT INTO ledger_events (type, user_id, sequence, data, created_at)"
@@ -783,7 +789,7 @@ def _debit(move: str, balance_change: str, posting: str) -> tuple[list[str], lis
     before = [
         _BALANCE_ROW,
         "usable AS MATERIALIZED (SELECT id, remaining, priority, expires_at, category, created_at FROM credit_lots"
-        " WHERE user_id = %(user_id)s AND remaining > 0 AND (expires_at IS NULL OR expires_at > %(created_at)s)"
+        f" WHERE user_id = %(user_id)s AND remaining > 0 AND {_UNEXPIRED}"
         " AND EXISTS (SELECT 1 FROM balance_row) FOR UPDATE)",
         "plan AS MATERIALIZED (SELECT id,"
         " greatest(0, least(remaining, %(needed)s - (sum(remaining) OVER spend_order - remaining))) AS take,"
@@ -853,8 +859,7 @@ def _refund() -> tuple[list[str], list[str]]:
         "target AS MATERIALIZED (SELECT id, remaining, expires_at FROM credit_lots WHERE user_id = %(user_id)s"
         " AND (transaction_id = %(refunds)s OR transaction_id IS NULL) AND EXISTS (SELECT 1 FROM purchase)"
         " ORDER BY transaction_id IS NULL LIMIT 1 FOR UPDATE)",
-        "plan AS MATERIALIZED (SELECT id FROM target"
-        " WHERE remaining >= %(needed)s AND (expires_at IS NULL OR expires_at > %(created_at)s))",
+        f"plan AS MATERIALIZED (SELECT id FROM target WHERE remaining >= %(needed)s AND {_UNEXPIRED})",
         "took AS (UPDATE credit_lots AS l SET remaining = l.remaining - %(needed)s FROM plan WHERE l.id = plan.id)",
         "counted AS (UPDATE user_transactions SET refunded_amount = refunded_amount + %(amount)s"
         " WHERE id = %(refunds)s AND EXISTS (SELECT 1 FROM plan))",
