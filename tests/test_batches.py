@@ -47,6 +47,75 @@ def test_each_item_is_answered_as_its_single_write_would_be_in_item_order(api):
     assert api.balance(user_id)["balance"] == 25 - 30 + 100
 
 
+def _twin(api, granter):
+    """Users with the same lots and thresholds: one who gets the batch, and one who gets its items alone."""
+    def user(threshold):
+        user_id = api.register()
+        api.client.put(f"/api/users/{user_id}", json={"low_balance_threshold": threshold},
+                       headers=bearer(api.admin_token))
+        return user_id
+
+    rich, poor, without_balance = user(95), user(None), api.register()
+    for owner in (rich, poor):
+        api.purchase(owner, credits=100 if owner == rich else 50, amount="1.00")
+    grant = {"type": "grant", "credits": 30, "description": "bonus", "priority": 10, "expires_in": 3600}
+    assert api.create(token=granter, user_id=rich, **grant).status_code == 201
+    return rich, poor, without_balance, uuid.uuid4()
+
+
+def _books(api, engine, user_id):
+    """What a user's writes left: balance, postings (by lot, in order), events and rollup, without ids or times."""
+    with engine.connect() as connection:
+        postings = connection.execute(text(
+            "SELECT l.category, p.credits, p.held, p.balance_after, p.held_after FROM lot_postings AS p"
+            " JOIN credit_lots AS l ON l.id = p.lot_id WHERE p.user_id = :u ORDER BY p.id"), {"u": user_id}).all()
+        events = connection.execute(text(
+            "SELECT type, sequence, coalesce(data->>'credits', data->>'available'), data->>'description'"
+            " FROM ledger_events WHERE user_id = :u ORDER BY sequence"), {"u": user_id}).all()
+        rollup = connection.execute(text(
+            "SELECT key, grain, value, sum(credits) FROM usage_rollup WHERE user_id = :u GROUP BY 1, 2, 3"
+            " ORDER BY 1, 2, 3"), {"u": user_id}).all()
+    return api.balance(user_id), postings, events, rollup
+
+
+def test_a_batch_answers_and_books_what_its_items_alone_would(api, engine, service_token):
+    """The batch's usage goes in one statement; its users' books are the same as if each item had been
+    written alone, in item order: lots in spend order, balance.low where it falls, refusals, replays."""
+    granter = service_token("credits:grant", name="batch-granter")
+    batched, alone = _twin(api, granter), _twin(api, granter)
+
+    def items(rich, poor, without_balance, stranger, side):
+        def spend(owner, credits, n, **fields):
+            return item(owner, key=f"{side}-{n}", credits=-credits, description=f"item {n}", **fields)
+        return [
+            spend(rich, 20, 0, metadata={"model": "small"}), spend(poor, 30, 1),
+            spend(rich, 20, 2, metadata={"model": "large"}), spend(rich, 5, 11),  # below 95, and after it
+            spend(rich, 200, 3), spend(rich, 5, 4),  # refused, then one that fits after it
+            spend(poor, 30, 5), spend(stranger, 1, 6), spend(without_balance, 1, 7), spend(poor, 20, 8),
+            spend(rich, 20, 0, metadata={"model": "small"}),  # item 0 again: its answer
+            spend(rich, 21, 2),  # item 2's key, another request
+            item(rich, key=f"{side}-9", type="purchase", amount="1.00", credits=10), spend(rich, 60, 10),
+        ]
+
+    answers = batch(api, items(*batched, "batch")).json["results"]
+    singles = []
+    for body in items(*alone, "alone"):
+        key = body.pop("idempotency_key")
+        singles.append(api.create(key=key, **body))
+    # A single write replayed from its key answers 201 as first, with Idempotent-Replayed; an item, 200.
+    replayed = [s.headers.get("Idempotent-Replayed") == "true" for s in singles]
+    assert [a["status"] for a in answers] == [200 if r else s.status_code for s, r in zip(singles, replayed)] == [
+        201, 201, 201, 201, 409, 201, 409, 422, 409, 201, 200, 422, 201, 201]
+    assert [a["problem"] and a["problem"]["code"] for a in answers] == [
+        s.status_code >= 400 and s.json["code"] or None for s in singles]
+    for mine, theirs in zip(batched, alone):
+        if mine != batched[3]:
+            book, twin = _books(api, engine, mine), _books(api, engine, theirs)
+            assert book[1:] == twin[1:]
+            assert {k: v for k, v in book[0].items() if k != "user_id"} == {
+                k: v for k, v in twin[0].items() if k != "user_id"}
+
+
 def test_an_items_key_replays_across_batches_and_single_writes(api):
     user_id = api.funded_user(100)
     single = api.usage(user_id, credits=-7, key="gen-1")

@@ -2,7 +2,7 @@
 money invariants after every step (Hypothesis stateful testing).
 
 Operations: purchases (completed, or pending and then settled), grants with or without expiry,
-spends, holds and their settlement, refunds of purchases, reversals of usage, adjustments either
+spends (alone, or in batches), holds and their settlement, refunds of purchases, reversals of usage, adjustments either
 way, lots lapsing and holds lapsing (their expiry moved into the past), and the expiry job. After
 each step:
 
@@ -223,6 +223,31 @@ def make_machine(api, engine, app, granter):
         def spend(self, credits, model):
             created = self._created(api.usage(self.user_id, credits=-credits, **model))
             return created["id"] if created else str(uuid.uuid4())
+
+        @rule(target=usages, spends=st.lists(st.tuples(st.integers(1, 150), MODELS, st.booleans()), min_size=1,
+                                             max_size=6))
+        def spend_batch(self, spends):
+            """A batch of spends (one statement): each answered as it would be alone after the ones before
+            it, and an item sent twice (its key again) answered by the first."""
+            available = api.balance(self.user_id)["available"]
+            items, expected = [], []
+            for credits, model, again in spends:
+                if again and items:
+                    items.append(items[-1])
+                    expected.append(200 if expected[-1] in (200, 201) else 409)
+                    continue
+                items.append({"user_id": str(self.user_id), "type": "usage", "amount": "0", "credits": -credits,
+                              "description": "batched", "idempotency_key": str(uuid.uuid4()), **model})
+                expected.append(201 if credits <= available else 409)
+                available -= credits if credits <= available else 0
+            response = api.client.post("/api/transactions/batch", json={"items": items},
+                                       headers=bearer(api.admin_token))
+            results = response.json["results"]
+            assert [result["status"] for result in results] == expected, results
+            for result, before in zip(results[1:], results):
+                if result["status"] == 200:
+                    assert result["replayed"] and result["transaction"] == before["transaction"]
+            return multiple(*[result["transaction"]["id"] for result in results if result["status"] == 201])
 
         @rule(target=holds, credits=st.integers(1, 150), model=MODELS)
         def hold(self, credits, model):

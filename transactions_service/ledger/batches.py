@@ -22,6 +22,7 @@ from ..auth import Caller
 from ..errors import ApiError
 from ..extensions import one_transaction
 from ..http import MAX_BATCH_ITEMS
+from ..ids import utcnow
 from . import rules, store
 from .store import Transaction
 
@@ -51,9 +52,36 @@ def _apply(caller: Caller, item: Item) -> ItemResult:
     return ItemResult(200 if recorded.replayed else 201, recorded.transaction, replayed=recorded.replayed)
 
 
+def _at_once(caller: Caller, items: list[Item]) -> list[int]:
+    """The items that may go in one statement (``rules.record_spends``): for each user, their completed
+    usage items up to the first of theirs that is anything else, or has a key an item before it had."""
+    chosen, stopped, keys = [], set(), set()
+    for index, (request, key) in enumerate(items):
+        user_id = request["user_id"]
+        if user_id not in stopped:
+            if key not in keys and rules.spends_at_once(request["type"], request["status"], caller):
+                chosen.append(index)
+            else:
+                stopped.add(user_id)
+        keys.add(key)
+    return chosen
+
+
 def record_batch(caller: Caller, items: list[Item]) -> list[ItemResult]:
-    """Apply each item on its own, in order; one refused changes nothing for the others."""
-    return [_apply(caller, item) for item in items]
+    """Apply each item on its own, in order; one refused changes nothing for the others.
+
+    A batch's completed usage goes first, in one statement for all its users
+    (``_at_once``); what it did not apply, and every other item, is then applied
+    one by one in item order. Each user's items still apply in their order: the
+    statement applies a prefix of each user's items, and the rest follow it.
+    """
+    chosen = _at_once(caller, items)
+    spent = rules.record_spends(caller, [items[index] for index in chosen], utcnow()) if chosen else {}
+    applied = {chosen[place]: transaction for place, transaction in spent.items()}
+    return [
+        ItemResult(201, applied[index]) if index in applied else _apply(caller, item)
+        for index, item in enumerate(items)
+    ]
 
 
 def _whole_batch_refused(index: int, refused: ApiError) -> ApiError:
@@ -64,10 +92,35 @@ def _whole_batch_refused(index: int, refused: ApiError) -> ApiError:
     )
 
 
+class _NotEvery(Exception):
+    """Not every item of an atomic batch applied in one statement: its transaction is rolled back."""
+
+
+def _spent_atomically(caller: Caller, items: list[Item]) -> list[ItemResult] | None:
+    """An atomic batch of completed usage alone, in one statement: every item applied, or None and nothing."""
+    if len(_at_once(caller, items)) < len(items):
+        return None
+    try:
+        with one_transaction():
+            spent = rules.record_spends(caller, items, utcnow(), whole=True)
+            if len(spent) < len(items):
+                raise _NotEvery
+    except _NotEvery:
+        return None
+    return [ItemResult(201, spent[index]) for index in range(len(items))]
+
+
 def record_atomically(caller: Caller, items: list[Item]) -> list[ItemResult]:
     """Apply every item, in order, in one transaction, or none: the first refused item's problem (with its
     ``index``) is the answer, and everything before it is rolled back. An item replayed from its key
-    counts as applied. The users' balance rows are taken first, in one order, for the whole transaction."""
+    counts as applied. The users' balance rows are taken first, in one order, for the whole transaction.
+
+    A batch of completed usage alone is tried in one statement first; when not
+    all of it applies (a refusal, or a replay), the items go one by one.
+    """
+    spent = _spent_atomically(caller, items)
+    if spent is not None:
+        return spent
     with one_transaction():
         store.lock_balances(list({str(request["user_id"]) for request, _key in items}))
         results = []

@@ -53,6 +53,11 @@ def require_writer(caller: Caller) -> None:
         raise _insufficient_scope(f"This operation needs one of the scopes {', '.join(scopes)}.")
 
 
+def may_write(caller: Caller, kind: TransactionType | str) -> bool:
+    """Whether the caller may write (create or settle) a transaction of this type."""
+    return WRITE_SCOPE[TransactionType(kind)] in caller.scopes
+
+
 def require_write(caller: Caller, kind: TransactionType | str) -> None:
     """Writing (creating or settling) a transaction of this type."""
     _require(caller, WRITE_SCOPE[TransactionType(kind)])

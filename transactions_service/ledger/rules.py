@@ -23,7 +23,7 @@ from decimal import Decimal
 from typing import Any
 
 from flask import current_app
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ..auth import Caller
 from ..errors import ApiError, balance_busy, validation_error
@@ -331,6 +331,56 @@ def record_transaction(caller: Caller, request: dict[str, Any], key: str | None,
         elif (refusal := _refusal(caller, request, row["needed"], now)) is not None:
             raise refusal
     raise balance_busy()
+
+
+def spends_at_once(kind: TransactionType, status: TransactionStatus, caller: Caller) -> bool:
+    """Whether a batch's item of this type and status, from this caller, can go with the others in one
+    statement (``record_spends``): a completed usage the caller may write."""
+    return kind is TransactionType.USAGE and status is TransactionStatus.COMPLETED and policy.may_write(caller, kind)
+
+
+def record_spends(
+    caller: Caller, items: list[tuple[dict[str, Any], str]], now: datetime, *, whole: bool = False
+) -> dict[int, Transaction]:
+    """Record completed usage items, each with its key, in one statement (``store.spend_batch``); returns
+    the transactions of those applied, by their place in ``items``.
+
+    For each user, the items applied are a prefix of theirs, each applied as
+    ``record_transaction`` alone would have after the ones before it. The rest
+    wrote nothing (a key recorded already, credits not there now, a user
+    without a balance): the caller answers them, and the user's later items,
+    one by one. So does it all of them when the statement fails on what a
+    concurrent write holds (another request's key or reference, a lock).
+    With ``whole``, inside a transaction of the caller's that it will roll back
+    unless every item applied, it reports none unless all did.
+    """
+    columns: dict[str, list[Any]] = {name: [] for name in _SPEND_COLUMNS}
+    made = []
+    for ord_, (request, key) in enumerate(items):
+        new, row = _new_transaction(request, now)
+        claim = idempotency.claim(caller.name, key, request)
+        for name, value in zip(_SPEND_COLUMNS, (
+            ord_, new.id, new.user_id, row["needed"], row["amount"], new.description, row["metadata_json"],
+            new.reference, idempotency.snapshot(new), key, claim.request_hash,
+        )):
+            columns[name].append(value)
+        made.append(new)
+    try:
+        spent = store.spend_batch(columns, caller.name, now, _low_balance_default(), usage_group_keys())
+    except (IntegrityError, OperationalError) as error:
+        log.info("a batch's spends met a concurrent write (%s) and are answered one by one", type(error).__name__)
+        return {}
+    if whole and len(spent.applied) < len(items):
+        return {}
+    LEDGER_TRANSACTIONS.labels(TransactionType.USAGE.value, TransactionStatus.COMPLETED.value).inc(len(spent.applied))
+    for user_id in spent.lapsed_users:
+        expire_lots_of(user_id, now)
+    return {ord_: made[ord_] for ord_ in spent.applied}
+
+
+# The columns of ``store.spend_batch``'s items, in the order ``record_spends`` fills them.
+_SPEND_COLUMNS = ("ords", "ids", "users", "needed", "amounts", "descriptions", "metadata", "references", "shown",
+                  "keys", "hashes")
 
 
 # --- settling and expiring -------------------------------------------------------------------------

@@ -749,9 +749,9 @@ _EVENT_INSERT = "INSERT INTO ledger_events (type, user_id, sequence, data, creat
 _THRESHOLD = "CASE WHEN low_balance_own THEN low_balance_threshold ELSE %(low_balance_default)s::integer END"
 
 
-def _falls_below(before: str, after: str) -> str:
+def _falls_below(before: str, after: str, threshold: str = _THRESHOLD) -> str:
     """Whether available credits go from ``before``, at or above the threshold, to ``after``, below it."""
-    return f"coalesce({before} >= {_THRESHOLD} AND {after} < {_THRESHOLD}, false)"
+    return f"coalesce({before} >= {threshold} AND {after} < {threshold}, false)"
 
 
 # A debit of %(needed)s available credits numbers one event, or two when it takes available credits
@@ -766,13 +766,13 @@ _DEBITED = (
 )
 # A balance.low event's data: the balance row ``b`` after the write, with the threshold it fell below.
 _LOW_BALANCE_JSON = (
-    "json_build_object('user_id', %(user_id)s::text, 'balance', {b}.balance, 'held', {b}.held,"
+    "json_build_object('user_id', {user}::text, 'balance', {b}.balance, 'held', {b}.held,"
     " 'available', {b}.balance - {b}.held, 'threshold', {b}.threshold)"
 )
 # The balance.low event of a write whose ``applied`` row fell below the threshold.
 _FELL = (
     f"low AS ({_EVENT_INSERT} SELECT 'balance.low', %(user_id)s::uuid, applied.event_sequence,"
-    f" {_LOW_BALANCE_JSON.format(b='applied')}, %(created_at)s FROM new, applied WHERE applied.fell)"
+    f" {_LOW_BALANCE_JSON.format(user='%(user_id)s', b='applied')}, %(created_at)s FROM new, applied WHERE applied.fell)"
 )
 # A user's lots whose unheld credits have expired but are not recorded as expired yet.
 _LAPSED_LOTS = "SELECT 1 FROM credit_lots WHERE user_id = %(user_id)s AND remaining > 0 AND expires_at <= %(created_at)s"
@@ -1103,6 +1103,119 @@ def record(row: dict[str, Any], effect: str | None, claim: Claim | None, shown: 
     return _first(Recorded, statement, params, repeatable=claim is not None)
 
 
+# --- many spends in one statement (a batch's completed usage, ledger/batches.py) -------------------
+
+# Each item's columns, one array per column, in item order (``ord``). Every item is keyed.
+_SPEND_ITEMS = (
+    "items AS MATERIALIZED (SELECT * FROM unnest(%(ords)s::integer[], %(ids)s::text[]::uuid[],"
+    " %(users)s::text[]::uuid[], %(needed)s::integer[], %(amounts)s::numeric[], %(descriptions)s::text[],"
+    " %(metadata)s::text[], %(references)s::text[], %(shown)s::text[], %(keys)s::text[], %(hashes)s::text[])"
+    " AS i (ord, id, user_id, needed, amount, description, metadata, reference, shown, key, request_hash))"
+)
+# The balance rows first, in user-id order (as lock_balances takes them), then every lot with credits
+# left of those users; each user's instant is the one their postings will carry (see _BALANCE_ROW).
+_SPEND_LOCKS = [
+    "balance_rows AS MATERIALIZED (SELECT user_id, balance, held, event_sequence,"
+    f" greatest(posted_at, %(created_at)s::timestamptz) AS at, {_THRESHOLD} AS threshold FROM user_balances"
+    " WHERE user_id = ANY(%(distinct_users)s::text[]::uuid[]) ORDER BY user_id FOR UPDATE)",
+    "locked AS MATERIALIZED (SELECT id, user_id, remaining, priority, expires_at, category, created_at"
+    " FROM credit_lots WHERE user_id = ANY(%(distinct_users)s::text[]::uuid[]) AND remaining > 0"
+    " AND EXISTS (SELECT 1 FROM balance_rows) FOR UPDATE)",
+]
+# The plan. A user's usable lots in spend order, each covering the interval [through - remaining, through)
+# of what they hold together; a user's items in item order, each wanting [upto - needed, upto). An item is
+# a candidate until the first of its user's items whose key is recorded already (a replay, or a key in
+# another request: those are answered one by one); a candidate is accepted if what it and the candidates
+# before it want fits in the usable lots. So each user's accepted items are a prefix of their items, each
+# applied as if alone after the ones before it, and each takes from a lot the overlap of the two intervals.
+_SPEND_PLAN = [
+    "usable AS MATERIALIZED (SELECT l.id, l.user_id, l.remaining,"
+    f" sum(l.remaining) OVER (PARTITION BY l.user_id ORDER BY {SPEND_ORDER}) AS through"
+    " FROM locked AS l JOIN balance_rows AS b USING (user_id) WHERE l.expires_at IS NULL OR l.expires_at > b.at)",
+    "stale AS MATERIALIZED (SELECT i.user_id, min(i.ord) AS ord FROM items AS i JOIN idempotency_keys AS k"
+    " ON k.caller = %(caller)s AND k.key = i.key GROUP BY i.user_id)",
+    "candidates AS MATERIALIZED (SELECT i.*, sum(i.needed) OVER (PARTITION BY i.user_id ORDER BY i.ord) AS upto"
+    " FROM items AS i JOIN balance_rows USING (user_id)"
+    " WHERE i.ord < coalesce((SELECT ord FROM stale WHERE stale.user_id = i.user_id), 2147483647))",
+    "accepted AS MATERIALIZED (SELECT c.*, c.upto - c.needed AS since,"
+    " row_number() OVER (PARTITION BY c.user_id ORDER BY c.ord) AS rank FROM candidates AS c"
+    " WHERE c.upto <= (SELECT coalesce(sum(remaining), 0) FROM usable WHERE usable.user_id = c.user_id))",
+    "takes AS MATERIALIZED (SELECT a.ord, a.id AS transaction_id, u.id AS lot_id, a.user_id,"
+    " least(a.upto, u.through) - greatest(a.since, u.through - u.remaining) AS take,"
+    " least(a.upto, u.through) AS through FROM accepted AS a JOIN usable AS u"
+    " ON u.user_id = a.user_id AND u.through > a.since AND u.through - u.remaining < a.upto)",
+    # Each accepted item with its events' numbers: its transaction.created after the events of the items
+    # before it, then its balance.low when it is the one that takes available credits below the threshold.
+    "sequenced AS MATERIALIZED (SELECT a.*, b.event_sequence + a.rank"
+    f" + {_falls_below('b.balance - b.held', 'b.balance - b.held - a.since', 'b.threshold')}::integer AS sequence,"
+    f" {_falls_below('b.balance - b.held - a.since', 'b.balance - b.held - a.upto', 'b.threshold')} AS fell,"
+    " b.balance - a.upto AS balance, b.held, b.threshold, b.at FROM accepted AS a JOIN balance_rows AS b USING (user_id))",
+]
+_SPEND_WRITES = [
+    "took AS (UPDATE credit_lots AS l SET remaining = l.remaining - t.take"
+    " FROM (SELECT lot_id, sum(take) AS take FROM takes GROUP BY lot_id) AS t WHERE l.id = t.lot_id)",
+    "applied AS (UPDATE user_balances AS ub SET balance = ub.balance - s.spent,"
+    " event_sequence = s.last_sequence, updated_at = now(), posted_at = s.at"
+    " FROM (SELECT user_id, max(upto) AS spent, max(sequence + fell::integer) AS last_sequence, max(at) AS at"
+    " FROM sequenced GROUP BY user_id) AS s WHERE ub.user_id = s.user_id)",
+    f"new AS (INSERT INTO user_transactions ({_LEDGER_COLUMNS}) SELECT id, user_id, 'usage'::transaction_type,"
+    " amount, -needed, description, 'completed'::transaction_status, %(created_at)s::timestamptz,"
+    " %(created_at)s::timestamptz, NULL, NULL, NULL, NULL, NULL, NULL, metadata::json, reference FROM accepted ORDER BY ord)",
+    # In item order, and each item's in the order of its running totals, so that a user's last posting
+    # carries their final ones.
+    "posted AS (INSERT INTO lot_postings"
+    " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
+    " SELECT t.transaction_id, t.lot_id, t.user_id, -t.take, 0, b.balance - t.through, b.held, b.at"
+    " FROM takes AS t JOIN balance_rows AS b USING (user_id) ORDER BY t.ord, t.through)",
+    "labelled AS (INSERT INTO transaction_metadata (transaction_id, key, user_id, value, created_at)"
+    " SELECT a.id, m.key, a.user_id, m.value, %(created_at)s::timestamptz"
+    " FROM accepted AS a, json_each_text(a.metadata::json) AS m)",
+    # One row per rollup cell: a statement may not change a row twice.
+    "rolled AS (INSERT INTO usage_rollup AS r (user_id, key, grain, period, value, credits)"
+    f" SELECT a.user_id, k.key, g.minutes, {PERIOD.format(width='g.width', moment='%(created_at)s::timestamptz')},"
+    " k.value, sum(a.needed) FROM accepted AS a,"
+    f" LATERAL ({_TOTAL_AND.format('SELECT * FROM json_each_text(a.metadata::json)')}) AS k (key, value), {_GRAINS}"
+    " GROUP BY 1, 2, 3, 4, 5"
+    " ON CONFLICT (user_id, key, grain, period, value) DO UPDATE SET credits = r.credits + excluded.credits)",
+    f"events AS ({_EVENT_INSERT} SELECT type, user_id, sequence, data, %(created_at)s::timestamptz FROM ("
+    " SELECT 'transaction.created' AS type, user_id, sequence, shown::json AS data, ord FROM sequenced"
+    f" UNION ALL SELECT 'balance.low', user_id, sequence + 1, {_LOW_BALANCE_JSON.format(user='s.user_id', b='s')}, ord"
+    " FROM sequenced AS s WHERE s.fell) AS e ORDER BY ord, sequence)",
+    "claims AS (INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body, transaction_id,"
+    " user_id) SELECT %(caller)s, key, request_hash, 201, shown, id, user_id FROM accepted)",
+]
+
+
+_SPEND_BATCH = (
+    f"WITH {', '.join([_SPEND_ITEMS, *_SPEND_LOCKS, *_SPEND_PLAN, *_SPEND_WRITES])}"
+    " SELECT (SELECT coalesce(array_agg(ord), '{}') FROM accepted),"
+    " (SELECT coalesce(array_agg(DISTINCT l.user_id::text), '{}') FROM locked AS l JOIN balance_rows AS b"
+    " USING (user_id) WHERE l.expires_at <= b.at)"
+)
+
+
+class SpentBatch(NamedTuple):
+    """Which items of a batch of spends were applied (their ``ord``), and the users with lapsed lots."""
+
+    applied: list[int]
+    lapsed_users: list[str]
+
+
+def spend_batch(items: dict[str, list[Any]], caller: str, now: datetime, low_balance_default: int | None,
+                group_keys: list[str]) -> SpentBatch:
+    """Apply a batch's completed usage items, each keyed, in one statement: for each user, the longest
+    prefix of their items that applies as if each were alone, after the ones before it (``_SPEND_PLAN``).
+
+    ``items`` holds one list per column of ``_SPEND_ITEMS``. An item not applied
+    wrote nothing; its key may be recorded, or its credits not there, and the
+    caller answers it (and its user's later items) one by one. Safe to run
+    again: a key recorded by a first run stops its user's items here.
+    """
+    params = {**items, "distinct_users": sorted(set(items["users"])), "caller": caller, "created_at": now,
+              "low_balance_default": low_balance_default, "group_keys": group_keys}
+    return _first(SpentBatch, _SPEND_BATCH, params, repeatable=True)
+
+
 # --- settling a pending transaction: the inverses of hold and of a pending purchase --------------
 
 # Moves one pending row of an allowed type (the caller's, decided before this runs) whose hold
@@ -1305,7 +1418,7 @@ _EXPIRE_LOTS = (
     f" SELECT 'lot.expired', %(user_id)s::uuid, b.event_sequence + 2 * p.n, {_LOT_EXPIRED_JSON}, %(now)s"
     " FROM planned AS p, balance_row AS b"
     " UNION ALL"
-    f" SELECT 'balance.low', %(user_id)s::uuid, s.event_sequence, {_LOW_BALANCE_JSON.format(b='s')}, %(now)s"
+    f" SELECT 'balance.low', %(user_id)s::uuid, s.event_sequence, {_LOW_BALANCE_JSON.format(user='%(user_id)s', b='s')}, %(now)s"
     " FROM shrunk AS s WHERE s.fell) AS e ORDER BY sequence)"
     " SELECT count(*) FROM planned"
 )
