@@ -40,6 +40,7 @@ import json
 import math
 import os
 import platform
+import random
 import re
 import secrets
 import shutil
@@ -69,7 +70,7 @@ from bench.receiver import Receiver
 from devtools.devdb import EmbeddedPostgres, bin_dir, wait_for_replay
 from devtools.devpooler import PgBouncer, pgbouncer_binary
 from transactions_service.ledger.rules import encode_cursor
-from transactions_service.ledger.store import EXPORT_COLUMNS, SPEND_ORDER
+from transactions_service.ledger.store import EXPORT_COLUMNS, GRAIN_ROWS, PERIOD, SPEND_ORDER
 from transactions_service.scopes import MANAGE_WEBHOOKS
 from transactions_service.webhooks.store import FAN_OUT
 
@@ -89,6 +90,13 @@ TOP_UP_CREDITS = 1_000_000
 # Scenario H: users of each kind (one lot, five lots), and the priorities and lifetime of the five-lot
 # users' four grants: below a purchase's 50, so that a spend draws on the first grant, and far off.
 LOT_HOLDERS = 100
+# Scenario M: batches of BATCH_SIZE spends over BATCH_USERS users, BATCH_HOT_SHARE of the items for one of
+# BATCH_HOT users; pgbench picks one of BATCH_SCRIPTS fixed batches drawn the same way for each transaction.
+BATCH_SIZE = 100
+BATCH_USERS = 1_000
+BATCH_HOT = 4
+BATCH_HOT_SHARE = 0.05
+BATCH_SCRIPTS = 40
 GRANT_PRIORITIES = (10, 20, 30, 40)
 GRANT_EXPIRES_IN = 365 * 86_400
 # Embedded PostgreSQL: production durability; a buffer cache that holds the working set, as a tuned server's would.
@@ -116,7 +124,7 @@ RSS_SAMPLE_SECONDS = 0.02
 # Scenario L: the summary asked for (the default range: 30 days ending today, in that zone).
 SUMMARY_QUERY = {"granularity": "day", "group_by": "metadata.model", "tz": "Europe/Berlin"}
 # The scenarios --only can run after the setup, in the order a run without --only runs them.
-ONLY_SCENARIOS = "JKLI"
+ONLY_SCENARIOS = "JKLMI"
 
 # The targets, as (key, comparison, bound).
 TARGETS = [
@@ -134,6 +142,8 @@ TARGETS = [
     ("export_ratio", ">=", 0.30),
     ("export_rss_growth_mb", "<", 20.0),
     ("summary_heavy_vs_light", "<=", 1.5),
+    ("batch_ratio", ">=", 0.5),
+    ("batch_vs_single", ">=", 10.0),
     ("webhook_spend_ratio", ">=", 0.90),
     ("webhook_latency_p99_ms", "<=", 1000.0),
 ]
@@ -547,6 +557,12 @@ def lua_table(value: Any) -> str:
     return json.dumps(value)
 
 
+def pgbench_literal(text: str) -> str:
+    """``text`` inside an escape string (E'...') of a pgbench script, its colons as \\x3a: pgbench would
+    read ":07" in a timestamp as a variable."""
+    return text.replace("\\", "\\\\").replace("'", "''").replace(":", "\\x3a")
+
+
 def pgbench_spend_script(user_id: uuid.UUID, run: str, response_body: str) -> str:
     """The least SQL a correct spend of 1 credit needs on our schema: one statement, in autocommit.
 
@@ -571,8 +587,7 @@ def pgbench_spend_script(user_id: uuid.UUID, run: str, response_body: str) -> st
     bench/run.py passes one script per spender and pgbench picks one at random
     for every transaction, as wrk picks a spender for every request.
     """
-    # An escape string with its colons as \x3a: pgbench would read ":07" in a timestamp as a variable.
-    body = response_body.replace("\\", "\\\\").replace("'", "''").replace(":", "\\x3a")
+    body = pgbench_literal(response_body)
     request_hash = hashlib.sha256(b"bench").hexdigest()
     return f"""\\set k random(1, 9000000000000000000)
 WITH balance_row AS MATERIALIZED (SELECT balance, held FROM user_balances
@@ -596,6 +611,67 @@ INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_b
          '{user_id}'
   FROM new;
 """
+
+
+def pgbench_batch_script(users: list[str], run: str, response_body: str) -> str:
+    """The least SQL a correct batch of 1-credit spends needs on our schema: one statement, in autocommit.
+
+    ``users`` holds each item's user, in item order (a user may have several).
+    It locks the balance rows of the users with as many credits available as
+    they have items, in user-id order, then each one's first usable lot in
+    spend order with that many credits left; takes each user's items from that
+    lot and from their balance row (numbering their events there); inserts
+    each item's usage row, its posting with the user's totals after it, its
+    ``transaction.created`` event and its idempotency record (with the
+    service's own response body for a spend), and adds the credits to the
+    usage rollup (summaries read it, so a correct write keeps it). Items of a
+    user whose lot cannot pay them all write nothing.
+
+    It is lighter than the service's statement where 1-credit items and one
+    lot allow, as ``pgbench_spend_script`` is: one lot covers a user's items
+    (``LIMIT 1``, no plan over every lot); no metadata, no low-balance check,
+    no search for keys recorded before.
+    """
+    body = pgbench_literal(response_body)
+    request_hash = hashlib.sha256(b"bench").hexdigest()
+    return f"""\\set k random(1, 9000000000000000000)
+WITH items AS MATERIALIZED (SELECT i.user_id, i.ord, uuidv7() AS id,
+    row_number() OVER (PARTITION BY i.user_id ORDER BY i.ord) AS rank
+    FROM unnest('{{{",".join(users)}}}'::uuid[]) WITH ORDINALITY AS i (user_id, ord)),
+  wanted AS MATERIALIZED (SELECT user_id, count(*) AS n FROM items GROUP BY user_id),
+  balance_rows AS MATERIALIZED (SELECT b.user_id, b.balance, b.held, b.event_sequence, w.n
+    FROM user_balances AS b JOIN wanted AS w USING (user_id) WHERE b.balance - b.held >= w.n
+    ORDER BY b.user_id FOR UPDATE OF b),
+  lots AS MATERIALIZED (SELECT b.user_id, b.n, l.id FROM balance_rows AS b,
+    LATERAL (SELECT id FROM credit_lots WHERE user_id = b.user_id AND remaining >= b.n
+      AND (expires_at IS NULL OR expires_at > now()) ORDER BY {SPEND_ORDER} LIMIT 1 FOR UPDATE) AS l),
+  took AS (UPDATE credit_lots AS l SET remaining = l.remaining - lots.n FROM lots WHERE l.id = lots.id),
+  applied AS (UPDATE user_balances AS b SET balance = b.balance - lots.n, event_sequence = b.event_sequence + lots.n,
+    updated_at = now(), posted_at = greatest(b.posted_at, now()) FROM lots
+    WHERE b.user_id = ANY('{{{",".join(sorted(set(users)))}}}'::uuid[]) AND b.user_id = lots.user_id),
+  accepted AS MATERIALIZED (SELECT i.*, lots.id AS lot_id, r.balance, r.held, r.event_sequence
+    FROM items AS i JOIN lots USING (user_id) JOIN balance_rows AS r USING (user_id)),
+  new AS (INSERT INTO user_transactions (id, user_id, type, amount, credits, description, status, created_at, updated_at)
+    SELECT id, user_id, 'usage', 0, -1, 'Image generation (1024x1024)', 'completed', now(), now()
+    FROM accepted ORDER BY ord),
+  posted AS (INSERT INTO lot_postings (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)
+    SELECT id, lot_id, user_id, -1, 0, balance - rank, held, now() FROM accepted ORDER BY ord),
+  rolled AS (INSERT INTO usage_rollup AS r (user_id, key, grain, period, value, credits)
+    SELECT user_id, '', g.minutes, {PERIOD.format(width="g.width", moment="now()")}, '', count(*)
+    FROM accepted, {GRAIN_ROWS} GROUP BY 1, 2, 3, 4, 5
+    ON CONFLICT (user_id, key, grain, period, value) DO UPDATE SET credits = r.credits + excluded.credits),
+  created AS (INSERT INTO ledger_events (type, user_id, sequence, data, created_at)
+    SELECT 'transaction.created', user_id, event_sequence + rank, E'{body}'::json, now() FROM accepted ORDER BY ord)
+INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body, transaction_id, user_id)
+  SELECT 'generation-service', '{run}-pgbatch-' || :client_id || '-' || :k || '-' || ord, '{request_hash}', 201,
+         E'{body}', id, user_id
+  FROM accepted;
+"""
+
+
+def batch_draw(many: list[str], hot: list[str], rng: random.Random) -> list[str]:
+    """A batch's users, item by item: one of the hot users for BATCH_HOT_SHARE of the items (as batch.lua)."""
+    return [rng.choice(hot if rng.random() < BATCH_HOT_SHARE else many) for _ in range(BATCH_SIZE)]
 
 
 def versions(dsn: str) -> dict[str, str]:
@@ -649,6 +725,8 @@ class Prepared:
     seed: dict[str, Any]
     # Scenario H's users by the name of their list in the data file; H registers them and gives them their lots.
     lot_holders: dict[str, list[str]]
+    # Scenario M's users, the many and the hot, by the name of their list in the data file; M registers them.
+    batch_users: dict[str, list[str]]
 
 
 def top_up(api: str, headers: dict[str, str], user_id: str, credits: int, kind: str = "purchase",
@@ -728,6 +806,8 @@ def prepare(stack: ExitStack, profile: Profile, pg_settings: tuple[str, ...] = P
         "light": token(secret, str(LIGHT_USER)),
     }
     lot_holders = {name: [str(uuid.uuid4()) for _ in range(LOT_HOLDERS)] for name in ("lots_one", "lots_five")}
+    batch_users = {name: [str(uuid.uuid4()) for _ in range(count)]
+                   for name, count in (("batch_users", BATCH_USERS), ("batch_hot", BATCH_HOT))}
     data = {
         "run": run_id,
         "generation_token": tokens["generation"],
@@ -735,6 +815,9 @@ def prepare(stack: ExitStack, profile: Profile, pg_settings: tuple[str, ...] = P
         "spenders": spenders,
         "users": [{"id": user, "token": token(secret, user)} for user in mixed_users],
         **lot_holders,
+        **batch_users,
+        "batch_size": BATCH_SIZE,
+        "batch_hot_share": BATCH_HOT_SHARE,
     }
     (workdir / "data.lua").write_text("return " + lua_table(data) + "\n")
     (workdir / "data.json").write_text(json.dumps(data))
@@ -763,7 +846,8 @@ def prepare(stack: ExitStack, profile: Profile, pg_settings: tuple[str, ...] = P
     deep.raise_for_status()
     if deep.json()["data"][0]["id"] != str(deep_first_id):
         raise RuntimeError("the deep cursor does not lead to page 5,000")
-    return Prepared(workdir, env, dsn, run_id, service, spenders, scripts, tokens, deep_cursor, seed, lot_holders)
+    return Prepared(workdir, env, dsn, run_id, service, spenders, scripts, tokens, deep_cursor, seed, lot_holders,
+                    batch_users)
 
 
 class AlsoOwnConditions(Conditions):
@@ -845,7 +929,7 @@ def run(profile: Profile, replica: bool = True, only: str | None = None) -> dict
         if only is None:
             results.update(ledger_scenarios(setup, load, profile, conditions, scenarios, replica))
         for letter, scenario in (("J", filtered_pages), ("K", exports), ("L", usage_summaries),
-                                 ("I", webhook_spends)):
+                                 ("M", batch_spends), ("I", webhook_spends)):
             if only is None or letter in only:
                 results.update(scenario(setup, load, profile, conditions, scenarios))
 
@@ -1068,6 +1152,68 @@ def lot_spends(setup: Prepared, load: Load, profile: Profile, conditions: Condit
     one_rps, five_rps = throughput(spends.reference), throughput(spends.subject)
     return {"lots_one_rps": round(one_rps, 1), "lots_five_rps": round(five_rps, 1),
             "lots_five_ratio": round(five_rps / one_rps, 3), "lots_errors": spends.errors}
+
+
+def batch_spends(setup: Prepared, load: Load, profile: Profile, conditions: Conditions,
+                 scenarios: dict[str, Any]) -> dict[str, Any]:
+    """M: spends in batches of 100 through POST /api/transactions/batch, beside pgbench running the least
+    batched SQL (``pgbench_batch_script``) and beside single spends (A's), in interleaved slices.
+
+    The users are new (registered here), each with one purchase of TOP_UP_CREDITS; A's single spends
+    are for A's spenders. Every batch's items are checked to have been recorded, one row each.
+    """
+    api = setup.service.url + "/api"
+    payment = bearer(setup.tokens["payment"])
+    many, hot = setup.batch_users["batch_users"], setup.batch_users["batch_hot"]
+    log(f"M: batches of {BATCH_SIZE} spends over {len(many):,} users and {len(hot)} hot ones")
+    for user in many + hot:
+        requests.put(f"{api}/users/{user}", headers=payment, timeout=30).raise_for_status()
+    purchases = [{"user_id": user, "type": "purchase", "amount": "0", "credits": TOP_UP_CREDITS,
+                  "description": "Benchmark top-up", "idempotency_key": f"{setup.run_id}-batch-top-up-{user}"}
+                 for user in many + hot]
+    for start in range(0, len(purchases), BATCH_SIZE):
+        requests.post(f"{api}/transactions/batch", json={"items": purchases[start:start + BATCH_SIZE]},
+                      headers=payment, timeout=60).raise_for_status()
+    sample = requests.post(f"{api}/transactions/batch", headers=bearer(setup.tokens["generation"]), timeout=30, json={
+        "items": [{"user_id": many[0], "type": "usage", "amount": "0", "credits": -1,
+                   "description": "Image generation (1024x1024)", "idempotency_key": f"{setup.run_id}-batch-sample"}]})
+    sample.raise_for_status()
+    shown = json.dumps(sample.json()["results"][0]["transaction"], separators=(",", ":"))
+    rng = random.Random(setup.run_id)
+    scripts = []
+    for index in range(BATCH_SCRIPTS):
+        script = setup.workdir / f"batch-{index:02d}.sql"
+        script.write_text(pgbench_batch_script(batch_draw(many, hot, rng), setup.run_id, shown))
+        scripts.append(script)
+    count = "SELECT count(*) FROM user_transactions WHERE user_id = ANY(%s::uuid[]) AND type = 'usage'"
+    with psycopg2.connect(setup.dsn) as connection, connection.cursor() as cursor:
+        cursor.execute(count, (many + hot,))
+        (recorded_before,) = cursor.fetchone()
+    connection.close()
+    batches_url, single_url = f"{api}/transactions/batch", f"{api}/transactions"
+    before = conditions.snapshot()
+    runs = interleaved(profile.rounds, {
+        "pgbench": lambda: load.pgbench(setup.dsn, scripts, profile.seconds, "simple"),
+        "batch": lambda: load.wrk(batches_url, "batch.lua", profile.seconds),
+        "single": lambda: load.wrk(single_url, "spend.lua", profile.seconds),
+    })
+    scenarios["M"] = {**conditions.between(before, conditions.snapshot()),
+                      **{f"{name}_rps": [round(run.rps, 1) for run in measured] for name, measured in runs.items()}}
+    with psycopg2.connect(setup.dsn) as connection, connection.cursor() as cursor:
+        cursor.execute(count, (many + hot,))
+        (recorded_after,) = cursor.fetchone()
+    connection.close()
+    sent = sum(run.requests for run in runs["batch"] + runs["pgbench"]) * BATCH_SIZE
+    batch_rps = throughput(runs["batch"]) * BATCH_SIZE
+    pgbench_rps = throughput(runs["pgbench"]) * BATCH_SIZE
+    single_rps = throughput(runs["single"])
+    return {"batch_rps": round(batch_rps, 1), "pgbench_batch_tps": round(pgbench_rps, 1),
+            "batch_single_rps": round(single_rps, 1), "batch_ratio": round(batch_rps / pgbench_rps, 3),
+            "batch_vs_single": round(batch_rps / single_rps, 2),
+            "batch_p50_ms": round(median_latency(runs["batch"]), 2),
+            # Batches in flight when a slice ends are applied but not counted: more recorded than sent is not amiss.
+            "batch_items_missing": max(0, sent - (recorded_after - recorded_before)),
+            "batch_errors": sum(run.errors for measured in runs.values() for run in measured)}
 
 
 def interleaved(rounds: int, measures: dict[str, Callable[[], Measured]]) -> dict[str, list[Measured]]:
@@ -1485,6 +1631,13 @@ def table(results: dict[str, Any]) -> str:
         rows.append(("L 30-day usage summary (1 conn)", f"p50 {r['summary_heavy_ms']:.2f} ms",
                      f"10 rows p50 {r['summary_light_ms']:.2f} ms", "summary_heavy_vs_light",
                      r["summary_heavy_vs_light"]))
+    if "batch_ratio" in r:
+        rows += [
+            (f"M batches of {BATCH_SIZE} spends", f"{r['batch_rps']:,.0f} items/s",
+             f"pgbench {r['pgbench_batch_tps']:,.0f} items/s", "batch_ratio", r["batch_ratio"]),
+            ("M batches against single spends", f"{r['batch_rps']:,.0f} items/s",
+             f"single {r['batch_single_rps']:,.0f} req/s", "batch_vs_single", r["batch_vs_single"]),
+        ]
     webhooks = r["scenarios"].get("I")
     if webhooks is not None:
         rows += [
@@ -1533,7 +1686,8 @@ def table(results: dict[str, Any]) -> str:
     errors = {key: r[key] for key in ("post_errors", "pgbench_failed", "page_errors", "deep_errors",
                                       "balance_errors", "mixed_errors", "service_errors_logged",
                                       "replica_page_errors", "pooled_errors", "pooled_service_errors_logged",
-                                      "lots_errors", "filtered_page_errors", "summary_errors", "webhook_errors",
+                                      "lots_errors", "filtered_page_errors", "summary_errors", "batch_errors",
+                                      "batch_items_missing", "webhook_errors",
                                       "webhook_missing", "webhook_bad_signatures", "webhook_worker_errors_logged")
               if r.get(key)}
     text.append(f"errors: {errors or 'none'}; ledger invariants after the run: "
@@ -1545,7 +1699,7 @@ def table(results: dict[str, Any]) -> str:
         if "G" in r["scenarios"]:
             measured.append(("G", r["scenarios"]["G"]))
         measured.append(("H", r["scenarios"]["H"]))
-    measured += [(key, r["scenarios"][key]) for key in "JKL" if key in r["scenarios"]]
+    measured += [(key, r["scenarios"][key]) for key in "JKLM" if key in r["scenarios"]]
     if webhooks is not None:
         measured += [("I", webhooks), ("I open loop", webhooks["open_loop_conditions"])]
     text.append("while measuring (neighbours' CPU in cores, checkpoints, autovacuum runs): " + "; ".join(

@@ -1021,7 +1021,7 @@ def lock_balances(user_ids: list[str]) -> None:
 # hours, quarter days and UTC days, so that a summary reads the coarsest periods a bucket holds whole
 # (``ledger/reports.py``).
 GRAINS = (15, 60, 360, 1440)
-_GRAINS = (
+GRAIN_ROWS = (
     "(VALUES (15, interval '15 minutes'), (60, interval '1 hour'), (360, interval '6 hours'), (1440, interval '1 day'))"
     " AS g (minutes, width)"
 )
@@ -1040,7 +1040,7 @@ def _rolled(owner: str, made_at: str, spent: str, pairs: str, rows: str) -> str:
     return (
         "rolled AS (INSERT INTO usage_rollup AS r (user_id, key, grain, period, value, credits)"
         f" SELECT {owner}, k.key, g.minutes, {PERIOD.format(width='g.width', moment=made_at)}, k.value, {spent}"
-        f" FROM {rows}, ({_TOTAL_AND.format(pairs)}) AS k (key, value), {_GRAINS}"
+        f" FROM {rows}, ({_TOTAL_AND.format(pairs)}) AS k (key, value), {GRAIN_ROWS}"
         " ON CONFLICT (user_id, key, grain, period, value) DO UPDATE SET credits = r.credits + excluded.credits)"
     )
 
@@ -1135,11 +1135,12 @@ _SPEND_PLAN = [
     "stale AS MATERIALIZED (SELECT i.user_id, min(i.ord) AS ord FROM items AS i JOIN idempotency_keys AS k"
     " ON k.caller = %(caller)s AND k.key = i.key GROUP BY i.user_id)",
     "candidates AS MATERIALIZED (SELECT i.*, sum(i.needed) OVER (PARTITION BY i.user_id ORDER BY i.ord) AS upto"
-    " FROM items AS i JOIN balance_rows USING (user_id)"
-    " WHERE i.ord < coalesce((SELECT ord FROM stale WHERE stale.user_id = i.user_id), 2147483647))",
+    " FROM items AS i JOIN balance_rows USING (user_id) LEFT JOIN stale USING (user_id)"
+    " WHERE stale.ord IS NULL OR i.ord < stale.ord)",
     "accepted AS MATERIALIZED (SELECT c.*, c.upto - c.needed AS since,"
     " row_number() OVER (PARTITION BY c.user_id ORDER BY c.ord) AS rank FROM candidates AS c"
-    " WHERE c.upto <= (SELECT coalesce(sum(remaining), 0) FROM usable WHERE usable.user_id = c.user_id))",
+    " JOIN (SELECT user_id, sum(remaining) AS held_together FROM usable GROUP BY user_id) AS u USING (user_id)"
+    " WHERE c.upto <= u.held_together)",
     "takes AS MATERIALIZED (SELECT a.ord, a.id AS transaction_id, u.id AS lot_id, a.user_id,"
     " least(a.upto, u.through) - greatest(a.since, u.through - u.remaining) AS take,"
     " least(a.upto, u.through) AS through FROM accepted AS a JOIN usable AS u"
@@ -1157,7 +1158,9 @@ _SPEND_WRITES = [
     "applied AS (UPDATE user_balances AS ub SET balance = ub.balance - s.spent,"
     " event_sequence = s.last_sequence, updated_at = now(), posted_at = s.at"
     " FROM (SELECT user_id, max(upto) AS spent, max(sequence + fell::integer) AS last_sequence, max(at) AS at"
-    " FROM sequenced GROUP BY user_id) AS s WHERE ub.user_id = s.user_id)",
+    " FROM sequenced GROUP BY user_id) AS s"
+    # The batch's users again: the rows by their key, not a scan of every balance.
+    " WHERE ub.user_id = ANY(%(distinct_users)s::text[]::uuid[]) AND ub.user_id = s.user_id)",
     f"new AS (INSERT INTO user_transactions ({_LEDGER_COLUMNS}) SELECT id, user_id, 'usage'::transaction_type,"
     " amount, -needed, description, 'completed'::transaction_status, %(created_at)s::timestamptz,"
     " %(created_at)s::timestamptz, NULL, NULL, NULL, NULL, NULL, NULL, metadata::json, reference FROM accepted ORDER BY ord)",
@@ -1174,7 +1177,7 @@ _SPEND_WRITES = [
     "rolled AS (INSERT INTO usage_rollup AS r (user_id, key, grain, period, value, credits)"
     f" SELECT a.user_id, k.key, g.minutes, {PERIOD.format(width='g.width', moment='%(created_at)s::timestamptz')},"
     " k.value, sum(a.needed) FROM accepted AS a,"
-    f" LATERAL ({_TOTAL_AND.format('SELECT * FROM json_each_text(a.metadata::json)')}) AS k (key, value), {_GRAINS}"
+    f" LATERAL ({_TOTAL_AND.format('SELECT * FROM json_each_text(a.metadata::json)')}) AS k (key, value), {GRAIN_ROWS}"
     " GROUP BY 1, 2, 3, 4, 5"
     " ON CONFLICT (user_id, key, grain, period, value) DO UPDATE SET credits = r.credits + excluded.credits)",
     f"events AS ({_EVENT_INSERT} SELECT type, user_id, sequence, data, %(created_at)s::timestamptz FROM ("
