@@ -5,9 +5,12 @@ Starts a durable embedded PostgreSQL (or uses ``--database-url``), migrates it,
 serves the ledger under gunicorn and drives it from client processes that
 behave like the real callers: the payment service (purchases keyed by the
 provider's event id, settled later by webhook or completed at once), the
-generation service (reserve credits, then settle or release them) and the
-billing page (history and balance reads). Every client retries a request with
-the same ``Idempotency-Key`` on any transport error, timeout or 5xx. A
+generation service (reserve credits, then settle or release them, or send
+completed usage in batches, now and then atomic) and the billing page
+(history and balance reads). The services call through their own Python
+client (``clients/python``), which retries a request with the same
+idempotency key on any transport error, timeout or 503; the billing page's
+reads retry the same way by hand. A
 webhook worker delivers every event to a receiver that verifies each
 signature and answers a tenth of them with a 500.
 
@@ -51,7 +54,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import httpx
 import requests
+from transactions_client import Client as LedgerApi
+from transactions_client import ProblemError, Transaction, TransactionsError, User
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The development tooling (devtools/, the embedded PostgreSQL) is not installed with the service: it sits beside it.
@@ -115,7 +121,12 @@ SCENARIOS = (
     ("promotional_grant", 5),
     ("refund", 4),
     ("reversal", 4),
+    ("usage_batch", 10),
 )
+# The callers' client: retries (the first after up to 50 ms, doubling to 2 s) that spend about
+# REQUEST_BUDGET_SECONDS before the outcome is left to the final reconciliation.
+CLIENT_RETRIES = 18
+CLIENT_BACKOFF = (0.05, 2.0)
 # What a create may be refused with, by type, as the rules allow: nothing else is expected.
 EXPECTED_REFUSALS = {
     "usage": {"insufficient_credits"},
@@ -197,9 +208,12 @@ class Tally:
                 )
 
     def record_unexpected(self, what: str, response: requests.Response) -> None:
+        self.record_unexpected_answer(what, response_label(response), response.text)
+
+    def record_unexpected_answer(self, what: str, label: str, body: str) -> None:
         self.unexpected_count += 1
         if len(self.unexpected) < 10:
-            self.unexpected.append({"request": what, "response": response_label(response), "body": response.text[:300]})
+            self.unexpected.append({"request": what, "response": label, "body": body[:300]})
 
     def merge(self, other: dict[str, Any]) -> None:
         self.requests += other["requests"]
@@ -269,6 +283,66 @@ class RetryingCaller:
             attempt += 1
 
 
+class TallyingTransport(httpx.BaseTransport):
+    """Every attempt the callers' client makes, counted as ``Tally`` counts what a caller sees.
+
+    The client sends every attempt of one call with the same ``X-Request-ID``:
+    an attempt with the id of the one before it is a retry.
+    """
+
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
+        self.inner = httpx.HTTPTransport()
+        self.last_call: str | None = None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        call = request.headers.get("X-Request-ID")
+        self.tally.requests += 1
+        self.tally.retries += call is not None and call == self.last_call
+        self.last_call = call
+        try:
+            response = self.inner.handle_request(request)
+            response.read()
+        except httpx.TransportError as error:
+            self.tally.transport_errors[type(error).__name__] += 1
+            raise
+        self.tally.record(request.method, request.url.path, response)
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def callers_clients(base_url: str, tokens: dict[str, str], tally: Tally) -> dict[str, LedgerApi]:
+    """The payment, generation and growth services, each through the client they import, with its own key,
+    every attempt counted in ``tally``."""
+    http = httpx.Client(transport=TallyingTransport(tally))
+    timeout = httpx.Timeout(ATTEMPT_TIMEOUT[1], connect=ATTEMPT_TIMEOUT[0])
+    backoff, max_backoff = CLIENT_BACKOFF
+    return {caller: LedgerApi(base_url, tokens[caller], http_client=http, timeout=timeout, retries=CLIENT_RETRIES,
+                              backoff=backoff, max_backoff=max_backoff)
+            for caller in (PAYMENT, GENERATION, GROWTH)}
+
+
+# What a caller learned from a write: the transaction, the problem it was refused with, or nothing.
+Answer = Transaction | ProblemError | None
+
+
+def ask(tally: Tally, call: Any) -> Any:
+    """The answer of a call through the callers' client; None when its retries ran out without one (a 503
+    or a key in use to the last, no answer at all) or when it met a 500: what it did is unknown."""
+    try:
+        return call()
+    except ProblemError as problem:
+        if problem.status >= 500 or problem.code == "idempotency_key_in_use":
+            tally.given_up += problem.status != 500
+            return None
+        return problem
+    except TransactionsError:
+        tally.given_up += 1
+        return None
+
+
 def _seconds(header: str | None) -> float:
     try:
         return float(header or 0)
@@ -287,6 +361,9 @@ class Outcomes:
     settled: list = field(default_factory=list)  # acknowledged PATCHes: id, status
     registered: list = field(default_factory=list)  # acknowledged PUT /api/users: user ids
     refused: int = 0  # creates refused as the rules say (EXPECTED_REFUSALS; they write nothing, by design)
+    batches: int = 0  # batches of usage answered (their items are among the creates)
+    batch_items: int = 0
+    atomic_refused: int = 0  # atomic batches refused whole (an item did not fit; none was written)
     reads: int = 0
     unknown_creates: list = field(default_factory=list)  # caller, key, body
     unknown_settles: list = field(default_factory=list)  # caller, id, status
@@ -313,7 +390,8 @@ class LedgerClient:
         self.rng = random.Random(plan.seed)
         self.tally = Tally()
         self.outcomes = Outcomes()
-        self.http = RetryingCaller(plan.base_url, self.tally, self.rng)
+        self.http = RetryingCaller(plan.base_url, self.tally, self.rng)  # the billing page's reads
+        self.services = callers_clients(plan.base_url, plan.tokens, self.tally)
         self.customers = list(plan.user_tokens)
         self.serial = itertools.count()
         # This client's acknowledged completed purchases and usage: what refunds and reversals give back.
@@ -330,15 +408,43 @@ class LedgerClient:
         Path(self.plan.results_path).write_text(json.dumps({"tally": vars(self.tally), "outcomes": vars(self.outcomes)}))
 
     def create(self, caller: str, body: dict[str, Any], key: str) -> dict[str, Any] | None:
-        response = self.http.send("POST", "/api/transactions", self.plan.tokens[caller], body=body, key=key)
-        return record_create(self.outcomes, self.tally, caller, body, key, response)
+        answer = ask(self.tally, lambda: self.services[caller].create({**body, "idempotency_key": key}))
+        return record_answer(self.outcomes, self.tally, caller, body, key, answer)
 
     def settle(self, caller: str, created: dict[str, Any], status: str) -> bool:
         """Whether the settlement was acknowledged."""
-        response = self.http.send(
-            "PATCH", f"/api/transactions/{created['id']}", self.plan.tokens[caller], body={"status": status}
-        )
-        return record_settle(self.outcomes, self.tally, caller, created["id"], status, response)
+        answer = ask(self.tally, lambda: self.services[caller].settle(created["id"], status))
+        if answer is None:
+            self.outcomes.unknown_settles.append({"caller": caller, "id": created["id"], "status": status})
+        elif isinstance(answer, Transaction) and answer.status == status:
+            self.outcomes.settled.append({"id": created["id"], "status": status})
+            return True
+        else:
+            self.tally.record_unexpected_answer(f"PATCH /api/transactions/{{id}} -> {status}", label(answer), str(answer))
+        return False
+
+    def usage_batch(self) -> None:
+        """The generation service sends the usage of a few finished jobs in one call (one in five all or
+        none), for customers picked at random: each item is answered as a single write would be."""
+        items = [spend(self.rng, self.rng.choice(self.customers), self.next_key("job"))
+                 for _ in range(self.rng.randint(2, 20))]
+        atomic = self.rng.random() < 0.2
+        sent = [{**body, "idempotency_key": key} for body, key in items]
+        answer = ask(self.tally, lambda: self.services[GENERATION].record_batch(sent, atomic=atomic))
+        self.outcomes.batches += answer is not None
+        self.outcomes.batch_items += len(items) if answer is not None else 0
+        if isinstance(answer, list):
+            for (body, key), result in zip(items, answer):
+                record_answer(self.outcomes, self.tally, GENERATION, body, key, result.transaction or result.problem)
+        elif answer is None:  # nothing learned: each item is reconciled on its own, as a single write with its key
+            for body, key in items:
+                record_answer(self.outcomes, self.tally, GENERATION, body, key, None)
+        elif atomic and answer.code in EXPECTED_REFUSALS["usage"]:
+            self.outcomes.refused += len(items)  # one item did not fit: none was written
+            self.outcomes.atomic_refused += 1
+        else:
+            self.tally.record_unexpected_answer(f"POST /api/transactions/batch (atomic: {atomic})", label(answer),
+                                                str(answer))
 
     def purchase_settled_by_webhook(self) -> None:
         created = self.create(PAYMENT, *purchase(self.rng, self.rng.choice(self.customers), "pending", self.next_key("evt")))
@@ -388,8 +494,13 @@ class LedgerClient:
 
     def new_customer(self) -> None:
         user_id = str(uuid.uuid4())
-        response = self.http.send("PUT", f"/api/users/{user_id}", self.plan.tokens[PAYMENT])
-        if record_registration(self.outcomes, self.tally, user_id, response):
+        answer = ask(self.tally, lambda: self.services[PAYMENT].register_user(user_id))
+        if answer is None:
+            self.outcomes.unknown_registrations.append(user_id)
+        elif isinstance(answer, ProblemError):
+            self.tally.record_unexpected_answer("PUT /api/users/{id}", label(answer), str(answer))
+        else:
+            self.outcomes.registered.append(user_id)
             self.customers.append(user_id)
             self.create(PAYMENT, *purchase(self.rng, user_id, "completed", self.next_key("evt")))
 
@@ -462,6 +573,18 @@ def reversal(rng: random.Random, spent: dict[str, Any], key: str) -> tuple[dict[
     return body, key
 
 
+def spend(rng: random.Random, user_id: str, key: str) -> tuple[dict[str, Any], str]:
+    body = {
+        "user_id": user_id,
+        "type": "usage",
+        "amount": "0",
+        "credits": -rng.randint(1, 15),
+        "description": f"Tool call [{key}]",
+        "status": "completed",
+    }
+    return body, key
+
+
 def hold(rng: random.Random, user_id: str, key: str) -> tuple[dict[str, Any], str]:
     body = {
         "user_id": user_id,
@@ -480,53 +603,34 @@ def key_of(description: str) -> str | None:
     return description.rsplit("[", 1)[1][:-1]
 
 
-def record_create(
-    outcomes: Outcomes, tally: Tally, caller: str, body: dict[str, Any], key: str, response: requests.Response | None
+def label(answer: Transaction | ProblemError) -> str:
+    """An answer as ``response_label`` shows a response: its status, and its problem's code."""
+    return f"{answer.status} {answer.code}" if isinstance(answer, ProblemError) else f"200 {answer.status}"
+
+
+def record_answer(
+    outcomes: Outcomes, tally: Tally, caller: str, body: dict[str, Any], key: str, answer: Answer
 ) -> dict[str, Any] | None:
-    if response is None:
+    """What the callers' client learned of a create: acknowledged, refused as the rules allow, or unknown."""
+    if answer is None:
         outcomes.unknown_creates.append({"caller": caller, "key": key, "body": body})
         return None
-    if response.status_code == 201:
-        created = {
-            "id": response.json()["id"],
-            "key": key,
-            "kind": body["type"],
-            "user_id": body["user_id"],
-            "credits": body["credits"],
-            "status": body["status"],
-            "replayed": response.headers.get("Idempotent-Replayed") == "true",
-        }
-        outcomes.created.append(created)
-        return created
-    if problem_code(response) in EXPECTED_REFUSALS.get(body["type"], ()):
-        outcomes.refused += 1
+    if isinstance(answer, ProblemError):
+        if answer.code in EXPECTED_REFUSALS.get(body["type"], ()):
+            outcomes.refused += 1
+        else:
+            tally.record_unexpected_answer(f"POST /api/transactions ({body['type']}, {body['status']})",
+                                           label(answer), str(answer))
         return None
-    tally.record_unexpected(f"POST /api/transactions ({body['type']}, {body['status']})", response)
-    return None
+    return acknowledged(outcomes, body, key, str(answer.id), answer.replayed)
 
 
-def record_settle(
-    outcomes: Outcomes, tally: Tally, caller: str, transaction_id: str, status: str, response: requests.Response | None
-) -> bool:
-    if response is None:
-        outcomes.unknown_settles.append({"caller": caller, "id": transaction_id, "status": status})
-    elif response.status_code == 200 and response.json().get("status") == status:
-        outcomes.settled.append({"id": transaction_id, "status": status})
-        return True
-    else:
-        tally.record_unexpected(f"PATCH /api/transactions/{{id}} -> {status}", response)
-    return False
-
-
-def record_registration(outcomes: Outcomes, tally: Tally, user_id: str, response: requests.Response | None) -> bool:
-    if response is None:
-        outcomes.unknown_registrations.append(user_id)
-        return False
-    if response.status_code in (200, 201):
-        outcomes.registered.append(user_id)
-        return True
-    tally.record_unexpected("PUT /api/users/{id}", response)
-    return False
+def acknowledged(outcomes: Outcomes, body: dict[str, Any], key: str, transaction_id: str,
+                 replayed: bool) -> dict[str, Any]:
+    created = {"id": transaction_id, "key": key, "kind": body["type"], "user_id": body["user_id"],
+               "credits": body["credits"], "status": body["status"], "replayed": replayed}
+    outcomes.created.append(created)
+    return created
 
 
 # --------------------------------------------------------------------------- the processes under test
@@ -973,16 +1077,20 @@ class FaultRun:
         self.receiver.secret = response.json()["secret"]
         self.webhook_worker = WebhookWorker(self.workdir, database_url, secret)
 
+    def services(self) -> dict[str, LedgerApi]:
+        """The callers' clients, as the client processes make them, counted in this process's tally."""
+        return callers_clients(self.service.base_url, self.tokens, self.tally)
+
     def open_accounts(self, rng: random.Random) -> None:
         """Register the shared customers and give each a first completed purchase."""
-        http = RetryingCaller(self.service.base_url, self.tally, rng)
+        payment = self.services()[PAYMENT]
         for serial, user_id in enumerate(self.customers):
-            response = http.send("PUT", f"/api/users/{user_id}", self.tokens[PAYMENT])
-            if not record_registration(self.outcomes, self.tally, user_id, response):
+            if not isinstance(ask(self.tally, lambda: payment.register_user(user_id)), User):
                 raise RuntimeError(f"could not register customer {user_id}")
+            self.outcomes.registered.append(user_id)
             body, key = purchase(rng, user_id, "completed", idempotency_key("evt", self.run_id, "opening", serial), 1000)
-            response = http.send("POST", "/api/transactions", self.tokens[PAYMENT], body=body, key=key)
-            if record_create(self.outcomes, self.tally, PAYMENT, body, key, response) is None:
+            answer = ask(self.tally, lambda: payment.create({**body, "idempotency_key": key}))
+            if record_answer(self.outcomes, self.tally, PAYMENT, body, key, answer) is None:
                 raise RuntimeError(f"could not fund customer {user_id}")
 
     # ---- the run
@@ -1059,16 +1167,20 @@ class FaultRun:
 
     def reconcile(self, faults: Faults, rng: random.Random) -> None:
         """Learn every outcome the callers could not: retry with the same key, as a caller does later."""
-        http = RetryingCaller(self.service.base_url, self.tally, rng)
+        services = self.services()
         unknown_creates = self.outcomes.unknown_creates + faults.unknown_creates
         unknown_settles, unknown_registrations = self.outcomes.unknown_settles, self.outcomes.unknown_registrations
         self.outcomes.unknown_creates, self.outcomes.unknown_settles, self.outcomes.unknown_registrations = [], [], []
         for user_id in unknown_registrations:
-            response = http.send("PUT", f"/api/users/{user_id}", self.tokens[PAYMENT])
-            record_registration(self.outcomes, self.tally, user_id, response)
+            answer = ask(self.tally, lambda: services[PAYMENT].register_user(user_id))
+            if isinstance(answer, User):
+                self.outcomes.registered.append(user_id)
+            else:
+                self.outcomes.unknown_registrations.append(user_id)
         for unknown in unknown_creates:
-            response = http.send("POST", "/api/transactions", self.tokens[unknown["caller"]], body=unknown["body"], key=unknown["key"])
-            created = record_create(self.outcomes, self.tally, unknown["caller"], unknown["body"], unknown["key"], response)
+            write = {**unknown["body"], "idempotency_key": unknown["key"]}
+            answer = ask(self.tally, lambda: services[unknown["caller"]].create(write))
+            created = record_answer(self.outcomes, self.tally, unknown["caller"], unknown["body"], unknown["key"], answer)
             if created is None:
                 self.reconciled["refused or still unknown"] += 1
             elif created["replayed"]:
@@ -1076,10 +1188,13 @@ class FaultRun:
             else:
                 self.reconciled["had not been applied (written now)"] += 1
         for unknown in unknown_settles:
-            response = http.send(
-                "PATCH", f"/api/transactions/{unknown['id']}", self.tokens[unknown["caller"]], body={"status": unknown["status"]}
-            )
-            record_settle(self.outcomes, self.tally, unknown["caller"], unknown["id"], unknown["status"], response)
+            answer = ask(self.tally, lambda: services[unknown["caller"]].settle(unknown["id"], unknown["status"]))
+            if isinstance(answer, Transaction) and answer.status == unknown["status"]:
+                self.outcomes.settled.append({"id": unknown["id"], "status": unknown["status"]})
+            elif answer is None:
+                self.outcomes.unknown_settles.append(unknown)
+            else:
+                self.tally.record_unexpected_answer("PATCH /api/transactions/{id}", label(answer), str(answer))
             self.reconciled["settlements retried"] += 1
 
     def read_ledger(self, database_url: str) -> LedgerState:
@@ -1339,6 +1454,8 @@ class FaultRun:
             f"| 503 database_unavailable answers | {tally.responses['503 database_unavailable']} |",
             f"| acknowledged writes whose first response was lost (replayed on retry) | {replayed} |",
             f"| usage, refunds and reversals refused beyond what there is (409, writes nothing) | {outcomes.refused} |",
+            f"| batches of usage answered (items; atomic ones refused whole) | {outcomes.batches}"
+            f" ({outcomes.batch_items} items; {outcomes.atomic_refused}) |",
             f"| history and balance reads | {outcomes.reads} |",
             f"| slowest recovery after a database start | {_slowest(faults)} |",
             "",

@@ -171,6 +171,23 @@ def test_lot_terms_pass_through_to_the_purchase_lot(payment):
     assert expiry is not None and expiry.credits == 100
 
 
+@pytest.mark.slow
+def test_a_grant_makes_a_promotional_lot_spent_before_paid_credits(payment, live_server, service_token):
+    growth = Client(live_server, service_token("credits:grant", "transactions:read", name="growth-service"))
+    user_id = uuid.uuid4()
+    payment.register_user(user_id)
+    payment.record_purchase(user_id, 100, "1.00", "Starter pack")
+    key = f"bonus-{user_id}"
+    granted = growth.grant(user_id, 30, "Welcome bonus", expires_in=3600, priority=10, idempotency_key=key)
+    assert (granted.type, granted.credits, granted.status) == ("grant", 30, "completed")
+    again = growth.grant(user_id, 30, "Welcome bonus", expires_in=3600, priority=10, idempotency_key=key)
+    assert (again.id, again.replayed) == (granted.id, True)
+    balance = growth.balance(user_id)
+    assert (balance.balance, balance.paid, balance.promotional) == (130, 100, 30)
+    with pytest.raises(PermissionDenied):
+        payment.grant(user_id, 5, "Not the payment service's to give")
+
+
 def test_unknown_lot_terms_are_refused_before_any_request():
     transport = Scripted()
     with offline_client(transport) as ledger, pytest.raises(TypeError, match="colour"):

@@ -6,8 +6,7 @@ import csv
 import io
 import json
 import uuid
-from datetime import date, datetime, timedelta, timezone
-from zoneinfo import ZoneInfo
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given

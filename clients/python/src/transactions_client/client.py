@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
@@ -111,15 +111,27 @@ class Client:
         ``lot_terms``: ``expires_at`` (an aware datetime), ``expires_in`` (seconds), ``priority`` (0-100).
         Give the payment provider's event id as ``idempotency_key`` so that a redelivered webhook replays.
         """
-        return self._create(writes.purchase(user_id, credits, amount, description, status=status,
+        return self.create(writes.purchase(user_id, credits, amount, description, status=status,
                                             idempotency_key=idempotency_key, metadata=metadata,
                                             reference=reference, **lot_terms))
+
+    def grant(self, user_id: UserId, credits: int, description: str, *,
+              category: Literal["promotional", "paid"] = "promotional", idempotency_key: str | None = None,
+              metadata: Mapping[str, str] | None = None, reference: str | None = None,
+              **lot_terms: Any) -> Transaction:
+        """Give ``credits`` free (needs ``credits:grant``): a welcome bonus, a goodwill gesture.
+
+        ``lot_terms`` as ``record_purchase``'s; a promotional lot is spent before paid ones.
+        """
+        return self.create(writes.grant(user_id, credits, description, category=category,
+                                         idempotency_key=idempotency_key, metadata=metadata, reference=reference,
+                                         **lot_terms))
 
     def reserve(self, user_id: UserId, credits: int, description: str, *, amount: Amount = "0",
                 hold_expires_in: int | None = None, idempotency_key: str | None = None,
                 metadata: Mapping[str, str] | None = None, reference: str | None = None) -> Transaction:
         """Hold ``credits`` (a positive count) for a job: a pending usage, to ``settle`` when it ends."""
-        return self._create(writes.reserve(user_id, credits, description, amount=amount,
+        return self.create(writes.reserve(user_id, credits, description, amount=amount,
                                            hold_expires_in=hold_expires_in, idempotency_key=idempotency_key,
                                            metadata=metadata, reference=reference))
 
@@ -127,7 +139,7 @@ class Client:
               idempotency_key: str | None = None, metadata: Mapping[str, str] | None = None,
               reference: str | None = None) -> Transaction:
         """Spend ``credits`` (a positive count) at once: a completed usage."""
-        return self._create(writes.spend(user_id, credits, description, amount=amount,
+        return self.create(writes.spend(user_id, credits, description, amount=amount,
                                          idempotency_key=idempotency_key, metadata=metadata, reference=reference))
 
     def refund(self, purchase_id: UserId, credits: int, amount: Amount, description: str = "Refund", *,
@@ -138,7 +150,7 @@ class Client:
         Without ``user_id`` the purchase is read first to learn its user (which needs ``transactions:read``).
         """
         user_id = user_id if user_id is not None else self.get(purchase_id).user_id
-        return self._create(writes.refund(user_id, purchase_id, credits, amount, description,
+        return self.create(writes.refund(user_id, purchase_id, credits, amount, description,
                                           idempotency_key=idempotency_key, metadata=metadata, reference=reference))
 
     def reverse(self, usage_id: UserId, credits: int, description: str = "Reversal", *,
@@ -149,8 +161,16 @@ class Client:
         Without ``user_id`` the usage is read first to learn its user (which needs ``transactions:read``).
         """
         user_id = user_id if user_id is not None else self.get(usage_id).user_id
-        return self._create(writes.reverse(user_id, usage_id, credits, description,
+        return self.create(writes.reverse(user_id, usage_id, credits, description,
                                            idempotency_key=idempotency_key, metadata=metadata, reference=reference))
+
+    def create(self, write: Write | Mapping[str, Any]) -> Transaction:
+        """Any single write: a ``writes`` builder's, or a whole ``POST /api/transactions`` body with its
+        ``idempotency_key`` (one is made when it has none), sent as the typed calls send theirs."""
+        body: dict[str, Any] = {"idempotency_key": writes.new_idempotency_key(), **write}
+        key = str(body.pop("idempotency_key"))
+        response = self._request("POST", "/api/transactions", json=body, headers={"Idempotency-Key": key})
+        return Transaction.from_json(response.json(), replayed=response.headers.get("Idempotent-Replayed") == "true")
 
     def settle(self, transaction_id: UserId, status: Settlement) -> Transaction:
         """Complete or fail a pending purchase or usage; asking again for the same status changes nothing."""
@@ -223,12 +243,6 @@ class Client:
             params["cursor"] = page["next_cursor"]
 
     # The wire
-
-    def _create(self, write: Write) -> Transaction:
-        body: dict[str, Any] = dict(write)
-        key = str(body.pop("idempotency_key"))
-        response = self._request("POST", "/api/transactions", json=body, headers={"Idempotency-Key": key})
-        return Transaction.from_json(response.json(), replayed=response.headers.get("Idempotent-Replayed") == "true")
 
     def _request(self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None,
                  headers: Mapping[str, str] | None = None) -> httpx.Response:

@@ -93,6 +93,18 @@ def purchase(user_id: UserId, credits: int, amount: Amount, description: str, *,
                   **_lot_terms(lot_terms))
 
 
+def grant(user_id: UserId, credits: int, description: str, *,
+          category: Literal["promotional", "paid"] = "promotional", idempotency_key: str | None = None,
+          metadata: Mapping[str, str] | None = None, reference: str | None = None, **lot_terms: Any) -> Write:
+    """Free credits (``credits:grant``): a promotional lot by default, spent before paid ones.
+
+    ``lot_terms`` as a purchase's: ``expires_at``, ``expires_in`` (seconds), ``priority`` (0-100).
+    """
+    return _write(user_id, "grant", _count(credits), description, idempotency_key=idempotency_key,
+                  metadata=metadata, reference=reference, category=category, status="completed",
+                  **_lot_terms(lot_terms))
+
+
 def reserve(user_id: UserId, credits: int, description: str, *, amount: Amount = "0",
             hold_expires_in: int | None = None, idempotency_key: str | None = None,
             metadata: Mapping[str, str] | None = None, reference: str | None = None) -> Write:
