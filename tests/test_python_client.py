@@ -616,6 +616,21 @@ def test_the_builders_sign_credits_as_the_ledger_stores_them():
     assert writes.refund(user_id, other, 250, Decimal("5.00"))["credits"] == -250
     assert writes.reverse(user_id, other, 8)["credits"] == 8
     assert writes.purchase(user_id, 500, "9.99", "pack")["credits"] == 500
+    assert {name: writes.grant(user_id, 30, "bonus")[name] for name in ("type", "credits", "category")} == {
+        "type": "grant", "credits": 30, "category": "promotional"}
+
+
+@pytest.mark.slow
+def test_create_sends_a_whole_body_keyed_as_given_or_with_a_key_of_its_own(payment, db_session):
+    user_id = uuid.uuid4()
+    payment.register_user(user_id)
+    body = {"user_id": str(user_id), "type": "purchase", "amount": "1.00", "credits": 100, "description": "Pack"}
+    first = payment.create({**body, "idempotency_key": f"pack-{user_id}"})
+    again = payment.create({**body, "idempotency_key": f"pack-{user_id}"})
+    assert (again.id, again.replayed, first.replayed) == (first.id, True, False)
+    other = payment.create(body)  # no key given: one of its own, so a second row
+    assert other.id != first.id and "idempotency_key" not in body
+    assert payment.balance(user_id).balance == 200
 
 
 @pytest.mark.parametrize("credits", [0, -5, True, 2.5])
