@@ -64,23 +64,29 @@ def _twin(api, granter):
 
 
 def _books(api, engine, user_id):
-    """What a user's writes left: balance, postings (by lot, in order), events and rollup, without ids or times."""
+    """What a user's writes left: balance, postings (by lot, in order), events, rollup and lots, without ids
+    or times."""
     with engine.connect() as connection:
         postings = connection.execute(text(
             "SELECT l.category, p.credits, p.held, p.balance_after, p.held_after FROM lot_postings AS p"
             " JOIN credit_lots AS l ON l.id = p.lot_id WHERE p.user_id = :u ORDER BY p.id"), {"u": user_id}).all()
         events = connection.execute(text(
-            "SELECT type, sequence, coalesce(data->>'credits', data->>'available'), data->>'description'"
-            " FROM ledger_events WHERE user_id = :u ORDER BY sequence"), {"u": user_id}).all()
+            "SELECT type, sequence, coalesce(data->>'credits', data->>'available'), data->>'description',"
+            " coalesce(data->>'status', data->>'held') FROM ledger_events WHERE user_id = :u ORDER BY sequence"),
+            {"u": user_id}).all()
+        lots = connection.execute(text(
+            "SELECT category, priority, credits, remaining, held FROM credit_lots WHERE user_id = :u"
+            " ORDER BY priority, category, credits"), {"u": user_id}).all()
         rollup = connection.execute(text(
             "SELECT key, grain, value, sum(credits) FROM usage_rollup WHERE user_id = :u GROUP BY 1, 2, 3"
             " ORDER BY 1, 2, 3"), {"u": user_id}).all()
-    return api.balance(user_id), postings, events, rollup
+    return api.balance(user_id), postings, events, rollup, lots
 
 
 def test_a_batch_answers_and_books_what_its_items_alone_would(api, engine, service_token):
     """The batch's usage goes in one statement; its users' books are the same as if each item had been
-    written alone, in item order: lots in spend order, balance.low where it falls, refusals, replays."""
+    written alone, in item order: spends and holds from the lots in spend order, balance.low where it
+    falls, refusals, replays."""
     granter = service_token("credits:grant", name="batch-granter")
     batched, alone = _twin(api, granter), _twin(api, granter)
 
@@ -88,10 +94,12 @@ def test_a_batch_answers_and_books_what_its_items_alone_would(api, engine, servi
         def spend(owner, credits, n, **fields):
             return item(owner, key=f"{side}-{n}", credits=-credits, description=f"item {n}", **fields)
         return [
-            spend(rich, 20, 0, metadata={"model": "small"}), spend(poor, 30, 1),
+            spend(rich, 20, 0, metadata={"model": "small"}), spend(poor, 30, 1, status="pending"),  # a hold
             spend(rich, 20, 2, metadata={"model": "large"}), spend(rich, 5, 11),  # below 95, and after it
+            spend(rich, 7, 12, status="pending", hold_expires_in=600),  # a hold among spends
             spend(rich, 200, 3), spend(rich, 5, 4),  # refused, then one that fits after it
             spend(poor, 30, 5), spend(stranger, 1, 6), spend(without_balance, 1, 7), spend(poor, 20, 8),
+            spend(poor, 1, 13, status="pending", hold_expires_in=10**6),  # longer than HOLD_TTL_SECONDS
             spend(rich, 20, 0, metadata={"model": "small"}),  # item 0 again: its answer
             spend(rich, 21, 2),  # item 2's key, another request
             item(rich, key=f"{side}-9", type="purchase", amount="1.00", credits=10), spend(rich, 60, 10),
@@ -105,7 +113,7 @@ def test_a_batch_answers_and_books_what_its_items_alone_would(api, engine, servi
     # A single write replayed from its key answers 201 as first, with Idempotent-Replayed; an item, 200.
     replayed = [s.headers.get("Idempotent-Replayed") == "true" for s in singles]
     assert [a["status"] for a in answers] == [200 if r else s.status_code for s, r in zip(singles, replayed)] == [
-        201, 201, 201, 201, 409, 201, 409, 422, 409, 201, 200, 422, 201, 201]
+        201, 201, 201, 201, 201, 409, 201, 409, 422, 409, 201, 422, 200, 422, 201, 201]
     assert [a["problem"] and a["problem"]["code"] for a in answers] == [
         s.status_code >= 400 and s.json["code"] or None for s in singles]
     for mine, theirs in zip(batched, alone):

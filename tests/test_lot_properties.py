@@ -2,9 +2,9 @@
 money invariants after every step (Hypothesis stateful testing).
 
 Operations: purchases (completed, or pending and then settled), grants with or without expiry,
-spends (alone, or in batches), holds and their settlement, refunds of purchases, reversals of usage, adjustments either
-way, lots lapsing and holds lapsing (their expiry moved into the past), and the expiry job. After
-each step:
+spends and holds (alone, or in batches) and the holds' settlement, refunds of purchases, reversals of
+usage, adjustments either way, lots lapsing and holds lapsing (their expiry moved into the past), and
+the expiry job. After each step:
 
 - no lot below zero, and no lot holding more than it was granted;
 - the balance row = the sum of the lots = the sum of the postings = the sum of completed credits,
@@ -40,6 +40,8 @@ from .helpers import bearer
 # Usage with a model, or without: the rollup keeps both (USAGE_GROUP_KEYS is model by default).
 MODELS = st.sampled_from([{}, {"metadata": {"model": "small"}}, {"metadata": {"model": "large"}}])
 STATEMENT_LINES = ("purchases", "grants", "usage", "refunds", "reversals", "adjustments", "expirations", "carried_in")
+# A batch's entries: credits, a model or none, and whether the entry is the one before it sent again.
+BATCH_ENTRIES = st.lists(st.tuples(st.integers(1, 150), MODELS, st.booleans()), min_size=1, max_size=6)
 EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "20"))
 STEPS = int(os.environ.get("PROPERTY_STEPS", "25"))
 
@@ -224,20 +226,19 @@ def make_machine(api, engine, app, granter):
             created = self._created(api.usage(self.user_id, credits=-credits, **model))
             return created["id"] if created else str(uuid.uuid4())
 
-        @rule(target=usages, spends=st.lists(st.tuples(st.integers(1, 150), MODELS, st.booleans()), min_size=1,
-                                             max_size=6))
-        def spend_batch(self, spends):
-            """A batch of spends (one statement): each answered as it would be alone after the ones before
-            it, and an item sent twice (its key again) answered by the first."""
+        def _batch(self, entries, status):
+            """A batch of usage (one statement): each item answered as it would be alone after the ones
+            before it, and an item sent twice (its key again) answered by the first."""
             available = api.balance(self.user_id)["available"]
             items, expected = [], []
-            for credits, model, again in spends:
+            for credits, model, again in entries:
                 if again and items:
                     items.append(items[-1])
                     expected.append(200 if expected[-1] in (200, 201) else 409)
                     continue
                 items.append({"user_id": str(self.user_id), "type": "usage", "amount": "0", "credits": -credits,
-                              "description": "batched", "idempotency_key": str(uuid.uuid4()), **model})
+                              "status": status, "description": "batched", "idempotency_key": str(uuid.uuid4()),
+                              **model})
                 expected.append(201 if credits <= available else 409)
                 available -= credits if credits <= available else 0
             response = api.client.post("/api/transactions/batch", json={"items": items},
@@ -248,6 +249,14 @@ def make_machine(api, engine, app, granter):
                 if result["status"] == 200:
                     assert result["replayed"] and result["transaction"] == before["transaction"]
             return multiple(*[result["transaction"]["id"] for result in results if result["status"] == 201])
+
+        @rule(target=usages, entries=BATCH_ENTRIES)
+        def spend_batch(self, entries):
+            return self._batch(entries, "completed")
+
+        @rule(target=holds, entries=BATCH_ENTRIES)
+        def hold_batch(self, entries):
+            return self._batch(entries, "pending")
 
         @rule(target=holds, credits=st.integers(1, 150), model=MODELS)
         def hold(self, credits, model):

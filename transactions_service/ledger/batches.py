@@ -53,13 +53,13 @@ def _apply(caller: Caller, item: Item) -> ItemResult:
 
 
 def _at_once(caller: Caller, items: list[Item]) -> list[int]:
-    """The items that may go in one statement (``rules.record_spends``): for each user, their completed
-    usage items up to the first of theirs that is anything else, or has a key an item before it had."""
+    """The items that may go in one statement (``rules.record_debits``): for each user, their usage items
+    (spends and holds) up to the first of theirs that is anything else, or has a key an item before it had."""
     chosen, stopped, keys = [], set(), set()
     for index, (request, key) in enumerate(items):
         user_id = request["user_id"]
         if user_id not in stopped:
-            if key not in keys and rules.spends_at_once(request["type"], request["status"], caller):
+            if key not in keys and rules.debits_at_once(caller, request):
                 chosen.append(index)
             else:
                 stopped.add(user_id)
@@ -70,13 +70,13 @@ def _at_once(caller: Caller, items: list[Item]) -> list[int]:
 def record_batch(caller: Caller, items: list[Item]) -> list[ItemResult]:
     """Apply each item on its own, in order; one refused changes nothing for the others.
 
-    A batch's completed usage goes first, in one statement for all its users
+    A batch's usage (spends and holds) goes first, in one statement for all its users
     (``_at_once``); what it did not apply, and every other item, is then applied
     one by one in item order. Each user's items still apply in their order: the
     statement applies a prefix of each user's items, and the rest follow it.
     """
     chosen = _at_once(caller, items)
-    spent = rules.record_spends(caller, [items[index] for index in chosen], utcnow()) if chosen else {}
+    spent = rules.record_debits(caller, [items[index] for index in chosen], utcnow()) if chosen else {}
     applied = {chosen[place]: transaction for place, transaction in spent.items()}
     return [
         ItemResult(201, applied[index]) if index in applied else _apply(caller, item)
@@ -97,12 +97,12 @@ class _NotEvery(Exception):
 
 
 def _spent_atomically(caller: Caller, items: list[Item]) -> list[ItemResult] | None:
-    """An atomic batch of completed usage alone, in one statement: every item applied, or None and nothing."""
+    """An atomic batch of usage alone, in one statement: every item applied, or None and nothing."""
     if len(_at_once(caller, items)) < len(items):
         return None
     try:
         with one_transaction():
-            spent = rules.record_spends(caller, items, utcnow(), whole=True)
+            spent = rules.record_debits(caller, items, utcnow(), whole=True)
             if len(spent) < len(items):
                 raise _NotEvery
     except _NotEvery:
@@ -115,7 +115,7 @@ def record_atomically(caller: Caller, items: list[Item]) -> list[ItemResult]:
     ``index``) is the answer, and everything before it is rolled back. An item replayed from its key
     counts as applied. The users' balance rows are taken first, in one order, for the whole transaction.
 
-    A batch of completed usage alone is tried in one statement first; when not
+    A batch of usage alone is tried in one statement first; when not
     all of it applies (a refusal, or a replay), the items go one by one.
     """
     spent = _spent_atomically(caller, items)

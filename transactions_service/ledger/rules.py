@@ -333,17 +333,22 @@ def record_transaction(caller: Caller, request: dict[str, Any], key: str | None,
     raise balance_busy()
 
 
-def spends_at_once(kind: TransactionType, status: TransactionStatus, caller: Caller) -> bool:
-    """Whether a batch's item of this type and status, from this caller, can go with the others in one
-    statement (``record_spends``): a completed usage the caller may write."""
-    return kind is TransactionType.USAGE and status is TransactionStatus.COMPLETED and policy.may_write(caller, kind)
+def debits_at_once(caller: Caller, request: dict[str, Any]) -> bool:
+    """Whether a batch's item can go with the others in one statement (``record_debits``): a usage,
+    completed (a spend) or pending (a hold) within the longest hold allowed, that the caller may write."""
+    kind, status = request["type"], request["status"]
+    if kind is not TransactionType.USAGE or not policy.may_write(caller, kind):
+        return False
+    if status is TransactionStatus.PENDING:
+        return (request.get("hold_expires_in") or 0) <= current_app.config["HOLD_TTL_SECONDS"]
+    return status is TransactionStatus.COMPLETED
 
 
-def record_spends(
+def record_debits(
     caller: Caller, items: list[tuple[dict[str, Any], str]], now: datetime, *, whole: bool = False
 ) -> dict[int, Transaction]:
-    """Record completed usage items, each with its key, in one statement (``store.spend_batch``); returns
-    the transactions of those applied, by their place in ``items``.
+    """Record usage items (spends and holds), each with its key, in one statement (``store.debit_batch``);
+    returns the transactions of those applied, by their place in ``items``.
 
     For each user, the items applied are a prefix of theirs, each applied as
     ``record_transaction`` alone would have after the ones before it. The rest
@@ -354,33 +359,35 @@ def record_spends(
     With ``whole``, inside a transaction of the caller's that it will roll back
     unless every item applied, it reports none unless all did.
     """
-    columns: dict[str, list[Any]] = {name: [] for name in _SPEND_COLUMNS}
+    columns: dict[str, list[Any]] = {name: [] for name in _DEBIT_COLUMNS}
     made = []
     for ord_, (request, key) in enumerate(items):
         new, row = _new_transaction(request, now)
         claim = idempotency.claim(caller.name, key, request)
-        for name, value in zip(_SPEND_COLUMNS, (
-            ord_, new.id, new.user_id, row["needed"], row["amount"], new.description, row["metadata_json"],
-            new.reference, idempotency.snapshot(new), key, claim.request_hash,
+        for name, value in zip(_DEBIT_COLUMNS, (
+            ord_, new.id, new.user_id, row["needed"], request["status"] is TransactionStatus.PENDING,
+            row["hold_expires_at"], row["amount"], new.description, row["metadata_json"], new.reference,
+            idempotency.snapshot(new), key, claim.request_hash,
         )):
             columns[name].append(value)
         made.append(new)
     try:
-        spent = store.spend_batch(columns, caller.name, now, _low_balance_default(), usage_group_keys())
+        debited = store.debit_batch(columns, caller.name, now, _low_balance_default(), usage_group_keys())
     except (IntegrityError, OperationalError) as error:
-        log.info("a batch's spends met a concurrent write (%s) and are answered one by one", type(error).__name__)
+        log.info("a batch's usage met a concurrent write (%s) and is answered one by one", type(error).__name__)
         return {}
-    if whole and len(spent.applied) < len(items):
+    if whole and len(debited.applied) < len(items):
         return {}
-    LEDGER_TRANSACTIONS.labels(TransactionType.USAGE.value, TransactionStatus.COMPLETED.value).inc(len(spent.applied))
-    for user_id in spent.lapsed_users:
+    for ord_ in debited.applied:
+        LEDGER_TRANSACTIONS.labels(made[ord_].type, made[ord_].status).inc()
+    for user_id in debited.lapsed_users:
         expire_lots_of(user_id, now)
-    return {ord_: made[ord_] for ord_ in spent.applied}
+    return {ord_: made[ord_] for ord_ in debited.applied}
 
 
-# The columns of ``store.spend_batch``'s items, in the order ``record_spends`` fills them.
-_SPEND_COLUMNS = ("ords", "ids", "users", "needed", "amounts", "descriptions", "metadata", "references", "shown",
-                  "keys", "hashes")
+# The columns of ``store.debit_batch``'s items, in the order ``record_debits`` fills them.
+_DEBIT_COLUMNS = ("ords", "ids", "users", "needed", "holds", "hold_expires", "amounts", "descriptions", "metadata",
+                  "references", "shown", "keys", "hashes")
 
 
 # --- settling and expiring -------------------------------------------------------------------------

@@ -1103,18 +1103,21 @@ def record(row: dict[str, Any], effect: str | None, claim: Claim | None, shown: 
     return _first(Recorded, statement, params, repeatable=claim is not None)
 
 
-# --- many spends in one statement (a batch's completed usage, ledger/batches.py) -------------------
+# --- many debits in one statement (a batch's usage, spends and holds: ledger/batches.py) ----------
 
-# Each item's columns, one array per column, in item order (``ord``). Every item is keyed.
-_SPEND_ITEMS = (
+# Each item's columns, one array per column, in item order (``ord``). Every item is keyed. An item is a
+# spend (completed usage) or a hold (pending usage, with the instant its hold lapses).
+_DEBIT_ITEMS = (
     "items AS MATERIALIZED (SELECT * FROM unnest(%(ords)s::integer[], %(ids)s::text[]::uuid[],"
-    " %(users)s::text[]::uuid[], %(needed)s::integer[], %(amounts)s::numeric[], %(descriptions)s::text[],"
-    " %(metadata)s::text[], %(references)s::text[], %(shown)s::text[], %(keys)s::text[], %(hashes)s::text[])"
-    " AS i (ord, id, user_id, needed, amount, description, metadata, reference, shown, key, request_hash))"
+    " %(users)s::text[]::uuid[], %(needed)s::integer[], %(holds)s::boolean[], %(hold_expires)s::timestamptz[],"
+    " %(amounts)s::numeric[], %(descriptions)s::text[], %(metadata)s::text[], %(references)s::text[],"
+    " %(shown)s::text[], %(keys)s::text[], %(hashes)s::text[])"
+    " AS i (ord, id, user_id, needed, holds, hold_expires_at, amount, description, metadata, reference, shown,"
+    " key, request_hash))"
 )
 # The balance rows first, in user-id order (as lock_balances takes them), then every lot with credits
 # left of those users; each user's instant is the one their postings will carry (see _BALANCE_ROW).
-_SPEND_LOCKS = [
+_DEBIT_LOCKS = [
     "balance_rows AS MATERIALIZED (SELECT user_id, balance, held, event_sequence,"
     f" greatest(posted_at, %(created_at)s::timestamptz) AS at, {_THRESHOLD} AS threshold FROM user_balances"
     " WHERE user_id = ANY(%(distinct_users)s::text[]::uuid[]) ORDER BY user_id FOR UPDATE)",
@@ -1123,62 +1126,75 @@ _SPEND_LOCKS = [
     " AND EXISTS (SELECT 1 FROM balance_rows) FOR UPDATE)",
 ]
 # The plan. A user's usable lots in spend order, each covering the interval [through - remaining, through)
-# of what they hold together; a user's items in item order, each wanting [upto - needed, upto). An item is
-# a candidate until the first of its user's items whose key is recorded already (a replay, or a key in
-# another request: those are answered one by one); a candidate is accepted if what it and the candidates
-# before it want fits in the usable lots. So each user's accepted items are a prefix of their items, each
-# applied as if alone after the ones before it, and each takes from a lot the overlap of the two intervals.
-_SPEND_PLAN = [
+# of what they hold together; a user's items in item order, each wanting [upto - needed, upto) of them (a
+# spend and a hold alike take credits a lot has left). An item is a candidate until the first of its
+# user's items whose key is recorded already (a replay, or a key in another request: those are answered
+# one by one); a candidate is accepted if what it and the candidates before it want fits in the usable
+# lots. So each user's accepted items are a prefix of their items, each applied as if alone after the
+# ones before it, and each takes from a lot the overlap of the two intervals. ``spent`` and ``reserved``
+# are what the user's items up to each one spend and hold: the totals after it.
+_DEBIT_PLAN = [
     "usable AS MATERIALIZED (SELECT l.id, l.user_id, l.remaining,"
     f" sum(l.remaining) OVER (PARTITION BY l.user_id ORDER BY {SPEND_ORDER}) AS through"
     " FROM locked AS l JOIN balance_rows AS b USING (user_id) WHERE l.expires_at IS NULL OR l.expires_at > b.at)",
     "stale AS MATERIALIZED (SELECT i.user_id, min(i.ord) AS ord FROM items AS i JOIN idempotency_keys AS k"
     " ON k.caller = %(caller)s AND k.key = i.key GROUP BY i.user_id)",
-    "candidates AS MATERIALIZED (SELECT i.*, sum(i.needed) OVER (PARTITION BY i.user_id ORDER BY i.ord) AS upto"
+    "candidates AS MATERIALIZED (SELECT i.*, sum(i.needed) OVER upto_here AS upto,"
+    " sum(i.needed) FILTER (WHERE NOT i.holds) OVER upto_here AS spent,"
+    " sum(i.needed) FILTER (WHERE i.holds) OVER upto_here AS reserved"
     " FROM items AS i JOIN balance_rows USING (user_id) LEFT JOIN stale USING (user_id)"
-    " WHERE stale.ord IS NULL OR i.ord < stale.ord)",
+    " WHERE stale.ord IS NULL OR i.ord < stale.ord WINDOW upto_here AS (PARTITION BY i.user_id ORDER BY i.ord))",
     "accepted AS MATERIALIZED (SELECT c.*, c.upto - c.needed AS since,"
     " row_number() OVER (PARTITION BY c.user_id ORDER BY c.ord) AS rank FROM candidates AS c"
     " JOIN (SELECT user_id, sum(remaining) AS held_together FROM usable GROUP BY user_id) AS u USING (user_id)"
     " WHERE c.upto <= u.held_together)",
-    "takes AS MATERIALIZED (SELECT a.ord, a.id AS transaction_id, u.id AS lot_id, a.user_id,"
+    # Each item's part of each lot, with the user's totals after it: the postings in item order, each
+    # item's in the order of the lots, so that a user's last posting carries their final totals.
+    "takes AS MATERIALIZED (SELECT t.*,"
+    " b.balance - coalesce(sum(t.take) FILTER (WHERE NOT t.holds) OVER after_it, 0) AS balance_after,"
+    " b.held + coalesce(sum(t.take) FILTER (WHERE t.holds) OVER after_it, 0) AS held_after, b.at"
+    " FROM (SELECT a.ord, a.id AS transaction_id, u.id AS lot_id, a.user_id, a.holds,"
     " least(a.upto, u.through) - greatest(a.since, u.through - u.remaining) AS take,"
     " least(a.upto, u.through) AS through FROM accepted AS a JOIN usable AS u"
-    " ON u.user_id = a.user_id AND u.through > a.since AND u.through - u.remaining < a.upto)",
+    " ON u.user_id = a.user_id AND u.through > a.since AND u.through - u.remaining < a.upto) AS t"
+    " JOIN balance_rows AS b USING (user_id) WINDOW after_it AS (PARTITION BY t.user_id ORDER BY t.ord, t.through))",
     # Each accepted item with its events' numbers: its transaction.created after the events of the items
     # before it, then its balance.low when it is the one that takes available credits below the threshold.
     "sequenced AS MATERIALIZED (SELECT a.*, b.event_sequence + a.rank"
     f" + {_falls_below('b.balance - b.held', 'b.balance - b.held - a.since', 'b.threshold')}::integer AS sequence,"
     f" {_falls_below('b.balance - b.held - a.since', 'b.balance - b.held - a.upto', 'b.threshold')} AS fell,"
-    " b.balance - a.upto AS balance, b.held, b.threshold, b.at FROM accepted AS a JOIN balance_rows AS b USING (user_id))",
+    " b.balance - coalesce(a.spent, 0) AS balance, b.held + coalesce(a.reserved, 0) AS held, b.threshold, b.at"
+    " FROM accepted AS a JOIN balance_rows AS b USING (user_id))",
 ]
-_SPEND_WRITES = [
-    "took AS (UPDATE credit_lots AS l SET remaining = l.remaining - t.take"
-    " FROM (SELECT lot_id, sum(take) AS take FROM takes GROUP BY lot_id) AS t WHERE l.id = t.lot_id)",
-    "applied AS (UPDATE user_balances AS ub SET balance = ub.balance - s.spent,"
+_DEBIT_WRITES = [
+    "took AS (UPDATE credit_lots AS l SET remaining = l.remaining - t.take, held = l.held + t.reserved"
+    " FROM (SELECT lot_id, sum(take) AS take, coalesce(sum(take) FILTER (WHERE holds), 0) AS reserved"
+    " FROM takes GROUP BY lot_id) AS t WHERE l.id = t.lot_id)",
+    "applied AS (UPDATE user_balances AS ub SET balance = ub.balance - s.spent, held = ub.held + s.reserved,"
     " event_sequence = s.last_sequence, updated_at = now(), posted_at = s.at"
-    " FROM (SELECT user_id, max(upto) AS spent, max(sequence + fell::integer) AS last_sequence, max(at) AS at"
-    " FROM sequenced GROUP BY user_id) AS s"
+    " FROM (SELECT user_id, coalesce(sum(needed) FILTER (WHERE NOT holds), 0) AS spent,"
+    " coalesce(sum(needed) FILTER (WHERE holds), 0) AS reserved, max(sequence + fell::integer) AS last_sequence,"
+    " max(at) AS at FROM sequenced GROUP BY user_id) AS s"
     # The batch's users again: the rows by their key, not a scan of every balance.
     " WHERE ub.user_id = ANY(%(distinct_users)s::text[]::uuid[]) AND ub.user_id = s.user_id)",
     f"new AS (INSERT INTO user_transactions ({_LEDGER_COLUMNS}) SELECT id, user_id, 'usage'::transaction_type,"
-    " amount, -needed, description, 'completed'::transaction_status, %(created_at)s::timestamptz,"
-    " %(created_at)s::timestamptz, NULL, NULL, NULL, NULL, NULL, NULL, metadata::json, reference FROM accepted ORDER BY ord)",
-    # In item order, and each item's in the order of its running totals, so that a user's last posting
-    # carries their final ones.
+    " amount, -needed, description, (CASE WHEN holds THEN 'pending' ELSE 'completed' END)::transaction_status,"
+    " %(created_at)s::timestamptz, %(created_at)s::timestamptz, hold_expires_at, NULL, NULL, NULL, NULL, NULL,"
+    " metadata::json, reference FROM accepted ORDER BY ord)",
     "posted AS (INSERT INTO lot_postings"
     " (transaction_id, lot_id, user_id, credits, held, balance_after, held_after, created_at)"
-    " SELECT t.transaction_id, t.lot_id, t.user_id, -t.take, 0, b.balance - t.through, b.held, b.at"
-    " FROM takes AS t JOIN balance_rows AS b USING (user_id) ORDER BY t.ord, t.through)",
+    " SELECT transaction_id, lot_id, user_id, CASE WHEN holds THEN 0 ELSE -take END,"
+    " CASE WHEN holds THEN take ELSE 0 END, balance_after, held_after, at FROM takes ORDER BY ord, through)",
     "labelled AS (INSERT INTO transaction_metadata (transaction_id, key, user_id, value, created_at)"
     " SELECT a.id, m.key, a.user_id, m.value, %(created_at)s::timestamptz"
     " FROM accepted AS a, json_each_text(a.metadata::json) AS m)",
-    # One row per rollup cell: a statement may not change a row twice.
+    # What the spends spent (a hold counts when it is settled), one row per rollup cell: a statement may
+    # not change a row twice.
     "rolled AS (INSERT INTO usage_rollup AS r (user_id, key, grain, period, value, credits)"
     f" SELECT a.user_id, k.key, g.minutes, {PERIOD.format(width='g.width', moment='%(created_at)s::timestamptz')},"
     " k.value, sum(a.needed) FROM accepted AS a,"
     f" LATERAL ({_TOTAL_AND.format('SELECT * FROM json_each_text(a.metadata::json)')}) AS k (key, value), {GRAIN_ROWS}"
-    " GROUP BY 1, 2, 3, 4, 5"
+    " WHERE NOT a.holds GROUP BY 1, 2, 3, 4, 5"
     " ON CONFLICT (user_id, key, grain, period, value) DO UPDATE SET credits = r.credits + excluded.credits)",
     f"events AS ({_EVENT_INSERT} SELECT type, user_id, sequence, data, %(created_at)s::timestamptz FROM ("
     " SELECT 'transaction.created' AS type, user_id, sequence, shown::json AS data, ord FROM sequenced"
@@ -1189,34 +1205,35 @@ _SPEND_WRITES = [
 ]
 
 
-_SPEND_BATCH = (
-    f"WITH {', '.join([_SPEND_ITEMS, *_SPEND_LOCKS, *_SPEND_PLAN, *_SPEND_WRITES])}"
+_DEBIT_BATCH = (
+    f"WITH {', '.join([_DEBIT_ITEMS, *_DEBIT_LOCKS, *_DEBIT_PLAN, *_DEBIT_WRITES])}"
     " SELECT (SELECT coalesce(array_agg(ord), '{}') FROM accepted),"
     " (SELECT coalesce(array_agg(DISTINCT l.user_id::text), '{}') FROM locked AS l JOIN balance_rows AS b"
     " USING (user_id) WHERE l.expires_at <= b.at)"
 )
 
 
-class SpentBatch(NamedTuple):
-    """Which items of a batch of spends were applied (their ``ord``), and the users with lapsed lots."""
+class DebitedBatch(NamedTuple):
+    """Which items of a batch of debits were applied (their ``ord``), and the users with lapsed lots."""
 
     applied: list[int]
     lapsed_users: list[str]
 
 
-def spend_batch(items: dict[str, list[Any]], caller: str, now: datetime, low_balance_default: int | None,
-                group_keys: list[str]) -> SpentBatch:
-    """Apply a batch's completed usage items, each keyed, in one statement: for each user, the longest
-    prefix of their items that applies as if each were alone, after the ones before it (``_SPEND_PLAN``).
+def debit_batch(items: dict[str, list[Any]], caller: str, now: datetime, low_balance_default: int | None,
+                group_keys: list[str]) -> DebitedBatch:
+    """Apply a batch's usage items (spends and holds), each keyed, in one statement: for each user, the
+    longest prefix of their items that applies as if each were alone, after the ones before it
+    (``_DEBIT_PLAN``).
 
-    ``items`` holds one list per column of ``_SPEND_ITEMS``. An item not applied
+    ``items`` holds one list per column of ``_DEBIT_ITEMS``. An item not applied
     wrote nothing; its key may be recorded, or its credits not there, and the
     caller answers it (and its user's later items) one by one. Safe to run
     again: a key recorded by a first run stops its user's items here.
     """
     params = {**items, "distinct_users": sorted(set(items["users"])), "caller": caller, "created_at": now,
               "low_balance_default": low_balance_default, "group_keys": group_keys}
-    return _first(SpentBatch, _SPEND_BATCH, params, repeatable=True)
+    return _first(DebitedBatch, _DEBIT_BATCH, params, repeatable=True)
 
 
 # --- settling a pending transaction: the inverses of hold and of a pending purchase --------------
