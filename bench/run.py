@@ -24,12 +24,14 @@ One run, one machine, every number next to its reference:
    unfiltered page; K, the user's whole history exported as CSV, beside
    PostgreSQL's own ``COPY (SELECT ...) TO STDOUT`` of the same rows, and the
    workers' memory while it streams; L, a 30-day usage summary split by model
-   of the 200,000-row user beside the 10-row user's;
+   of the 200,000-row user beside the 10-row user's; and, also before I, M:
+   batches of 100 spends beside pgbench running the least batched SQL and
+   beside single spends;
 5. a table, and one JSON object on the last line, also written to ``bench/results/``.
 
 Everything listens on 127.0.0.1, every load is bounded in time, and every
 process and directory the run made is removed in ``finally`` blocks.
-``--only I`` (or J, K, L, or several: ``--only JKL``) does the setup and those scenarios alone.
+``--only I`` (or J, K, L, M, or several: ``--only JKL``) does the setup and those scenarios alone.
 """
 
 from __future__ import annotations
