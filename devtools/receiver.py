@@ -2,7 +2,8 @@
 
 Each POST's body and headers (names in lower case, as Standard Webhooks'
 verifier reads them) go to ``answer``, which returns the status to send; the
-answer has no body. Threaded, and HTTP/1.1 so that connections stay open as
+answer has no body. A body cut off before its ``Content-Length`` (the sender
+killed half-way) is no request, and is not answered. Threaded, and HTTP/1.1 so that connections stay open as
 the worker's client keeps them.
 """
 
@@ -19,7 +20,11 @@ class LoopbackReceiver:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                if len(body) < length:  # the sender went away half-way (a worker killed): no request to answer
+                    self.close_connection = True
+                    return
                 self.send_response(answer(body, {name.lower(): value for name, value in self.headers.items()}))
                 self.send_header("Content-Length", "0")
                 self.end_headers()

@@ -123,8 +123,8 @@ SCENARIOS = (
     ("reversal", 4),
     ("usage_batch", 10),
 )
-# The callers' client: retries (the first after up to 50 ms, doubling to 2 s) that spend about
-# REQUEST_BUDGET_SECONDS before the outcome is left to the final reconciliation.
+# The callers' client: retries (the first after up to 50 ms, doubling to 2 s, with full jitter) before
+# the outcome is left to the final reconciliation, as the billing page's reads give up after REQUEST_BUDGET_SECONDS.
 CLIENT_RETRIES = 18
 CLIENT_BACKOFF = (0.05, 2.0)
 # What a create may be refused with, by type, as the rules allow: nothing else is expected.
@@ -738,6 +738,7 @@ class WebhookReceiver:
 
         self.accepted: Counter = Counter()
         self.refused_signatures = 0
+        self.refusals: list[str] = []  # why the first few were refused
         self.failed_on_purpose = 0
         self.secret = ""
         self._rng, self._lock = rng, threading.Lock()
@@ -750,8 +751,10 @@ class WebhookReceiver:
         with self._lock:
             try:
                 Webhook(self.secret).verify(body, headers)
-            except Exception:
+            except Exception as refused:
                 self.refused_signatures += 1
+                if len(self.refusals) < 3:
+                    self.refusals.append(f"{type(refused).__name__}: {refused}"[:200])
                 return 400
             if self._rng.random() < RECEIVER_FAILURE_RATE:
                 self.failed_on_purpose += 1
@@ -1450,7 +1453,8 @@ class FaultRun:
             f"| HTTP requests sent | {tally.requests} |",
             f"| retries (the same request resent, writes with their Idempotency-Key) | {tally.retries} |",
             f"| transport errors (reset, refused, timeout) | {sum(tally.transport_errors.values())} ({_counts(tally.transport_errors) or 'none'}) |",
-            f"| requests given up after the {REQUEST_BUDGET_SECONDS:.0f} s retry budget | {tally.given_up} |",
+            f"| calls given up after their retries ({CLIENT_RETRIES} for the services' client, {REQUEST_BUDGET_SECONDS:.0f} s"
+            f" for the billing page) | {tally.given_up} |",
             f"| 503 database_unavailable answers | {tally.responses['503 database_unavailable']} |",
             f"| acknowledged writes whose first response was lost (replayed on retry) | {replayed} |",
             f"| usage, refunds and reversals refused beyond what there is (409, writes nothing) | {outcomes.refused} |",
@@ -1550,7 +1554,8 @@ class FaultRun:
                 f"{len(events)} events; {len(events) - len(missing)} received, {len(missing)} missing, {failed} failed"
                 f" deliveries; {duplicates} received more than once (at least once, by design:"
                 f" {faults.injected[WEBHOOK_WORKER_KILLED]} worker kills); {self.receiver.failed_on_purpose} answered 500 on"
-                f" purpose and retried; {self.receiver.refused_signatures} bad signatures" + _sample(missing),
+                f" purpose and retried; {self.receiver.refused_signatures} bad signatures"
+                + (f" ({'; '.join(self.receiver.refusals)})" if self.receiver.refusals else "") + _sample(missing),
             ),
         ]
 

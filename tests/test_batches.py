@@ -276,3 +276,29 @@ def test_atomic_batches_over_the_same_users_in_opposite_orders_do_not_deadlock(h
     assert statuses == [201] * 16
     for user_id in users:
         assert http("GET", f"/api/balance?user_id={user_id}").json()["balance"] == 30 - 16
+
+
+def test_an_atomic_batch_whose_commit_loses_its_connection_is_503_and_safe_to_send_again(api, engine, monkeypatch):
+    """The database going away at the COMMIT leaves the outcome unknown: a 503 to retry, never a 500."""
+    from transactions_service.extensions import run_statement
+    from transactions_service.ledger import rules
+
+    user_id = api.funded_user(30)
+    items = [item(user_id, credits=-10), item(user_id, credits=-5)]
+    debit = rules.record_debits
+
+    def and_lose_the_connection(*args, **kwargs):
+        recorded = debit(*args, **kwargs)
+        ((pid,),) = run_statement("SELECT pg_backend_pid()", {})  # the batch's own connection
+        with engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            other.commit()
+        return recorded
+
+    monkeypatch.setattr(rules, "record_debits", and_lose_the_connection)
+    lost = batch(api, items, atomic=True)
+    assert (lost.status_code, lost.json["code"]) == (503, "database_unavailable")
+    monkeypatch.undo()
+    again = batch(api, items, atomic=True)
+    assert again.status_code == 201
+    assert api.balance(user_id)["balance"] == 15  # once, whatever the lost COMMIT did

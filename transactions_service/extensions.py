@@ -111,14 +111,13 @@ def one_transaction() -> Iterator[None]:
     recorded already, a lock waited for too long) is undone alone, as on its
     own it would be, and whoever called it handles the error as ever.
     """
-    connection = db.engines[STATEMENTS_BIND].raw_connection()
+    engine = db.engines[STATEMENTS_BIND]
+    connection = engine.raw_connection()
     token = _HELD.set(connection)
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("BEGIN")
+        _control(connection, engine, "BEGIN")
         yield
-        with connection.cursor() as cursor:
-            cursor.execute("COMMIT")
+        _control(connection, engine, "COMMIT")
     except BaseException:
         try:
             with connection.cursor() as cursor:
@@ -129,6 +128,20 @@ def one_transaction() -> Iterator[None]:
     finally:
         _HELD.reset(token)
         connection.close()
+
+
+def _control(connection: Any, engine: Engine, statement: str) -> None:
+    """``BEGIN`` or ``COMMIT`` of a held transaction, its failure raised as SQLAlchemy's exception (a
+    connection lost at the COMMIT leaves the outcome unknown: a 503 to retry, as any statement's)."""
+    dbapi = engine.dialect.loaded_dbapi
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    except dbapi.Error as error:
+        dead = engine.dialect.is_disconnect(error, connection.dbapi_connection, None)
+        raise DBAPIError.instance(
+            statement, {}, error, dbapi.Error, connection_invalidated=dead, dialect=engine.dialect
+        ) from error
 
 
 def _in_held(connection: Any, engine: Engine, statement: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
