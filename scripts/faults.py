@@ -426,7 +426,7 @@ class LedgerClient:
     def usage_batch(self) -> None:
         """The generation service sends the usage of a few finished jobs in one call (one in five all or
         none), for customers picked at random: each item is answered as a single write would be."""
-        items = [spend(self.rng, self.rng.choice(self.customers), self.next_key("job"))
+        items = [usage(self.rng, self.rng.choice(self.customers), self.next_key("job"), "completed")
                  for _ in range(self.rng.randint(2, 20))]
         atomic = self.rng.random() < 0.2
         sent = [{**body, "idempotency_key": key} for body, key in items]
@@ -459,7 +459,7 @@ class LedgerClient:
             self.paid.append(created)
 
     def generation(self) -> None:
-        created = self.create(GENERATION, *hold(self.rng, self.rng.choice(self.customers), self.next_key("job")))
+        created = self.create(GENERATION, *usage(self.rng, self.rng.choice(self.customers), self.next_key("job")))
         if created is not None:
             status = "completed" if self.rng.random() < 0.8 else "failed"
             if self.settle(GENERATION, created, status) and status == "completed":
@@ -573,26 +573,19 @@ def reversal(rng: random.Random, spent: dict[str, Any], key: str) -> tuple[dict[
     return body, key
 
 
-def spend(rng: random.Random, user_id: str, key: str) -> tuple[dict[str, Any], str]:
+# A usage, by status: a hold before an image generation, or the completed usage of a tool call (in batches).
+USAGE = {"pending": ("Image generation", 5, 120), "completed": ("Tool call", 1, 15)}
+
+
+def usage(rng: random.Random, user_id: str, key: str, status: str = "pending") -> tuple[dict[str, Any], str]:
+    what, fewest, most = USAGE[status]
     body = {
         "user_id": user_id,
         "type": "usage",
         "amount": "0",
-        "credits": -rng.randint(1, 15),
-        "description": f"Tool call [{key}]",
-        "status": "completed",
-    }
-    return body, key
-
-
-def hold(rng: random.Random, user_id: str, key: str) -> tuple[dict[str, Any], str]:
-    body = {
-        "user_id": user_id,
-        "type": "usage",
-        "amount": "0",
-        "credits": -rng.randint(5, 120),
-        "description": f"Image generation [{key}]",
-        "status": "pending",
+        "credits": -rng.randint(fewest, most),
+        "description": f"{what} [{key}]",
+        "status": status,
     }
     return body, key
 
@@ -895,7 +888,7 @@ class FaultInjector:
         # Whether or not the request got through, its outcome is unknown to the caller and reconciled later.
         self.faults.unknown_creates.append({"caller": PAYMENT, "key": key, "body": bought})
         self.faults.injected[DROPPED_AFTER_REQUEST] += self.send_raw(PAYMENT, bought, key, linger=False)
-        reserved, key = hold(self.rng, customer, idempotency_key("job", self.run.run_id, "dropped", serial))
+        reserved, key = usage(self.rng, customer, idempotency_key("job", self.run.run_id, "dropped", serial))
         self.faults.unknown_creates.append({"caller": GENERATION, "key": key, "body": reserved})
         # Reset the connection while the worker is likely inside the request, rather than after it.
         self.faults.injected[DROPPED_AFTER_REQUEST] += self.send_raw(

@@ -302,3 +302,53 @@ def test_an_atomic_batch_whose_commit_loses_its_connection_is_503_and_safe_to_se
     again = batch(api, items, atomic=True)
     assert again.status_code == 201
     assert api.balance(user_id)["balance"] == 15  # once, whatever the lost COMMIT did
+
+
+def test_an_atomic_batch_whose_statement_loses_its_connection_goes_again_one_by_one(api, engine):
+    """The connection gone in the middle of the batch's one statement (here while it waits for a balance
+    row another transaction holds): nothing was written, and the items go one by one, once each."""
+    import threading
+    import time
+
+    user_id = api.funded_user(30)
+    holder = engine.connect()
+    holder.execute(text("SELECT 1 FROM user_balances WHERE user_id = :u FOR UPDATE"), {"u": user_id})
+
+    def kill_the_waiting_statement():
+        with engine.connect() as other:
+            for _ in range(200):
+                pid = other.execute(text(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE 'WITH items AS MATERIALIZED%'")).scalar()
+                if pid is not None:
+                    other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                    break
+                time.sleep(0.01)
+        holder.rollback()
+        holder.close()
+
+    killer = threading.Thread(target=kill_the_waiting_statement)
+    killer.start()
+    response = batch(api, [item(user_id, credits=-10), item(user_id, credits=-5)], atomic=True)
+    killer.join()
+    assert response.status_code == 201, response.json
+    assert api.balance(user_id)["balance"] == 15
+
+
+def test_an_atomic_batch_that_cannot_reach_the_database_is_503(api, app, monkeypatch):
+    """No connection to be had (the database shutting down): a 503 to retry, as for any write."""
+    import psycopg2
+
+    from transactions_service.config import STATEMENTS_BIND
+    from transactions_service.extensions import db
+
+    user_id = api.funded_user(30)
+    with app.app_context():
+        engine = db.engines[STATEMENTS_BIND]
+
+    def refused():
+        raise psycopg2.OperationalError("FATAL:  the database system is shutting down")
+
+    monkeypatch.setattr(engine, "raw_connection", refused)
+    response = batch(api, [item(user_id, credits=-10)], atomic=True)
+    assert (response.status_code, response.json["code"]) == (503, "database_unavailable")

@@ -6,7 +6,7 @@ import functools
 import hashlib
 import re
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from typing import Any, NamedTuple
 
@@ -112,7 +112,12 @@ def one_transaction() -> Iterator[None]:
     own it would be, and whoever called it handles the error as ever.
     """
     engine = db.engines[STATEMENTS_BIND]
-    connection = engine.raw_connection()
+    dbapi = engine.dialect.loaded_dbapi
+    try:
+        connection = engine.raw_connection()
+    except dbapi.Error as error:  # no connection to be had: the database is away, as for any statement
+        raise DBAPIError.instance("BEGIN", {}, error, dbapi.Error, connection_invalidated=True,
+                                  dialect=engine.dialect) from error
     token = _HELD.set(connection)
     try:
         _control(connection, engine, "BEGIN")
@@ -155,12 +160,18 @@ def _in_held(connection: Any, engine: Engine, statement: str, params: Mapping[st
                 cursor.execute(statement, params)
                 rows = cursor.fetchall() if cursor.description is not None else []
             except dbapi.Error:
-                cursor.execute("ROLLBACK TO SAVEPOINT statement")
+                # Undone alone; but a connection that died took the transaction with it, and then the
+                # statement's own error (the connection lost) is the one to raise, not the undo's.
+                with suppress(dbapi.Error):
+                    cursor.execute("ROLLBACK TO SAVEPOINT statement")
                 raise
             cursor.execute("RELEASE SAVEPOINT statement")
             return rows
         except dbapi.Error as error:
-            raise DBAPIError.instance(statement, params, error, dbapi.Error, dialect=engine.dialect) from error
+            dead = engine.dialect.is_disconnect(error, connection.dbapi_connection, None)
+            raise DBAPIError.instance(
+                statement, params, error, dbapi.Error, connection_invalidated=dead, dialect=engine.dialect
+            ) from error
 
 
 def run_statement(
