@@ -1034,13 +1034,21 @@ _TOTAL_AND = (
 )
 
 
-def _rolled(owner: str, made_at: str, spent: str, pairs: str, rows: str) -> str:
+def _rolled(owner: str, made_at: str, spent: str, pairs: str, rows: str, *, summed_where: str | None = None) -> str:
     """The CTE adding ``spent`` credits to the rollup, in each grain's period of ``made_at``, for each of
-    ``pairs``."""
+    ``pairs`` (which may read ``rows``).
+
+    With ``summed_where``, the rows of that condition, several of a user's and
+    cell's among them (a batch's), are summed per cell first: one statement may
+    not change a row twice.
+    """
+    credits, tail = spent, ""
+    if summed_where is not None:
+        credits, tail = f"sum({spent})", f" WHERE {summed_where} GROUP BY 1, 2, 3, 4, 5"
     return (
         "rolled AS (INSERT INTO usage_rollup AS r (user_id, key, grain, period, value, credits)"
-        f" SELECT {owner}, k.key, g.minutes, {PERIOD.format(width='g.width', moment=made_at)}, k.value, {spent}"
-        f" FROM {rows}, ({_TOTAL_AND.format(pairs)}) AS k (key, value), {GRAIN_ROWS}"
+        f" SELECT {owner}, k.key, g.minutes, {PERIOD.format(width='g.width', moment=made_at)}, k.value, {credits}"
+        f" FROM {rows}, LATERAL ({_TOTAL_AND.format(pairs)}) AS k (key, value), {GRAIN_ROWS}{tail}"
         " ON CONFLICT (user_id, key, grain, period, value) DO UPDATE SET credits = r.credits + excluded.credits)"
     )
 
@@ -1188,14 +1196,9 @@ _DEBIT_WRITES = [
     "labelled AS (INSERT INTO transaction_metadata (transaction_id, key, user_id, value, created_at)"
     " SELECT a.id, m.key, a.user_id, m.value, %(created_at)s::timestamptz"
     " FROM accepted AS a, json_each_text(a.metadata::json) AS m)",
-    # What the spends spent (a hold counts when it is settled), one row per rollup cell: a statement may
-    # not change a row twice.
-    "rolled AS (INSERT INTO usage_rollup AS r (user_id, key, grain, period, value, credits)"
-    f" SELECT a.user_id, k.key, g.minutes, {PERIOD.format(width='g.width', moment='%(created_at)s::timestamptz')},"
-    " k.value, sum(a.needed) FROM accepted AS a,"
-    f" LATERAL ({_TOTAL_AND.format('SELECT * FROM json_each_text(a.metadata::json)')}) AS k (key, value), {GRAIN_ROWS}"
-    " WHERE NOT a.holds GROUP BY 1, 2, 3, 4, 5"
-    " ON CONFLICT (user_id, key, grain, period, value) DO UPDATE SET credits = r.credits + excluded.credits)",
+    # What the spends spent (a hold counts when it is settled).
+    _rolled("a.user_id", "%(created_at)s::timestamptz", "a.needed", "SELECT * FROM json_each_text(a.metadata::json)",
+            "accepted AS a", summed_where="NOT a.holds"),
     f"events AS ({_EVENT_INSERT} SELECT type, user_id, sequence, data, %(created_at)s::timestamptz FROM ("
     " SELECT 'transaction.created' AS type, user_id, sequence, shown::json AS data, ord FROM sequenced"
     f" UNION ALL SELECT 'balance.low', user_id, sequence + 1, {_LOW_BALANCE_JSON.format(user='s.user_id', b='s')}, ord"
