@@ -116,8 +116,7 @@ def one_transaction() -> Iterator[None]:
     try:
         connection = engine.raw_connection()
     except dbapi.Error as error:  # no connection to be had: the database is away, as for any statement
-        raise DBAPIError.instance("BEGIN", {}, error, dbapi.Error, connection_invalidated=True,
-                                  dialect=engine.dialect) from error
+        raise _wrapped(engine, "BEGIN", {}, error, dead=True) from error
     token = _HELD.set(connection)
     try:
         _control(connection, engine, "BEGIN")
@@ -143,10 +142,7 @@ def _control(connection: Any, engine: Engine, statement: str) -> None:
         with connection.cursor() as cursor:
             cursor.execute(statement)
     except dbapi.Error as error:
-        dead = engine.dialect.is_disconnect(error, connection.dbapi_connection, None)
-        raise DBAPIError.instance(
-            statement, {}, error, dbapi.Error, connection_invalidated=dead, dialect=engine.dialect
-        ) from error
+        raise _wrapped(engine, statement, {}, error, dead=_dead(engine, connection, error)) from error
 
 
 def _in_held(connection: Any, engine: Engine, statement: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
@@ -168,10 +164,19 @@ def _in_held(connection: Any, engine: Engine, statement: str, params: Mapping[st
             cursor.execute("RELEASE SAVEPOINT statement")
             return rows
         except dbapi.Error as error:
-            dead = engine.dialect.is_disconnect(error, connection.dbapi_connection, None)
-            raise DBAPIError.instance(
-                statement, params, error, dbapi.Error, connection_invalidated=dead, dialect=engine.dialect
-            ) from error
+            raise _wrapped(engine, statement, params, error, dead=_dead(engine, connection, error)) from error
+
+
+def _dead(engine: Engine, connection: Any, error: Exception) -> bool:
+    """Whether a driver's error means the connection is gone, or that there was none to be had."""
+    return connection is None or engine.dialect.is_disconnect(error, connection.dbapi_connection, None)
+
+
+def _wrapped(engine: Engine, statement: str, params: Mapping[str, Any], error: Exception, *, dead: bool) -> DBAPIError:
+    """A driver's error as SQLAlchemy's (``OperationalError``, ``IntegrityError``, ...), which the error
+    handlers and the callers know, marked as a lost connection when it is one."""
+    return DBAPIError.instance(statement, params, error, engine.dialect.loaded_dbapi.Error,
+                               connection_invalidated=dead, dialect=engine.dialect)
 
 
 def run_statement(
@@ -220,16 +225,14 @@ def _alone(engine: Engine, statement: str, params: Mapping[str, Any], repeatable
                 return cursor.fetchall() if cursor.description is not None else []
         except dbapi.Error as error:
             # Not connected at all (the server is down), or the connection died under the statement.
-            dead = connection is None or engine.dialect.is_disconnect(error, connection.dbapi_connection, None)
+            dead = _dead(engine, connection, error)
             if dead and connection is not None:
                 connection.invalidate(error)
                 engine.dispose(close=False)
                 if retry:
                     retry = False
                     continue
-            raise DBAPIError.instance(
-                statement, params, error, dbapi.Error, connection_invalidated=dead, dialect=engine.dialect
-            ) from error
+            raise _wrapped(engine, statement, params, error, dead=dead) from error
         finally:
             if connection is not None:
                 connection.close()

@@ -65,7 +65,7 @@ def require_write(caller: Caller, kind: TransactionType | str) -> None:
 
 def writable_types(caller: Caller) -> list[str]:
     """The transaction types this caller may settle, for the settling statement's condition."""
-    return [kind.value for kind, scope in WRITE_SCOPE.items() if scope in caller.scopes]
+    return [kind.value for kind in WRITE_SCOPE if may_write(caller, kind)]
 
 
 def require_register(caller: Caller) -> None:

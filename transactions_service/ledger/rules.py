@@ -340,7 +340,11 @@ def debits_at_once(caller: Caller, request: dict[str, Any]) -> bool:
     if kind is not TransactionType.USAGE or not policy.may_write(caller, kind):
         return False
     if status is TransactionStatus.PENDING:
-        return (request.get("hold_expires_in") or 0) <= current_app.config["HOLD_TTL_SECONDS"]
+        try:
+            _hold_lifetime(request.get("hold_expires_in"))
+        except ApiError:  # longer than allowed: answered alone, with its problem
+            return False
+        return True
     return status is TransactionStatus.COMPLETED
 
 
