@@ -1156,18 +1156,10 @@ def lot_spends(setup: Prepared, load: Load, profile: Profile, conditions: Condit
             "lots_five_ratio": round(five_rps / one_rps, 3), "lots_errors": spends.errors}
 
 
-def batch_spends(setup: Prepared, load: Load, profile: Profile, conditions: Conditions,
-                 scenarios: dict[str, Any]) -> dict[str, Any]:
-    """M: spends in batches of 100 through POST /api/transactions/batch, beside pgbench running the least
-    batched SQL (``pgbench_batch_script``) and beside single spends (A's), in interleaved slices.
-
-    The users are new (registered here), each with one purchase of TOP_UP_CREDITS; A's single spends
-    are for A's spenders. Every batch's items are checked to have been recorded, one row each.
-    """
-    api = setup.service.url + "/api"
+def batch_scripts(setup: Prepared, api: str, many: list[str], hot: list[str]) -> list[Path]:
+    """M's users registered, each with one purchase of TOP_UP_CREDITS, and pgbench's fixed batches drawn
+    over them, each with the service's own answer to a spend as the body its records keep."""
     payment = bearer(setup.tokens["payment"])
-    many, hot = setup.batch_users["batch_users"], setup.batch_users["batch_hot"]
-    log(f"M: batches of {BATCH_SIZE} spends over {len(many):,} users and {len(hot)} hot ones")
     for user in many + hot:
         requests.put(f"{api}/users/{user}", headers=payment, timeout=30).raise_for_status()
     purchases = [{"user_id": user, "type": "purchase", "amount": "0", "credits": TOP_UP_CREDITS,
@@ -1187,11 +1179,32 @@ def batch_spends(setup: Prepared, load: Load, profile: Profile, conditions: Cond
         script = setup.workdir / f"batch-{index:02d}.sql"
         script.write_text(pgbench_batch_script(batch_draw(many, hot, rng), setup.run_id, shown))
         scripts.append(script)
-    count = "SELECT count(*) FROM user_transactions WHERE user_id = ANY(%s::uuid[]) AND type = 'usage'"
-    with psycopg2.connect(setup.dsn) as connection, connection.cursor() as cursor:
-        cursor.execute(count, (many + hot,))
-        (recorded_before,) = cursor.fetchone()
-    connection.close()
+    return scripts
+
+
+def batch_spends(setup: Prepared, load: Load, profile: Profile, conditions: Conditions,
+                 scenarios: dict[str, Any]) -> dict[str, Any]:
+    """M: spends in batches of 100 through POST /api/transactions/batch, beside pgbench running the least
+    batched SQL (``pgbench_batch_script``) and beside single spends (A's), in interleaved slices.
+
+    The users are new (registered here), each with one purchase of TOP_UP_CREDITS; A's single spends
+    are for A's spenders. Every batch's items are checked to have been recorded, one row each.
+    """
+    api = setup.service.url + "/api"
+    many, hot = setup.batch_users["batch_users"], setup.batch_users["batch_hot"]
+    log(f"M: batches of {BATCH_SIZE} spends over {len(many):,} users and {len(hot)} hot ones")
+    scripts = batch_scripts(setup, api, many, hot)
+
+    def recorded() -> int:
+        """The usage rows of M's users, as many as the batches were answered for."""
+        with psycopg2.connect(setup.dsn) as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM user_transactions WHERE user_id = ANY(%s::uuid[]) AND type = 'usage'",
+                           (many + hot,))
+            (rows,) = cursor.fetchone()
+        connection.close()
+        return rows
+
+    recorded_before = recorded()
     batches_url, single_url = f"{api}/transactions/batch", f"{api}/transactions"
     before = conditions.snapshot()
     runs = interleaved(profile.rounds, {
@@ -1201,10 +1214,7 @@ def batch_spends(setup: Prepared, load: Load, profile: Profile, conditions: Cond
     })
     scenarios["M"] = {**conditions.between(before, conditions.snapshot()),
                       **{f"{name}_rps": [round(run.rps, 1) for run in measured] for name, measured in runs.items()}}
-    with psycopg2.connect(setup.dsn) as connection, connection.cursor() as cursor:
-        cursor.execute(count, (many + hot,))
-        (recorded_after,) = cursor.fetchone()
-    connection.close()
+    recorded_after = recorded()
     sent = sum(run.requests for run in runs["batch"] + runs["pgbench"]) * BATCH_SIZE
     batch_rps = throughput(runs["batch"]) * BATCH_SIZE
     pgbench_rps = throughput(runs["pgbench"]) * BATCH_SIZE

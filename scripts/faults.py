@@ -414,14 +414,7 @@ class LedgerClient:
     def settle(self, caller: str, created: dict[str, Any], status: str) -> bool:
         """Whether the settlement was acknowledged."""
         answer = ask(self.tally, lambda: self.services[caller].settle(created["id"], status))
-        if answer is None:
-            self.outcomes.unknown_settles.append({"caller": caller, "id": created["id"], "status": status})
-        elif isinstance(answer, Transaction) and answer.status == status:
-            self.outcomes.settled.append({"id": created["id"], "status": status})
-            return True
-        else:
-            self.tally.record_unexpected_answer(f"PATCH /api/transactions/{{id}} -> {status}", label(answer), str(answer))
-        return False
+        return record_settlement(self.outcomes, self.tally, caller, created["id"], status, answer)
 
     def usage_batch(self) -> None:
         """The generation service sends the usage of a few finished jobs in one call (one in five all or
@@ -495,12 +488,7 @@ class LedgerClient:
     def new_customer(self) -> None:
         user_id = str(uuid.uuid4())
         answer = ask(self.tally, lambda: self.services[PAYMENT].register_user(user_id))
-        if answer is None:
-            self.outcomes.unknown_registrations.append(user_id)
-        elif isinstance(answer, ProblemError):
-            self.tally.record_unexpected_answer("PUT /api/users/{id}", label(answer), str(answer))
-        else:
-            self.outcomes.registered.append(user_id)
+        if record_registration(self.outcomes, self.tally, user_id, answer):
             self.customers.append(user_id)
             self.create(PAYMENT, *purchase(self.rng, user_id, "completed", self.next_key("evt")))
 
@@ -616,6 +604,31 @@ def record_answer(
                                            label(answer), str(answer))
         return None
     return acknowledged(outcomes, body, key, str(answer.id), answer.replayed)
+
+
+def record_settlement(outcomes: Outcomes, tally: Tally, caller: str, transaction_id: str, status: str,
+                      answer: Transaction | ProblemError | None) -> bool:
+    """What the callers' client learned of a settlement; whether it was acknowledged."""
+    if answer is None:
+        outcomes.unknown_settles.append({"caller": caller, "id": transaction_id, "status": status})
+    elif isinstance(answer, Transaction) and answer.status == status:
+        outcomes.settled.append({"id": transaction_id, "status": status})
+        return True
+    else:
+        tally.record_unexpected_answer(f"PATCH /api/transactions/{{id}} -> {status}", label(answer), str(answer))
+    return False
+
+
+def record_registration(outcomes: Outcomes, tally: Tally, user_id: str, answer: User | ProblemError | None) -> bool:
+    """What the callers' client learned of a registration; whether it was acknowledged."""
+    if answer is None:
+        outcomes.unknown_registrations.append(user_id)
+    elif isinstance(answer, ProblemError):
+        tally.record_unexpected_answer("PUT /api/users/{id}", label(answer), str(answer))
+    else:
+        outcomes.registered.append(user_id)
+        return True
+    return False
 
 
 def acknowledged(outcomes: Outcomes, body: dict[str, Any], key: str, transaction_id: str,
@@ -1081,9 +1094,9 @@ class FaultRun:
         """Register the shared customers and give each a first completed purchase."""
         payment = self.services()[PAYMENT]
         for serial, user_id in enumerate(self.customers):
-            if not isinstance(ask(self.tally, lambda: payment.register_user(user_id)), User):
+            answer = ask(self.tally, lambda: payment.register_user(user_id))
+            if not record_registration(self.outcomes, self.tally, user_id, answer):
                 raise RuntimeError(f"could not register customer {user_id}")
-            self.outcomes.registered.append(user_id)
             body, key = purchase(rng, user_id, "completed", idempotency_key("evt", self.run_id, "opening", serial), 1000)
             answer = ask(self.tally, lambda: payment.create({**body, "idempotency_key": key}))
             if record_answer(self.outcomes, self.tally, PAYMENT, body, key, answer) is None:
@@ -1169,10 +1182,7 @@ class FaultRun:
         self.outcomes.unknown_creates, self.outcomes.unknown_settles, self.outcomes.unknown_registrations = [], [], []
         for user_id in unknown_registrations:
             answer = ask(self.tally, lambda: services[PAYMENT].register_user(user_id))
-            if isinstance(answer, User):
-                self.outcomes.registered.append(user_id)
-            else:
-                self.outcomes.unknown_registrations.append(user_id)
+            record_registration(self.outcomes, self.tally, user_id, answer)
         for unknown in unknown_creates:
             write = {**unknown["body"], "idempotency_key": unknown["key"]}
             answer = ask(self.tally, lambda: services[unknown["caller"]].create(write))
@@ -1185,12 +1195,7 @@ class FaultRun:
                 self.reconciled["had not been applied (written now)"] += 1
         for unknown in unknown_settles:
             answer = ask(self.tally, lambda: services[unknown["caller"]].settle(unknown["id"], unknown["status"]))
-            if isinstance(answer, Transaction) and answer.status == unknown["status"]:
-                self.outcomes.settled.append({"id": unknown["id"], "status": unknown["status"]})
-            elif answer is None:
-                self.outcomes.unknown_settles.append(unknown)
-            else:
-                self.tally.record_unexpected_answer("PATCH /api/transactions/{id}", label(answer), str(answer))
+            record_settlement(self.outcomes, self.tally, unknown["caller"], unknown["id"], unknown["status"], answer)
             self.reconciled["settlements retried"] += 1
 
     def read_ledger(self, database_url: str) -> LedgerState:
